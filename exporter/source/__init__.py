@@ -1,0 +1,1 @@
+"""Reading the application's workflow tables (the source contract)."""

@@ -1,0 +1,37 @@
+"""The analytics store: schema, backends and maintenance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import asyncpg
+
+from exporter.store.backend import Backend, RefreshResult
+from exporter.store.postgres import PostgresBackend
+
+__all__ = ["Backend", "RefreshResult", "has_timescaledb", "make_backend"]
+
+
+async def has_timescaledb(conn: asyncpg.Connection) -> bool:
+    """True when the timescaledb extension is installed in this database."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+        )
+    )
+
+
+async def make_backend(
+    conn: asyncpg.Connection,
+    kind: str = "auto",
+    partition_interval: timedelta = timedelta(days=7),
+    premake: int = 4,
+) -> Backend:
+    """The backend named by config; `auto` picks TimescaleDB when its extension is installed."""
+    if kind == "auto":
+        kind = "timescaledb" if await has_timescaledb(conn) else "postgres"
+    if kind == "timescaledb":
+        from exporter.store.timescale import TimescaleBackend
+
+        return TimescaleBackend(chunk_interval=partition_interval)
+    return PostgresBackend(partition_interval, premake)

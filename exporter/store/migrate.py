@@ -1,0 +1,83 @@
+"""Create or upgrade the `wfa` schema idempotently under an advisory lock, with its version."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from exporter.store.backend import Backend
+from exporter.store.rollups import ROLLUPS, range_function
+from exporter.store.sqlfiles import sql, statements
+
+SCHEMA_VERSION = 1
+MIGRATE_LOCK = 727_273
+_COMMON = {1: ["common/001_base.sql"]}
+
+
+class SchemaError(RuntimeError):
+    """The store schema is missing, too new, or was made for another backend."""
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    """The recorded schema version, 0 when the schema does not exist."""
+    exists = await conn.fetchval("SELECT to_regclass('wfa.schema_version') IS NOT NULL")
+    if not exists:
+        return 0
+    return await conn.fetchval("SELECT coalesce(max(version), 0) FROM wfa.schema_version")
+
+
+async def recorded_backend(conn: asyncpg.Connection) -> str | None:
+    """The backend the schema was created for, if any."""
+    if not await conn.fetchval("SELECT to_regclass('wfa.meta') IS NOT NULL"):
+        return None
+    return await conn.fetchval("SELECT value FROM wfa.meta WHERE key = 'backend'")
+
+
+async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
+    """Apply every missing version; return the version now in place."""
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
+    try:
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS wfa")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS wfa.schema_version (version integer PRIMARY KEY, "
+            "backend text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        have = await current_version(conn)
+        if have > SCHEMA_VERSION:
+            raise SchemaError(
+                f"store schema version {have} is newer than this build ({SCHEMA_VERSION})"
+            )
+        recorded = await recorded_backend(conn)
+        if recorded and recorded != backend.name:
+            raise SchemaError(
+                f"store was created for backend {recorded!r}, config asks {backend.name!r}"
+            )
+        for version in range(have + 1, SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                for path in _COMMON.get(version, []):
+                    for stmt in statements(sql(path)):
+                        await conn.execute(stmt)
+                for stmt in backend.migration(version):
+                    await conn.execute(stmt)
+                for r in ROLLUPS:
+                    await conn.execute(range_function(r))
+                await conn.execute(
+                    "INSERT INTO wfa.meta VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
+                    backend.name,
+                )
+                await conn.execute(
+                    "INSERT INTO wfa.schema_version (version, backend) VALUES ($1, $2)",
+                    version,
+                    backend.name,
+                )
+        return SCHEMA_VERSION
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK)
+
+
+async def require_current(conn: asyncpg.Connection) -> None:
+    """Raise SchemaError unless the schema is at this build's version."""
+    have = await current_version(conn)
+    if have != SCHEMA_VERSION:
+        raise SchemaError(
+            f"store schema version is {have}, this build needs {SCHEMA_VERSION}: run `wfa migrate`"
+        )

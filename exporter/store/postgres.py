@@ -1,0 +1,194 @@
+"""Plain PostgreSQL backend: partitioned raw tables, rollup tables and real-time views."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from exporter.store.backend import RAW_TABLES, Backend, RefreshResult
+from exporter.store.partitions import (
+    day_floor,
+    hour_floor,
+    partition_name,
+    partition_start,
+    partition_starts,
+)
+from exporter.store.rollups import ORIGIN, ROLLUPS, Rollup, daily_select, hourly_select
+from exporter.store.sqlfiles import sql, statements
+
+_WM = "(SELECT watermark FROM wfa.watermarks WHERE rollup = '{key}')"
+REFRESH_LOCK = 727_275
+
+
+def _mat_ddl(r: Rollup) -> list[str]:
+    cols = ", ".join(
+        ["bucket timestamptz NOT NULL", *(f"{d.name} {d.type}" for d in r.dims)]
+        + [f"{m.name} bigint" for m in r.measures]
+    )
+    out = []
+    for level in ("1h", "1d"):
+        out += [
+            f"CREATE TABLE IF NOT EXISTS wfa.{r.name}_{level}_mat ({cols})",
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_mat_idx "
+            f"ON wfa.{r.name}_{level}_mat (workflow_id, bucket)",
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_mat_bucket_idx "
+            f"ON wfa.{r.name}_{level}_mat (bucket)",
+            f"INSERT INTO wfa.watermarks VALUES ('{r.name}_{level}', '-infinity') "
+            "ON CONFLICT DO NOTHING",
+        ]
+    wm_h = _WM.format(key=f"{r.name}_1h")
+    wm_d = _WM.format(key=f"{r.name}_1d")
+    out.append(
+        f"CREATE OR REPLACE VIEW {r.relation('1h')} AS "
+        f"SELECT * FROM wfa.{r.name}_1h_mat WHERE bucket < {wm_h} UNION ALL "
+        + hourly_select(r, "date_bin", f"{r.time} >= {wm_h}")
+    )
+    out.append(
+        f"CREATE OR REPLACE VIEW {r.relation('1d')} AS "
+        f"SELECT * FROM wfa.{r.name}_1d_mat WHERE bucket < {wm_d} UNION ALL "
+        + daily_select(r, r.relation("1h"), "date_bin", f"bucket >= {wm_d}")
+    )
+    return out
+
+
+class PostgresBackend(Backend):
+    """Range-partitioned raw tables; rollups kept by the exporter from an invalidation log."""
+
+    name = "postgres"
+
+    def __init__(self, partition_interval: timedelta = timedelta(days=7), premake: int = 4):
+        self.interval = partition_interval
+        self.premake = premake
+        self._known: dict[str, set[datetime]] = {}
+
+    def migration(self, version: int) -> list[str]:
+        """Statements of `version` for plain PostgreSQL."""
+        if version != 1:
+            return []
+        out = statements(sql("postgres/001_raw.sql"))
+        for r in ROLLUPS:
+            out += _mat_ddl(r)
+        return out
+
+    async def _load_known(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(
+            """SELECT parent.relname AS parent,
+                      (regexp_match(pg_get_expr(child.relpartbound, child.oid),
+                                    'FROM \\(''([^'']+)''\\)'))[1]::timestamptz AS start
+                 FROM pg_inherits i
+                 JOIN pg_class parent ON parent.oid = i.inhparent
+                 JOIN pg_class child ON child.oid = i.inhrelid
+                 JOIN pg_namespace n ON n.oid = parent.relnamespace
+                WHERE n.nspname = 'wfa' AND parent.relname = ANY($1::text[])""",
+            list(RAW_TABLES),
+        )
+        self._known = {t: set() for t in RAW_TABLES}
+        for row in rows:
+            self._known[row["parent"]].add(row["start"])
+
+    async def prepare_write(
+        self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]
+    ) -> None:
+        """Create the missing partitions for each table's [min, max] (its own short transaction)."""
+        if not self._known:
+            await self._load_known(conn)
+        missing = [
+            (table, start)
+            for table, (lo, hi) in spans.items()
+            for start in partition_starts(lo, hi, self.interval)
+            if start not in self._known[table]
+        ]
+        if not missing:
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK + 1)
+            for table, start in missing:
+                end = start + self.interval
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS wfa.{partition_name(table, start)} "
+                    f"PARTITION OF wfa.{table} FOR VALUES FROM ('{start.isoformat()}') "
+                    f"TO ('{end.isoformat()}')"
+                )
+        for table, start in missing:
+            self._known[table].add(start)
+
+    async def maintain(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """Create partitions from the current one to `premake` intervals ahead."""
+        lo = partition_start(now, self.interval)
+        hi = lo + self.premake * self.interval
+        await self.prepare_write(conn, {t: (lo, hi) for t in RAW_TABLES})
+
+    async def refresh(self, conn: asyncpg.Connection, now: datetime | None = None) -> RefreshResult:
+        """Recompute invalidated hour/day buckets and materialize completed hours and days."""
+        now = now or datetime.now(UTC)
+        result = RefreshResult()
+        for r in ROLLUPS:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+                result.buckets[r.name] = await self._refresh_one(conn, r, now, result)
+        return result
+
+    async def _refresh_one(
+        self, conn: asyncpg.Connection, r: Rollup, now: datetime, result: RefreshResult
+    ) -> int:
+        marks = dict(
+            await conn.fetch(
+                "SELECT rollup, watermark FROM wfa.watermarks WHERE rollup = ANY($1::text[]) "
+                "FOR UPDATE",
+                [f"{r.name}_1h", f"{r.name}_1d"],
+            )
+        )
+        old_h, old_d = marks[f"{r.name}_1h"], marks[f"{r.name}_1d"]
+        new_h = max(hour_floor(now), old_h)
+        new_d = max(day_floor(new_h), old_d)
+        invalid = [
+            row["bucket"]
+            for row in await conn.fetch(
+                "DELETE FROM wfa.invalidations WHERE rollup = $1 RETURNING bucket", r.name
+            )
+        ]
+        hours = sorted(b for b in invalid if b < old_h)
+        if hours or new_h > old_h:
+            lo, hi = (hours[0], hours[-1] + timedelta(hours=1)) if hours else (new_h, new_h)
+            await conn.execute(
+                f"DELETE FROM wfa.{r.name}_1h_mat WHERE bucket = ANY($1::timestamptz[])", hours
+            )
+            where = (
+                f"({r.time} >= $2 AND {r.time} < $3) OR ({r.time} >= $4 AND {r.time} < $5 "
+                f"AND date_bin('1 hour', {r.time}, {ORIGIN}) = ANY($1::timestamptz[]))"
+            )
+            await conn.execute(
+                f"INSERT INTO wfa.{r.name}_1h_mat " + hourly_select(r, "date_bin", where),
+                hours,
+                old_h,
+                new_h,
+                lo,
+                hi,
+            )
+            await conn.execute(
+                "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1h", new_h
+            )
+        days = sorted({day_floor(h) for h in hours if day_floor(h) < old_d})
+        if days or new_d > old_d:
+            day_match = f"date_bin('1 day', bucket, {ORIGIN}) = ANY($1::timestamptz[])"
+            await conn.execute(
+                f"DELETE FROM wfa.{r.name}_1d_mat WHERE bucket = ANY($1::timestamptz[])", days
+            )
+            await conn.execute(
+                f"INSERT INTO wfa.{r.name}_1d_mat "
+                + daily_select(
+                    r,
+                    f"wfa.{r.name}_1h_mat",
+                    "date_bin",
+                    f"(bucket >= $2 AND bucket < $3) OR {day_match}",
+                ),
+                days,
+                old_d,
+                new_d,
+            )
+            await conn.execute(
+                "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1d", new_d
+            )
+        result.watermarks[r.name] = new_h
+        return len(hours) + len(days)

@@ -1,0 +1,174 @@
+"""One definition of every rollup, rendered as PostgreSQL tables and views or TimescaleDB caggs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORIGIN = "'2000-01-03 00:00:00+00'::timestamptz"
+
+
+@dataclass(frozen=True, slots=True)
+class Dim:
+    """A grouping column: its name, the expression over the raw table, and its SQL type."""
+
+    name: str
+    expr: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """An additive measure: aggregate over raw rows, and the same value for a single raw row."""
+
+    name: str
+    agg: str
+    per_row: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """A rollup family `wfa.<name>_1h` / `wfa.<name>_1d` over one raw table."""
+
+    name: str
+    raw: str
+    time: str
+    dims: tuple[Dim, ...]
+    measures: tuple[Measure, ...]
+
+    def relation(self, level: str) -> str:
+        """Name of the readable relation at `level` ('1h' or '1d')."""
+        return f"wfa.{self.name}_{level}"
+
+
+_TEXT = "text"
+_COMMON = (Dim("tenant_id", "tenant_id", _TEXT), Dim("workflow_id", "workflow_id", _TEXT))
+
+ROLLUPS: tuple[Rollup, ...] = (
+    Rollup(
+        name="events",
+        raw="wfa.workflow_events",
+        time="occurred_at",
+        dims=(
+            *_COMMON,
+            Dim("event", "event", _TEXT),
+            Dim("reason", "reason", _TEXT),
+            Dim("duration_le", "duration_le", "double precision"),
+        ),
+        measures=(
+            Measure("events", "count(*)", "1::bigint"),
+            Measure("duration_ms_sum", "sum(duration_ms)::bigint", "duration_ms"),
+        ),
+    ),
+    Rollup(
+        name="step_runs",
+        raw="wfa.step_runs",
+        time="entered_at",
+        dims=(
+            *_COMMON,
+            Dim("step_id", "step_id", _TEXT),
+            Dim("action_type", "action_type", _TEXT),
+            Dim("status", "status", _TEXT),
+            Dim("duration_le", "duration_le", "double precision"),
+            Dim("error", "error", _TEXT),
+        ),
+        measures=(
+            Measure("runs", "count(*)", "1::bigint"),
+            Measure("duration_ms_sum", "sum(duration_ms)::bigint", "duration_ms"),
+        ),
+    ),
+    Rollup(
+        name="cohort",
+        raw="wfa.executions",
+        time="enrolled_at",
+        dims=(
+            *_COMMON,
+            Dim("status", "status", _TEXT),
+            Dim(
+                "current_step_id",
+                "CASE WHEN status = 'active' THEN current_step_id END",
+                _TEXT,
+            ),
+        ),
+        measures=(
+            Measure("executions", "count(*)", "1::bigint"),
+            Measure("converted", "count(converted_at)", "(converted_at IS NOT NULL)::int::bigint"),
+            Measure(
+                "converted_in_window",
+                "count(*) FILTER (WHERE converted_in_window)",
+                "converted_in_window::int::bigint",
+            ),
+        ),
+    ),
+    Rollup(
+        name="cohort_steps",
+        raw="wfa.execution_steps",
+        time="enrolled_at",
+        dims=(*_COMMON, Dim("step_id", "step_id", _TEXT)),
+        measures=(Measure("reached", "count(*)", "1::bigint"),),
+    ),
+)
+
+BY_NAME = {r.name: r for r in ROLLUPS}
+
+
+def hourly_select(r: Rollup, bucket_fn: str, where: str = "") -> str:
+    """SELECT aggregating the raw table into hour buckets (`bucket_fn`: date_bin or time_bucket)."""
+    dims = ", ".join(f"{d.expr} AS {d.name}" for d in r.dims)
+    measures = ", ".join(f"{m.agg} AS {m.name}" for m in r.measures)
+    groups = ", ".join(str(i) for i in range(1, len(r.dims) + 2))
+    bucket = (
+        f"date_bin('1 hour', {r.time}, {ORIGIN})"
+        if bucket_fn == "date_bin"
+        else f"time_bucket('1 hour', {r.time})"
+    )
+    return (
+        f"SELECT {bucket} AS bucket, {dims}, {measures} FROM {r.raw}"
+        f"{' WHERE ' + where if where else ''} GROUP BY {groups}"
+    )
+
+
+def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str:
+    """SELECT summing an hourly relation into day buckets."""
+    dims = ", ".join(d.name for d in r.dims)
+    measures = ", ".join(f"sum({m.name})::bigint AS {m.name}" for m in r.measures)
+    groups = ", ".join(str(i) for i in range(1, len(r.dims) + 2))
+    bucket = (
+        f"date_bin('1 day', bucket, {ORIGIN})"
+        if bucket_fn == "date_bin"
+        else "time_bucket('1 day', bucket)"
+    )
+    return (
+        f"SELECT {bucket} AS bucket, {dims}, {measures} FROM {source}"
+        f"{' WHERE ' + where if where else ''} GROUP BY {groups}"
+    )
+
+
+def range_function(r: Rollup) -> str:
+    """SQL function reading [from, to) from raw edges, hourly and daily buckets (both backends)."""
+    dims = [d for d in r.dims if d.name != "tenant_id"]
+    out_cols = ", ".join(
+        [
+            "t timestamptz",
+            *(f"{d.name} {d.type}" for d in dims),
+            *(f"{m.name} bigint" for m in r.measures),
+        ]
+    )
+    rolled = ", ".join([*(d.name for d in dims), *(m.name for m in r.measures)])
+    raw = ", ".join([*(d.expr for d in dims), *(m.per_row for m in r.measures)])
+    scope = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
+    return f"""
+CREATE OR REPLACE FUNCTION wfa.{r.name}_range(
+    p_tenant text, p_workflows text[], p_from timestamptz, p_h1 timestamptz,
+    p_d1 timestamptz, p_d2 timestamptz, p_h2 timestamptz, p_to timestamptz)
+RETURNS TABLE ({out_cols})
+LANGUAGE sql STABLE AS $fn$
+    SELECT bucket, {rolled} FROM {r.relation("1d")}
+     WHERE {scope} AND bucket >= p_d1 AND bucket < p_d2
+    UNION ALL
+    SELECT bucket, {rolled} FROM {r.relation("1h")}
+     WHERE {scope} AND ((bucket >= p_h1 AND bucket < p_d1) OR (bucket >= p_d2 AND bucket < p_h2))
+    UNION ALL
+    SELECT {r.time}, {raw} FROM {r.raw}
+     WHERE {scope}
+       AND (({r.time} >= p_from AND {r.time} < p_h1) OR ({r.time} >= p_h2 AND {r.time} < p_to))
+$fn$;"""

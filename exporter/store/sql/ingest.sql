@@ -1,0 +1,112 @@
+-- Statements of one ingest batch. Arrays are bound as parameters, never interpolated.
+
+-- name: old_executions
+SELECT e.execution_id, e.enrolled_at, e.source_updated_at, e.enrolled_at AS t_enrolled,
+       e.completed_at, e.converted_at, e.exited_at, e.failed_at, e.exit_reason, e.attempts
+  FROM unnest($1::text[], $2::timestamptz[]) AS k(execution_id, enrolled_at)
+  JOIN wfa.executions e ON e.execution_id = k.execution_id AND e.enrolled_at = k.enrolled_at;
+
+-- name: upsert_executions
+INSERT INTO wfa.executions AS e (execution_id, enrolled_at, tenant_id, workflow_id, contact_id,
+       status, completed_at, converted_at, converted_in_window, exited_at, exit_reason, failed_at,
+       current_step_id, attempts, source_updated_at)
+SELECT u.execution_id, u.enrolled_at, u.tenant_id, u.workflow_id, u.contact_id, u.status,
+       u.completed_at, u.converted_at, u.converted_in_window, u.exited_at, u.exit_reason,
+       u.failed_at, u.current_step_id, string_to_array(u.attempts, chr(30)), u.source_updated_at
+  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+              $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::timestamptz[], $11::text[],
+              $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[])
+       AS u(execution_id, enrolled_at, tenant_id, workflow_id, contact_id, status, completed_at,
+            converted_at, converted_in_window, exited_at, exit_reason, failed_at,
+            current_step_id, attempts, source_updated_at)
+ON CONFLICT (execution_id, enrolled_at) DO UPDATE SET
+       tenant_id = excluded.tenant_id, workflow_id = excluded.workflow_id,
+       contact_id = excluded.contact_id, status = excluded.status,
+       completed_at = excluded.completed_at, converted_at = excluded.converted_at,
+       converted_in_window = excluded.converted_in_window, exited_at = excluded.exited_at,
+       exit_reason = excluded.exit_reason, failed_at = excluded.failed_at,
+       current_step_id = excluded.current_step_id, attempts = excluded.attempts,
+       source_updated_at = excluded.source_updated_at;
+
+-- name: upsert_events
+INSERT INTO wfa.workflow_events (execution_id, event, occurred_at, tenant_id, workflow_id,
+       reason, duration_ms, duration_le)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::bigint[], $8::float8[])
+ON CONFLICT (execution_id, event, occurred_at) DO UPDATE SET
+       reason = excluded.reason, duration_ms = excluded.duration_ms,
+       duration_le = excluded.duration_le;
+
+-- name: delete_events
+DELETE FROM wfa.workflow_events w
+ USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, event, occurred_at)
+ WHERE w.execution_id = d.execution_id AND w.event = d.event AND w.occurred_at = d.occurred_at;
+
+-- name: upsert_step_runs
+INSERT INTO wfa.step_runs (execution_id, step_id, entered_at, tenant_id, workflow_id,
+       action_type, status, finished_at, duration_ms, duration_le, error)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::timestamptz[], $9::bigint[], $10::float8[],
+                     $11::text[])
+ON CONFLICT (execution_id, step_id, entered_at) DO UPDATE SET
+       action_type = excluded.action_type, status = excluded.status,
+       finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+       duration_le = excluded.duration_le, error = excluded.error;
+
+-- name: delete_step_runs
+DELETE FROM wfa.step_runs s
+ USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, step_id, entered_at)
+ WHERE s.execution_id = d.execution_id AND s.step_id = d.step_id AND s.entered_at = d.entered_at;
+
+-- name: delete_execution_steps
+DELETE FROM wfa.execution_steps s
+ USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, step_id, enrolled_at)
+ WHERE s.execution_id = d.execution_id AND s.step_id = d.step_id AND s.enrolled_at = d.enrolled_at;
+
+-- name: invalidate
+INSERT INTO wfa.invalidations (rollup, bucket)
+SELECT * FROM unnest($1::text[], $2::timestamptz[])
+ON CONFLICT DO NOTHING;
+
+-- name: bump_counters
+INSERT INTO wfa.counters AS c (metric, tenant_id, workflow_id, step_id, action_type, label, value)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::bigint[])
+ON CONFLICT (metric, tenant_id, workflow_id, step_id, action_type, label)
+DO UPDATE SET value = c.value + excluded.value;
+
+-- name: reject
+INSERT INTO wfa.rejected_rows (source_table, source_id, source_updated_at, reason, detail, raw)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                     $6::jsonb[])
+ON CONFLICT DO NOTHING
+RETURNING reason;
+
+-- name: set_cursor
+INSERT INTO wfa.cursors (name, updated_at, id, advanced_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, id = excluded.id,
+       advanced_at = now()
+ WHERE (wfa.cursors.updated_at, wfa.cursors.id) < (excluded.updated_at, excluded.id);
+
+-- name: get_cursor
+SELECT updated_at, id FROM wfa.cursors WHERE name = $1;
+
+-- name: load_workflows
+SELECT w.workflow_id, w.tenant_id, s.step_id, s.action_type
+  FROM wfa.workflows w LEFT JOIN wfa.workflow_steps s USING (workflow_id);
+
+-- name: upsert_workflow
+INSERT INTO wfa.workflows (workflow_id, tenant_id, name, source_updated_at)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (workflow_id) DO UPDATE SET tenant_id = excluded.tenant_id, name = excluded.name,
+       source_updated_at = excluded.source_updated_at, ingested_at = now();
+
+-- name: upsert_steps
+INSERT INTO wfa.workflow_steps (workflow_id, step_id, step_index, name, action_type, removed_at)
+SELECT $1, * , NULL FROM unnest($2::text[], $3::int[], $4::text[], $5::text[])
+ON CONFLICT (workflow_id, step_id) DO UPDATE SET step_index = excluded.step_index,
+       name = excluded.name, action_type = excluded.action_type, removed_at = NULL;
+
+-- name: remove_steps
+UPDATE wfa.workflow_steps SET removed_at = now()
+ WHERE workflow_id = $1 AND removed_at IS NULL AND NOT (step_id = ANY($2::text[]));

@@ -1,0 +1,379 @@
+"""Turn source rows into store rows: validation, diffing against stored state, counter deltas."""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from exporter.histogram import bucket_le
+from exporter.store.partitions import hour_floor
+
+EXECUTION_STATUSES = frozenset({"active", "completed", "exited", "failed"})
+ATTEMPT_STATUSES = frozenset({"running", "succeeded", "failed", "skipped"})
+TERMINAL = frozenset({"succeeded", "failed", "skipped"})
+EVENTS = ("enrolled", "completed", "converted", "exited", "failed")
+_MS = timedelta(milliseconds=1)
+_SEP = "\x1f"
+
+
+class Rejected(Exception):
+    """A source row that cannot be ingested; `reason` is a stable label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def le_label(le: float) -> str:
+    """Prometheus text of a bucket bound."""
+    return "+Inf" if math.isinf(le) else repr(float(le))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInfo:
+    """What ingestion needs to know of a workflow definition."""
+
+    workflow_id: str
+    tenant_id: str
+    action_types: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt of a step, parsed from `step_progress`."""
+
+    step_id: str
+    entered_at: datetime
+    finished_at: datetime | None
+    status: str
+    error: str | None
+
+    @property
+    def duration_ms(self) -> int | None:
+        """Whole milliseconds from entered to finished."""
+        return None if self.finished_at is None else (self.finished_at - self.entered_at) // _MS
+
+    def signature(self) -> str:
+        """Compact text kept in the store to diff the next version of this attempt against."""
+        fin = "" if self.finished_at is None else str(_us(self.finished_at))
+        err = "" if self.error is None else str(zlib.crc32(self.error.encode()))
+        return _SEP.join((self.step_id, str(_us(self.entered_at)), self.status, fin, err))
+
+
+@dataclass(frozen=True, slots=True)
+class OldAttempt:
+    """An attempt as stored last time: enough to diff, delete and count."""
+
+    step_id: str
+    entered_at: datetime
+    status: str
+    finished: bool
+    signature: str
+
+    @classmethod
+    def parse(cls, sig: str) -> OldAttempt:
+        """Read a signature written by `Attempt.signature`."""
+        step_id, us, status, fin, _ = sig.split(_SEP)
+        return cls(step_id, _from_us(int(us)), status, fin != "", sig)
+
+
+@dataclass(slots=True)
+class OldExecution:
+    """The stored state of an execution before this batch."""
+
+    enrolled_at: datetime
+    source_updated_at: datetime
+    times: dict[str, datetime | None]
+    reason: str | None
+    failed_at: datetime | None
+    attempts: list[str]
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one batch writes, built row by row, written in one transaction."""
+
+    executions: list[tuple] = field(default_factory=list)
+    executions_new: set[str] = field(default_factory=set)
+    steps_new: list[tuple] = field(default_factory=list)
+    steps_del: list[tuple] = field(default_factory=list)
+    events_new: list[tuple] = field(default_factory=list)
+    events_upd: list[tuple] = field(default_factory=list)
+    events_del: list[tuple] = field(default_factory=list)
+    runs_new: list[tuple] = field(default_factory=list)
+    runs_upd: list[tuple] = field(default_factory=list)
+    runs_del: list[tuple] = field(default_factory=list)
+    invalid: set[tuple[str, datetime]] = field(default_factory=set)
+    counters: Counter = field(default_factory=Counter)
+    spans: dict[str, list[datetime]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)
+    rejected: list[tuple] = field(default_factory=list)
+    skipped: int = 0
+
+    def span(self, table: str, t: datetime) -> None:
+        """Widen the time span written to `table`."""
+        s = self.spans.get(table)
+        if s is None:
+            self.spans[table] = [t, t]
+        elif t < s[0]:
+            s[0] = t
+        elif t > s[1]:
+            s[1] = t
+
+
+def _us(t: datetime) -> int:
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(value: object, what: str) -> datetime:
+    """An ISO-8601 timestamp from JSON; naive values are taken as UTC."""
+    if not isinstance(value, str):
+        raise Rejected("invalid_step_progress", f"{what} is not a timestamp string")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected("invalid_step_progress", f"{what} {value!r} is not ISO 8601") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+def parse_progress(text: str | None) -> list[Attempt]:
+    """Parse and validate `step_progress` (JSON array of attempt objects)."""
+    if text is None:
+        return []
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError):
+        raise Rejected("invalid_step_progress", "not valid JSON") from None
+    if not isinstance(data, list):
+        raise Rejected("invalid_step_progress", "not a JSON array")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise Rejected("invalid_step_progress", f"entry {i} is not an object")
+        step_id = item.get("step_id")
+        if step_id is None or isinstance(step_id, (dict, list)):
+            raise Rejected("invalid_step_progress", f"entry {i} has no step_id")
+        status = item.get("status")
+        if status not in ATTEMPT_STATUSES:
+            raise Rejected("invalid_step_progress", f"entry {i} has status {status!r}")
+        entered = parse_time(item.get("entered_at"), f"entry {i} entered_at")
+        fin_raw = item.get("finished_at")
+        finished = None if fin_raw is None else parse_time(fin_raw, f"entry {i} finished_at")
+        if finished is not None and finished < entered:
+            raise Rejected("finished_before_entered", f"entry {i} of step {step_id}")
+        error = item.get("error")
+        err = None if error is None else str(error)
+        out.append(Attempt(str(step_id), entered, finished, status, err))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SourceExecution:
+    """One row of the source executions table, ids as text."""
+
+    id: str
+    tenant_id: str
+    workflow_id: str
+    contact_id: str
+    status: str
+    enrolled_at: datetime
+    completed_at: datetime | None
+    converted_at: datetime | None
+    exited_at: datetime | None
+    exit_reason: str | None
+    failed_at: datetime | None
+    current_step_id: str | None
+    step_progress: str | None
+    updated_at: datetime
+
+
+def _event_times(
+    row: SourceExecution, attempts: list[Attempt], old: OldExecution | None
+) -> dict[str, datetime | None]:
+    failed_at = None
+    if row.status == "failed":
+        if row.failed_at is not None:
+            failed_at = row.failed_at
+        elif old is not None and old.failed_at is not None:
+            failed_at = old.failed_at
+        else:
+            ends = [a.finished_at for a in attempts if a.status == "failed" and a.finished_at]
+            failed_at = max(ends) if ends else row.updated_at
+    return {
+        "enrolled": row.enrolled_at,
+        "completed": row.completed_at,
+        "converted": row.converted_at,
+        "exited": row.exited_at,
+        "failed": failed_at,
+    }
+
+
+def apply_execution(
+    batch: Batch,
+    row: SourceExecution,
+    wf: WorkflowInfo | None,
+    old: OldExecution | None,
+    conversion_window: timedelta | None,
+) -> None:
+    """Validate one source row and add its store changes to `batch` (raises Rejected)."""
+    if wf is None:
+        raise Rejected("unknown_workflow", f"workflow {row.workflow_id!r} is not known")
+    if row.tenant_id != wf.tenant_id:
+        raise Rejected("tenant_mismatch", f"row tenant {row.tenant_id!r} != workflow tenant")
+    if row.status not in EXECUTION_STATUSES:
+        raise Rejected("unknown_status", f"status {row.status!r}")
+    attempts = parse_progress(row.step_progress)
+    if old is not None and old.source_updated_at == row.updated_at:
+        batch.skipped += 1
+        return
+    eid, tenant, wfid, enrolled = row.id, wf.tenant_id, wf.workflow_id, row.enrolled_at
+    times = _event_times(row, attempts, old)
+    new_sigs = [a.signature() for a in attempts]
+    batch.touched.add(wfid)
+
+    # events
+    reason = row.exit_reason if row.exited_at is not None else None
+    for event in EVENTS:
+        t_new = times[event]
+        t_old = old.times.get(event) if old else None
+        ev_reason = reason if event == "exited" else None
+        same_reason = old is None or event != "exited" or old.reason == ev_reason
+        if t_new == t_old and same_reason:
+            continue
+        if t_old is not None and t_old != t_new:
+            batch.events_del.append((eid, event, t_old))
+            batch.invalid.add(("events", hour_floor(t_old)))
+        if t_new is None:
+            continue
+        dur = le = None
+        if event in ("completed", "converted"):
+            dur = (t_new - enrolled) // _MS
+            le = bucket_le(dur / 1000)
+        rec = (eid, event, t_new, tenant, wfid, ev_reason, dur, le)
+        (batch.events_upd if old is not None else batch.events_new).append(rec)
+        batch.invalid.add(("events", hour_floor(t_new)))
+        batch.span("workflow_events", t_new)
+        if t_old is None:
+            _count_event(batch, tenant, wfid, event, ev_reason, dur, le)
+
+    # step attempts
+    old_by_key = {}
+    if old is not None:
+        for sig in old.attempts:
+            oa = OldAttempt.parse(sig)
+            old_by_key[(oa.step_id, oa.entered_at)] = oa
+    new_keys = set()
+    for a, sig in zip(attempts, new_sigs, strict=True):
+        key = (a.step_id, a.entered_at)
+        new_keys.add(key)
+        oa = old_by_key.get(key)
+        if oa is not None and oa.signature == sig:
+            continue
+        action = wf.action_types.get(a.step_id, "unknown")
+        dur = a.duration_ms
+        le = None if dur is None else bucket_le(dur / 1000)
+        rec = (
+            eid,
+            a.step_id,
+            a.entered_at,
+            tenant,
+            wfid,
+            action,
+            a.status,
+            a.finished_at,
+            dur,
+            le,
+            a.error,
+        )
+        (batch.runs_upd if oa is not None else batch.runs_new).append(rec)
+        batch.invalid.add(("step_runs", hour_floor(a.entered_at)))
+        batch.span("step_runs", a.entered_at)
+        c = batch.counters
+        if oa is None:
+            c[("step_runs", tenant, wfid, a.step_id, action, "")] += 1
+        if a.status in TERMINAL and (oa is None or oa.status != a.status):
+            c[("step_outcomes", tenant, wfid, a.step_id, action, a.status)] += 1
+        if dur is not None and (oa is None or not oa.finished):
+            c[("step_duration_bucket", tenant, wfid, a.step_id, action, le_label(le))] += 1
+            c[("step_duration_sum_ms", tenant, wfid, a.step_id, action, "")] += dur
+    for key, oa in old_by_key.items():
+        if key not in new_keys:
+            batch.runs_del.append((eid, oa.step_id, oa.entered_at))
+            batch.invalid.add(("step_runs", hour_floor(oa.entered_at)))
+
+    # reached steps (cohort)
+    reached = {a.step_id for a in attempts}
+    old_reached = {k[0] for k in old_by_key}
+    for step_id in reached - old_reached:
+        batch.steps_new.append((eid, step_id, enrolled, tenant, wfid))
+    for step_id in old_reached - reached:
+        batch.steps_del.append((eid, step_id, enrolled))
+    if reached - old_reached:
+        batch.span("execution_steps", enrolled)
+
+    # the execution itself
+    in_window = row.converted_at is not None and (
+        conversion_window is None or row.converted_at - enrolled <= conversion_window
+    )
+    batch.executions.append(
+        (
+            eid,
+            enrolled,
+            tenant,
+            wfid,
+            row.contact_id,
+            row.status,
+            row.completed_at,
+            row.converted_at,
+            in_window,
+            row.exited_at,
+            row.exit_reason,
+            times["failed"],
+            row.current_step_id if row.status == "active" else None,
+            new_sigs,
+            row.updated_at,
+        )
+    )
+    if old is None:
+        batch.executions_new.add(eid)
+    batch.span("executions", enrolled)
+    batch.invalid.add(("cohort", hour_floor(enrolled)))
+    batch.invalid.add(("cohort_steps", hour_floor(enrolled)))
+
+
+def _count_event(
+    batch: Batch,
+    tenant: str,
+    wfid: str,
+    event: str,
+    reason: str | None,
+    dur: int | None,
+    le: float | None,
+) -> None:
+    c = batch.counters
+    metric = {
+        "enrolled": "enrollments",
+        "completed": "completions",
+        "converted": "conversions",
+        "exited": "exits",
+        "failed": "failures",
+    }[event]
+    label = (reason or "") if event == "exited" else ""
+    c[(metric, tenant, wfid, "", "", label)] += 1
+    if dur is not None and le is not None:
+        name = "time_to_complete" if event == "completed" else "time_to_convert"
+        c[(f"{name}_bucket", tenant, wfid, "", "", le_label(le))] += 1
+        c[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur
