@@ -1,0 +1,431 @@
+"""Pydantic models of the configuration file; every model is frozen and forbids unknown keys."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WrapSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .durations import Duration, PositiveDuration
+
+__all__ = [
+    "DATASETS",
+    "RAW_DATASETS",
+    "ApiConfig",
+    "ApiToken",
+    "Config",
+    "ExecutionColumns",
+    "ExporterConfig",
+    "ExportsConfig",
+    "MetricsConfig",
+    "RetentionConfig",
+    "RetentionOverride",
+    "SourceConfig",
+    "StoreConfig",
+    "WorkflowColumns",
+    "parse_listen",
+]
+
+RAW_DATASETS: tuple[str, ...] = ("executions", "step_runs", "workflow_events")
+"""Datasets holding raw rows; rollups are refreshed from them."""
+
+DATASETS: tuple[str, ...] = (*RAW_DATASETS, "rollups_1h", "rollups_1d")
+"""Every dataset with a retention period."""
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_$]*"
+_IDENTIFIER_RE = re.compile(_IDENTIFIER)
+_TABLE_RE = re.compile(rf"(?:{_IDENTIFIER}\.)?{_IDENTIFIER}")
+_MAX_IDENTIFIER_LENGTH = 63  # PostgreSQL truncates longer names silently.
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    """A validation error whose message is shown as is."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+def _no_bool(value: object) -> object:
+    """Reject booleans where an integer is expected (pydantic would read true as 1)."""
+    if isinstance(value, bool):
+        raise _error("int_type", "must be an integer")
+    return value
+
+
+def _text_id(value: object) -> object:
+    """Accept integer ids (YAML reads `42` as a number) as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _non_empty(value: str) -> str:
+    """Reject empty or blank strings."""
+    if not value.strip():
+        raise _error("empty", "must not be empty")
+    return value
+
+
+def _identifier(value: str) -> str:
+    """Validate a bare SQL identifier."""
+    if not _IDENTIFIER_RE.fullmatch(value):
+        raise _error(
+            "sql_identifier",
+            f"must be a SQL identifier (letters, digits, _ or $, not starting with a digit),"
+            f" got {value!r}",
+        )
+    if len(value) > _MAX_IDENTIFIER_LENGTH:
+        raise _error("sql_identifier", f"must be at most {_MAX_IDENTIFIER_LENGTH} characters")
+    return value
+
+
+def _table_name(value: str) -> str:
+    """Validate a table name: an identifier with an optional `schema.` prefix."""
+    if not _TABLE_RE.fullmatch(value):
+        raise _error(
+            "sql_identifier",
+            f"must be a table name (identifier or schema.identifier), got {value!r}",
+        )
+    if any(len(part) > _MAX_IDENTIFIER_LENGTH for part in value.split(".")):
+        raise _error(
+            "sql_identifier", f"each part must be at most {_MAX_IDENTIFIER_LENGTH} characters"
+        )
+    return value
+
+
+def _dsn(value: str) -> str:
+    """Validate a PostgreSQL connection URI without echoing it (it may hold a password)."""
+    if not value.strip():
+        raise _error("empty", "must not be empty")
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise _error("dsn", "must be a postgresql:// or postgres:// URI")
+    return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port" into (host, port); raise ValueError if invalid."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host or "[" in host or "]" in host:
+            raise ValueError(f"must be host:port, got {value!r}")
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"must be host:port (IPv6 as [addr]:port), got {value!r}")
+    if not sep or not host or not _PORT_RE.fullmatch(port):
+        raise ValueError(f"must be host:port, got {value!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    """Pydantic validator for a listen address."""
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise _error("listen", str(exc)) from None
+    return value
+
+
+def _sha256(value: str) -> str:
+    """Validate (and lower-case) a hex SHA-256 digest."""
+    digest = value.strip().lower()
+    if not _SHA256_RE.fullmatch(digest):
+        raise _error("sha256", "must be 64 hexadecimal characters (the SHA-256 of the token)")
+    return digest
+
+
+def _freeze(value: dict[Any, Any]) -> Mapping[Any, Any]:
+    """Wrap a validated dict in a read-only view."""
+    return MappingProxyType(value)
+
+
+def _thaw(value: Mapping[Any, Any], handler: SerializerFunctionWrapHandler) -> Any:
+    """Serialize a read-only mapping as a plain dict."""
+    return handler(dict(value))
+
+
+def _unique_durations(values: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+    """Reject repeated durations in a list."""
+    if len(set(values)) != len(values):
+        raise _error("duplicate", "must not repeat a duration")
+    return values
+
+
+PositiveInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+"""An integer of at least 1 (booleans rejected)."""
+
+NonNegativeInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
+"""An integer of at least 0 (booleans rejected)."""
+
+BigInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=_BIGINT_MIN, le=_BIGINT_MAX)]
+"""An integer in PostgreSQL's bigint range."""
+
+NonEmptyStr = Annotated[str, AfterValidator(_non_empty)]
+"""A string that is not empty or blank."""
+
+TextId = Annotated[str, BeforeValidator(_text_id), AfterValidator(_non_empty)]
+"""An id kept as text; YAML integers are accepted."""
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""A bare SQL identifier (column name)."""
+
+TableName = Annotated[str, AfterValidator(_table_name)]
+"""A SQL table name, optionally `schema.`-qualified."""
+
+Dsn = Annotated[str, AfterValidator(_dsn)]
+"""A PostgreSQL connection URI."""
+
+Listen = Annotated[str, AfterValidator(_listen)]
+"""A "host:port" listen address; IPv6 hosts in brackets."""
+
+Sha256 = Annotated[str, AfterValidator(_sha256)]
+"""A hex SHA-256 digest, stored lower-case."""
+
+Scope = Literal["read", "export", "admin"]
+"""An API token scope."""
+
+
+class ExecutionColumns(BaseModel):
+    """Column names of the source executions table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier = "id"
+    tenant_id: Identifier = "tenant_id"
+    workflow_id: Identifier = "workflow_id"
+    contact_id: Identifier = "contact_id"
+    status: Identifier = "status"
+    enrolled_at: Identifier = "enrolled_at"
+    completed_at: Identifier = "completed_at"
+    converted_at: Identifier = "converted_at"
+    exited_at: Identifier = "exited_at"
+    exit_reason: Identifier = "exit_reason"
+    current_step_id: Identifier = "current_step_id"
+    step_progress: Identifier = "step_progress"
+    updated_at: Identifier = "updated_at"
+    failed_at: Identifier | None = None
+
+
+class WorkflowColumns(BaseModel):
+    """Column names of the source workflows table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier = "id"
+    tenant_id: Identifier = "tenant_id"
+    name: Identifier = "name"
+    steps: Identifier = "steps"
+    updated_at: Identifier = "updated_at"
+
+
+class SourceConfig(BaseModel):
+    """The application database the exporter polls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: Dsn
+    executions_table: TableName = "workflow_executions"
+    workflows_table: TableName = "workflows"
+    columns: ExecutionColumns = Field(default_factory=ExecutionColumns)
+    workflow_columns: WorkflowColumns = Field(default_factory=WorkflowColumns)
+    statement_timeout: PositiveDuration = timedelta(seconds=30)
+
+
+class StoreConfig(BaseModel):
+    """The analytics store; `dsn` defaults to the source's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dsn: Dsn | None = None
+    backend: Literal["auto", "postgres", "timescaledb"] = "auto"
+    partition_interval: PositiveDuration = timedelta(days=7)
+    premake_partitions: PositiveInt = 4
+    statement_timeout: PositiveDuration = timedelta(seconds=30)
+    pool_min_size: NonNegativeInt = 1
+    pool_max_size: PositiveInt = 10
+    connect_retries: NonNegativeInt = 10
+    connect_retry_delay: Duration = timedelta(seconds=1)
+
+
+class ExporterConfig(BaseModel):
+    """The poll loop and rollup refresh."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    poll_interval: PositiveDuration = timedelta(seconds=5)
+    batch_size: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=100_000)] = 5000
+    overlap: Duration = timedelta(seconds=30)
+    refresh_interval: PositiveDuration = timedelta(seconds=30)
+    conversion_window: PositiveDuration | None = None
+    conversion_windows: Annotated[
+        dict[TextId, PositiveDuration], AfterValidator(_freeze), WrapSerializer(_thaw)
+    ] = Field(default_factory=dict)
+    lock_id: BigInt = 727274
+
+    def conversion_window_for(self, workflow_id: str) -> timedelta | None:
+        """The conversion window of a workflow: its own, else the global one, else None."""
+        return self.conversion_windows.get(workflow_id, self.conversion_window)
+
+
+class MetricsConfig(BaseModel):
+    """The Prometheus /metrics endpoint and its snapshot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Listen = "127.0.0.1:9464"
+    snapshot_interval: PositiveDuration = timedelta(seconds=15)
+    windows: Annotated[tuple[PositiveDuration, ...], AfterValidator(_unique_durations)] = (
+        timedelta(hours=1),
+        timedelta(hours=24),
+        timedelta(days=7),
+    )
+    tenant_label: bool = True
+    max_series: PositiveInt = 50_000
+    include: tuple[TextId, ...] = ("*",)
+    exclude: tuple[TextId, ...] = ()
+    min_volume: NonNegativeInt = 20
+
+
+class ApiToken(BaseModel):
+    """One API bearer token, stored as the SHA-256 of the secret."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: NonEmptyStr
+    sha256: Sha256
+    tenant: TextId
+    scopes: Annotated[frozenset[Scope], Field(min_length=1)] = frozenset({"read"})
+
+
+class ApiConfig(BaseModel):
+    """The aiohttp API service."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: Listen = "127.0.0.1:8080"
+    tokens: tuple[ApiToken, ...] = ()
+    max_range: PositiveDuration = timedelta(days=400)
+    default_range: PositiveDuration = timedelta(days=7)
+    sse_max_per_token: PositiveInt = 20
+    refresh_min_interval: Duration = timedelta(seconds=10)
+    max_body_bytes: PositiveInt = 65536
+
+
+class ExportsConfig(BaseModel):
+    """Export files produced by the API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directory: Path = Path("./.wfa/exports")
+    max_age: PositiveDuration = timedelta(hours=24)
+    max_concurrent_per_tenant: PositiveInt = 2
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _directory_not_empty(cls, value: object) -> object:
+        """Reject an empty directory (Path("") would mean the working directory)."""
+        if isinstance(value, str) and not value.strip():
+            raise _error("empty", "must not be empty")
+        return value
+
+
+class RetentionOverride(BaseModel):
+    """Per-workflow retention periods; unset datasets use the global period."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    executions: PositiveDuration | None = None
+    step_runs: PositiveDuration | None = None
+    workflow_events: PositiveDuration | None = None
+    rollups_1h: PositiveDuration | None = None
+    rollups_1d: PositiveDuration | None = None
+
+
+class RetentionConfig(BaseModel):
+    """How long each dataset is kept, globally and per workflow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    executions: PositiveDuration = timedelta(days=90)
+    step_runs: PositiveDuration = timedelta(days=90)
+    workflow_events: PositiveDuration = timedelta(days=90)
+    rollups_1h: PositiveDuration = timedelta(days=400)
+    rollups_1d: PositiveDuration = timedelta(days=730)
+    workflows: Annotated[
+        dict[TextId, RetentionOverride], AfterValidator(_freeze), WrapSerializer(_thaw)
+    ] = Field(default_factory=dict)
+    run_interval: PositiveDuration = timedelta(hours=24)
+
+    def period(self, dataset: str, workflow_id: str | None = None) -> timedelta:
+        """Retention of a dataset, for one workflow when it has an override."""
+        if dataset not in DATASETS:
+            raise KeyError(dataset)
+        override = self.workflows.get(workflow_id) if workflow_id is not None else None
+        value: timedelta | None = getattr(override, dataset) if override else None
+        return value if value is not None else getattr(self, dataset)
+
+
+_SECTIONS = ("source", "store", "exporter", "metrics", "api", "exports", "retention")
+
+
+class Config(BaseModel):
+    """The whole configuration; only `source` is required."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: SourceConfig
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    exporter: ExporterConfig = Field(default_factory=ExporterConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    exports: ExportsConfig = Field(default_factory=ExportsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """Treat empty sections (`store:`) as {} and default store.dsn to source.dsn."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {
+            key: ({} if key in _SECTIONS and value is None else value)
+            for key, value in data.items()
+        }
+        source, store = data.get("source"), data.get("store", {})
+        source_dsn = (
+            source.get("dsn") if isinstance(source, Mapping) else getattr(source, "dsn", None)
+        )
+        if not isinstance(source_dsn, str):
+            return data
+        try:
+            _dsn(source_dsn)
+        except PydanticCustomError:
+            return data
+        if isinstance(store, Mapping) and store.get("dsn") is None:
+            data["store"] = {**store, "dsn": source_dsn}
+        elif isinstance(store, StoreConfig) and store.dsn is None:
+            data["store"] = store.model_copy(update={"dsn": source_dsn})
+        return data
+
+    @property
+    def store_dsn(self) -> str:
+        """The store DSN (the source's when `store.dsn` is not set)."""
+        return self.store.dsn or self.source.dsn
