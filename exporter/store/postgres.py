@@ -34,7 +34,7 @@ def _mat_ddl(r: Rollup) -> list[str]:
             f"ON wfa.{r.name}_{level}_mat (workflow_id, bucket)",
             f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_mat_bucket_idx "
             f"ON wfa.{r.name}_{level}_mat (bucket)",
-            f"INSERT INTO wfa.watermarks VALUES ('{r.name}_{level}', '-infinity') "
+            f"INSERT INTO wfa.watermarks VALUES ('{r.name}_{level}', '1900-01-01 00:00:00+00') "
             "ON CONFLICT DO NOTHING",
         ]
     wm_h = _WM.format(key=f"{r.name}_1h")

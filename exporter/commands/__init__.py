@@ -1,0 +1,1 @@
+"""Subcommands of `wfa`, one module per concern; each exposes `register(subparsers)`."""

@@ -1,0 +1,126 @@
+"""Subcommands: check-config, migrate, source init, exporter."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
+from exporter.config import Config
+from exporter.db import connect
+from exporter.service import ExporterService, store_dsn
+from exporter.simulate.writer import create_source_schema
+from exporter.store import make_backend
+from exporter.store.migrate import migrate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands."""
+    p = sub.add_parser("check-config", help="validate the config file and exit (1 on problems)")
+    add_config_arg(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("migrate", help="create or upgrade the wfa schema in the store")
+    add_config_arg(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("source", help="source tables (demo and tests)")
+    ssub = p.add_subparsers(dest="source_cmd", required=True)
+    init = ssub.add_parser("init", help="create the default source tables")
+    add_config_arg(init)
+    init.set_defaults(func=cmd_source_init)
+
+    p = sub.add_parser("exporter", help="poll the source into the store forever")
+    add_config_arg(p)
+    p.add_argument("--once", action="store_true", help="ingest until caught up, refresh, exit")
+    p.set_defaults(func=cmd_exporter)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exit 0 on a good config, 1 after listing every problem."""
+    config_or_exit(args)
+    print("config ok")
+    return 0
+
+
+async def _migrate(cfg: Config) -> int:
+    conn = await connect(
+        store_dsn(cfg), retries=cfg.store.connect_retries, retry_delay=cfg.store.connect_retry_delay
+    )
+    try:
+        backend = await make_backend(
+            conn, cfg.store.backend, cfg.store.partition_interval, cfg.store.premake_partitions
+        )
+        version = await migrate(conn, backend)
+        print(f"schema wfa at version {version} ({backend.name})")
+    finally:
+        await conn.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the store schema."""
+    return run(_migrate(config_or_exit(args)))
+
+
+async def _source_init(cfg: Config) -> int:
+    conn = await connect(cfg.source.dsn)
+    try:
+        await create_source_schema(conn, cfg.source.executions_table, cfg.source.workflows_table)
+    finally:
+        await conn.close()
+    print(f"source tables {cfg.source.workflows_table}, {cfg.source.executions_table} ready")
+    return 0
+
+
+def cmd_source_init(args: argparse.Namespace) -> int:
+    """Create the default source tables."""
+    return run(_source_init(config_or_exit(args)))
+
+
+async def _exporter(cfg: Config, once: bool) -> int:
+    service = ExporterService(cfg)
+    await service.open()
+    try:
+        if once:
+            result = await service.poll_once()
+            if result is None:
+                print("another exporter holds the poll lock", file=sys.stderr)
+                return 1
+            print(
+                json.dumps(
+                    {
+                        "batches": result.batches,
+                        "read": result.read,
+                        "written": result.written,
+                        "skipped": result.skipped,
+                        "rejected": result.rejected,
+                        "rows": result.rows,
+                        "seconds": round(result.seconds, 3),
+                    }
+                )
+            )
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        service.start(scheduler)
+        scheduler.start()
+        await stop.wait()
+        scheduler.shutdown(wait=False)
+        return 0
+    finally:
+        await service.close()
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """Run the exporter."""
+    setup_logging()
+    return run(_exporter(config_or_exit(args), args.once))

@@ -1,0 +1,203 @@
+"""The exporter process: pools, single-poller lock, scheduled poll, refresh and upkeep jobs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.config import Config
+from exporter.db import CONNECT_ERRORS, connect, create_pool
+from exporter.ingest import Ingestor, IngestSettings, PollResult
+from exporter.store import Backend, RefreshResult, make_backend
+from exporter.store.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+
+def ingest_settings(cfg: Config) -> IngestSettings:
+    """The ingest loop's view of the config."""
+    s, e = cfg.source, cfg.exporter
+    return IngestSettings(
+        executions_table=s.executions_table,
+        workflows_table=s.workflows_table,
+        columns=s.columns.model_dump(),
+        workflow_columns=s.workflow_columns.model_dump(),
+        batch_size=e.batch_size,
+        overlap=e.overlap,
+        conversion_window=e.conversion_window,
+        conversion_windows=dict(e.conversion_windows),
+    )
+
+
+def store_dsn(cfg: Config) -> str:
+    """The store DSN, defaulting to the source's."""
+    return cfg.store.dsn or cfg.source.dsn
+
+
+def error_reason(exc: BaseException) -> str:
+    """A stable label for a poll error."""
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return "statement_timeout"
+    if isinstance(exc, (*CONNECT_ERRORS, asyncpg.InterfaceError, ConnectionError)):
+        return "unreachable"
+    if isinstance(exc, asyncpg.PostgresError):
+        return "database_error"
+    return "internal"
+
+
+@dataclass(slots=True)
+class ExporterState:
+    """What the exporter knows about itself, for self-metrics and health."""
+
+    started_at: float = field(default_factory=time.time)
+    last_success: float | None = None
+    last_result: PollResult | None = None
+    last_refresh: RefreshResult | None = None
+    errors: Counter = field(default_factory=Counter)
+    rows: Counter = field(default_factory=Counter)
+    newest_updated_at: datetime | None = None
+    is_leader: bool = False
+    store_up: bool = False
+
+
+class ExporterService:
+    """Owns the store and source pools and runs ingestion on a schedule."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.state = ExporterState()
+        self.store: asyncpg.Pool | None = None
+        self.source: asyncpg.Pool | None = None
+        self.backend: Backend | None = None
+        self.ingestor: Ingestor | None = None
+        self.scheduler: AsyncIOScheduler | None = None
+        self._lock_conn: asyncpg.Connection | None = None
+        self._last_refresh = 0.0
+        self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = []
+
+    async def open(self) -> None:
+        """Connect (with bounded retries), pick the backend and migrate the schema."""
+        st = self.cfg.store
+        kw = {"retries": st.connect_retries, "retry_delay": st.connect_retry_delay}
+        self.store = await create_pool(
+            store_dsn(self.cfg),
+            min_size=st.pool_min_size,
+            max_size=st.pool_max_size,
+            statement_timeout=st.statement_timeout,
+            application_name="wfa-exporter",
+            **kw,
+        )
+        self.source = await create_pool(
+            self.cfg.source.dsn,
+            min_size=1,
+            max_size=2,
+            statement_timeout=self.cfg.source.statement_timeout,
+            application_name="wfa-exporter-source",
+            **kw,
+        )
+        async with self.store.acquire() as conn:
+            self.backend = await make_backend(
+                conn, st.backend, st.partition_interval, st.premake_partitions
+            )
+            await migrate(conn, self.backend)
+            await self.backend.maintain(conn, datetime.now(UTC))
+        self.ingestor = Ingestor(ingest_settings(self.cfg), self.backend)
+        self.state.store_up = True
+
+    async def _leader(self) -> bool:
+        """Hold the advisory lock that makes this replica the only poller."""
+        if self._lock_conn is not None and not self._lock_conn.is_closed():
+            return True
+        self._lock_conn = await connect(store_dsn(self.cfg), application_name="wfa-exporter-lock")
+        got = await self._lock_conn.fetchval(
+            "SELECT pg_try_advisory_lock($1)", self.cfg.exporter.lock_id
+        )
+        if not got:
+            await self._lock_conn.close()
+            self._lock_conn = None
+        self.state.is_leader = bool(got)
+        return bool(got)
+
+    async def poll_once(self, refresh: bool = True) -> PollResult | None:
+        """One poll cycle (until caught up) and a rollup refresh; None on a standby replica."""
+        assert self.store and self.source and self.ingestor and self.backend
+        try:
+            if not await self._leader():
+                return None
+            async with self.store.acquire() as st, self.source.acquire() as src:
+                result = await self.ingestor.poll(src, st)
+                due = time.monotonic() - self._last_refresh
+                every = self.cfg.exporter.refresh_interval.total_seconds()
+                if refresh and (result.written or result.rejected or due >= every):
+                    self.state.last_refresh = await self.backend.refresh(st)
+                    self._last_refresh = time.monotonic()
+        except Exception as exc:
+            reason = error_reason(exc)
+            self.state.errors[reason] += 1
+            self.state.store_up = reason != "unreachable"
+            log.error("poll failed (%s): %s", reason, exc)
+            if self._lock_conn is not None:
+                await self._lock_conn.close()
+                self._lock_conn = None
+            for cb in self.listeners:
+                cb(None, exc)
+            raise
+        self.state.store_up = True
+        self.state.last_success = time.time()
+        self.state.last_result = result
+        self.state.rows.update(result.rows)
+        if result.newest is not None:
+            self.state.newest_updated_at = max(
+                result.newest, self.state.newest_updated_at or result.newest
+            )
+        for cb in self.listeners:
+            cb(result, None)
+        return result
+
+    async def _poll_job(self) -> None:
+        try:
+            await self.poll_once()
+        except Exception:  # noqa: BLE001 - counted and logged in poll_once; the schedule goes on
+            pass
+
+    async def _maintain_job(self) -> None:
+        assert self.store and self.backend
+        try:
+            async with self.store.acquire() as conn:
+                await self.backend.maintain(conn, datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - upkeep retries on its next run
+            log.error("maintenance failed: %s", exc)
+
+    def start(self, scheduler: AsyncIOScheduler) -> None:
+        """Add the exporter's jobs to `scheduler`."""
+        self.scheduler = scheduler
+        e = self.cfg.exporter
+        now = datetime.now(UTC)
+        scheduler.add_job(
+            self._poll_job,
+            "interval",
+            seconds=e.poll_interval.total_seconds(),
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            id="poll",
+        )
+        scheduler.add_job(
+            self._maintain_job, "interval", hours=1, max_instances=1, coalesce=True, id="maintain"
+        )
+
+    async def close(self) -> None:
+        """Close the lock connection and pools."""
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+            self._lock_conn = None
+        for pool in (self.source, self.store):
+            if pool is not None:
+                await pool.close()
