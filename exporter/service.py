@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -162,17 +163,16 @@ class ExporterService:
         return result
 
     async def _poll_job(self) -> None:
-        try:
+        # Errors are counted and logged in poll_once; the schedule goes on.
+        with contextlib.suppress(Exception):
             await self.poll_once()
-        except Exception:  # noqa: BLE001 - counted and logged in poll_once; the schedule goes on
-            pass
 
     async def _maintain_job(self) -> None:
         assert self.store and self.backend
         try:
             async with self.store.acquire() as conn:
                 await self.backend.maintain(conn, datetime.now(UTC))
-        except Exception as exc:  # noqa: BLE001 - upkeep retries on its next run
+        except Exception as exc:
             log.error("maintenance failed: %s", exc)
 
     def start(self, scheduler: AsyncIOScheduler) -> None:
