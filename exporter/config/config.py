@@ -91,9 +91,8 @@ def _build(data: Any, reading_problems: list[Problem]) -> Config:
         *(problem for problem in schema_problems if not _under_any(problem.location, hidden)),
         *_cross_check(config, data, schema_problems),
     ]
-    if problems:
+    if problems or config is None:
         raise ConfigError(list(dict.fromkeys(str(problem) for problem in problems)))
-    assert config is not None
     return config
 
 

@@ -144,15 +144,16 @@ _Loader.add_constructor("!file", _construct_file)
 
 
 def _index_nodes(loader: _Loader, root: yaml.Node) -> None:
-    """Map every node to its dotted location and record duplicate mapping keys."""
+    """Map every node to its dotted location (first in document order); flag duplicate keys."""
     stack: list[tuple[yaml.Node, list[str | int]]] = [(root, [])]
     while stack:
         node, parts = stack.pop()
         if id(node) in loader.locations:
             continue
         loader.locations[id(node)] = format_location(parts)
+        children: list[tuple[yaml.Node, list[str | int]]] = []
         if isinstance(node, yaml.SequenceNode):
-            stack.extend((item, [*parts, index]) for index, item in enumerate(node.value))
+            children = [(item, [*parts, index]) for index, item in enumerate(node.value)]
         elif isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key, value in node.value:
@@ -161,7 +162,8 @@ def _index_nodes(loader: _Loader, root: yaml.Node) -> None:
                 if name in seen and key.tag != "tag:yaml.org,2002:merge":
                     loader.add_problem(key, "duplicate key")
                 seen.add(name)
-                stack.append((value, [*parts, name]))
+                children.append((value, [*parts, name]))
+        stack.extend(reversed(children))
 
 
 def parse_yaml(
