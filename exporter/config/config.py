@@ -85,7 +85,7 @@ def _build(data: Any, reading_problems: list[Problem]) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         schema_problems = [_translate(error) for error in exc.errors(include_url=False)]
-    hidden = [problem.location for problem in reading_problems]
+    hidden = [problem.location for problem in reading_problems if problem.value_missing]
     problems = [
         *reading_problems,
         *(problem for problem in schema_problems if not _under_any(problem.location, hidden)),

@@ -35,10 +35,11 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One configuration problem at a dotted location ("api.tokens[0].sha256")."""
+    """A problem at a dotted location; `value_missing` when the value was replaced by None."""
 
     location: str
     message: str
+    value_missing: bool = False
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}" if self.location else self.message
@@ -68,11 +69,11 @@ class _Loader(yaml.SafeLoader):
         self.locations: dict[int, str] = {}
         self.problems: list[Problem] = []
 
-    def add_problem(self, node: yaml.Node, message: str) -> None:
+    def add_problem(self, node: yaml.Node, message: str, value_missing: bool = True) -> None:
         """Record a problem at the node's dotted location and line."""
         line = node.start_mark.line + 1
         location = self.locations.get(id(node), "")
-        self.problems.append(Problem(location, f"{message} ({self.name}:{line})"))
+        self.problems.append(Problem(location, f"{message} ({self.name}:{line})", value_missing))
 
     def interpolate(self, node: yaml.Node, text: str) -> str:
         """Replace ${VAR} and ${VAR:-default}; "$${" stays a literal "${"."""
@@ -160,7 +161,7 @@ def _index_nodes(loader: _Loader, root: yaml.Node) -> None:
                 name = key.value if isinstance(key, yaml.ScalarNode) else "?"
                 loader.locations.setdefault(id(key), format_location([*parts, name]))
                 if name in seen and key.tag != "tag:yaml.org,2002:merge":
-                    loader.add_problem(key, "duplicate key")
+                    loader.add_problem(key, "duplicate key", value_missing=False)
                 seen.add(name)
                 children.append((value, [*parts, name]))
         stack.extend(reversed(children))

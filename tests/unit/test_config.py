@@ -615,6 +615,17 @@ def test_missing_variable_hides_follow_on_schema_error(tmp_path: Path) -> None:
     assert info.value.problems == [f"source.dsn: environment variable NO_DSN is not set ({path}:2)"]
 
 
+def test_duplicate_key_does_not_hide_the_kept_value_problem(tmp_path: Path) -> None:
+    path = tmp_path / "wfa.yaml"
+    path.write_text(f"source:\n  dsn: {DSN}\n  dsn: mysql://x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == [
+        f"source.dsn: duplicate key ({path}:3)",
+        "source.dsn: must be a postgresql:// or postgres:// URI",
+    ]
+
+
 def test_unreadable_and_empty_files(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:
