@@ -14,7 +14,6 @@ from exporter.commands.common import add_config_arg, config_or_exit, run, setup_
 from exporter.config import Config
 from exporter.db import connect
 from exporter.service import ExporterService, store_dsn
-from exporter.simulate.writer import create_source_schema
 from exporter.store import make_backend
 from exporter.store.migrate import migrate
 
@@ -69,6 +68,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _source_init(cfg: Config) -> int:
+    from exporter.simulate.writer import create_source_schema
+
     conn = await connect(cfg.source.dsn)
     try:
         await create_source_schema(conn, cfg.source.executions_table, cfg.source.workflows_table)
