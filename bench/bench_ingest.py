@@ -1,0 +1,137 @@
+"""Ingest throughput, empty-poll cost and peak RSS, beside PostgreSQL COPY of the same rows."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from bench.common import Figure, cluster, markdown, peak_rss_mb, percentile
+from exporter.config import config_from_dict
+from exporter.service import ExporterService
+from exporter.simulate.generate import generate
+from exporter.simulate.writer import create_source_schema, write
+
+
+async def _fill_source(dsn: str, executions: int) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    data = generate(executions=executions, days=90, workflows=10, tenants=3, seed=1, now=now)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_source_schema(conn)
+        await write(conn, data)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def _ingest_subprocess(src: str, store: str, batch: int) -> tuple[float, float, dict]:
+    """Run `wfa exporter --once` in its own process; return (seconds, peak RSS MiB, output)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(f"source: {{dsn: '{src}'}}\nstore: {{dsn: '{store}', backend: postgres}}\n"
+                f"exporter: {{batch_size: {batch}}}\n")
+    cmd = [sys.executable, "-m", "exporter", "exporter", "--once", "--config", f.name]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            peak = max(peak, peak_rss_mb(proc.pid))
+        time.sleep(0.2)
+    took = time.perf_counter() - started
+    out, err = proc.communicate()
+    Path(f.name).unlink()
+    if proc.returncode:
+        raise RuntimeError(f"ingest failed: {err[-2000:]}")
+    return took, peak, json.loads(out.strip().splitlines()[-1])
+
+
+async def _empty_polls(src: str, store: str, n: int) -> list[float]:
+    cfg = config_from_dict({"source": {"dsn": src}, "store": {"dsn": store, "backend": "postgres"}})
+    svc = ExporterService(cfg)
+    await svc.open()
+    out = []
+    try:
+        assert svc.store and svc.source and svc.ingestor
+        async with svc.store.acquire() as st, svc.source.acquire() as s:
+            for _ in range(n):
+                t = time.perf_counter()
+                res = await svc.ingestor.poll(s, st)
+                out.append((time.perf_counter() - t) * 1000)
+                assert res.written == 0
+    finally:
+        await svc.close()
+    return out
+
+
+async def _copy_rate(src: str, store: str) -> float:
+    """Rows per second of a binary COPY of the source executions into an empty clone."""
+    a, b = await asyncpg.connect(src), await asyncpg.connect(store)
+    try:
+        buf = io.BytesIO()
+        await a.copy_from_table("workflow_executions", output=buf, format="binary")
+        cols = await a.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'workflow_executions' ORDER BY ordinal_position"
+        )
+        ddl = ", ".join(f'"{c["column_name"]}" {c["data_type"]}' for c in cols)
+        await b.execute(f"DROP TABLE IF EXISTS copy_limit; CREATE TABLE copy_limit ({ddl}, "
+                        "PRIMARY KEY (id))")
+        await b.execute("CREATE INDEX ON copy_limit (updated_at, id)")
+        rows = await a.fetchval("SELECT count(*) FROM workflow_executions")
+        buf.seek(0)
+        t = time.perf_counter()
+        await b.copy_to_table("copy_limit", source=buf, format="binary")
+        took = time.perf_counter() - t
+        await b.execute("DROP TABLE copy_limit")
+        return rows / took
+    finally:
+        await a.close()
+        await b.close()
+
+
+def run(executions: int, batch: int = 5000) -> list[Figure]:
+    """Measure ingest at `executions` source rows."""
+    scale = f"{executions:,} executions"
+    with cluster() as c:
+        c.create_database("source")
+        c.create_database("store")
+        src, store = c.dsn("source"), c.dsn("store")
+        asyncio.run(_fill_source(src, executions))
+        took, rss, out = _ingest_subprocess(src, store, batch)
+        step_rows = out["rows"].get("step_runs", 0)
+        polls = asyncio.run(_empty_polls(src, store, 50))
+        copy = asyncio.run(_copy_rate(src, store))
+    return [
+        Figure("ingest", scale, "execution changes/s (first ingest, incl. rollup refresh)",
+               executions / took, "rows/s", "PostgreSQL COPY of the same rows", copy,
+               "≥ 20,000 rows/s"),
+        Figure("ingest", scale, "step entries/s", step_rows / took, "rows/s"),
+        Figure("ingest", scale, "peak RSS of the exporter", rss, "MiB", target="< 300 MiB"),
+        Figure("ingest", scale, "empty poll p50", percentile(polls, 50), "ms"),
+        Figure("ingest", scale, "empty poll p95", percentile(polls, 95), "ms", target="< 10 ms"),
+    ]
+
+
+def main() -> None:
+    """Command line: `python -m bench.bench_ingest --executions 100000`."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--executions", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--batch-size", type=int, default=5000)
+    args = p.parse_args()
+    figures = [f for n in args.executions for f in run(n, args.batch_size)]
+    print(markdown(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Shared pieces of the benchmarks: figures, the Markdown table, a private cluster, RSS."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from exporter.devdb import DevCluster
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One measured number, with the peer or the physical limit beside it when there is one."""
+
+    benchmark: str
+    scale: str
+    metric: str
+    ours: float
+    unit: str
+    peer: str = ""
+    peer_value: float | None = None
+    target: str = ""
+
+
+def fmt(v: float | None) -> str:
+    """A number with sensible precision."""
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def markdown(figures: list[Figure]) -> str:
+    """The figures as one Markdown table."""
+    lines = [
+        "| benchmark | scale | metric | ours | beside it | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        beside = f"{f.peer}: {fmt(f.peer_value)} {f.unit}" if f.peer else ""
+        lines.append(
+            f"| {f.benchmark} | {f.scale} | {f.metric} | {fmt(f.ours)} {f.unit} | {beside} "
+            f"| {f.target} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One line describing the machine the figures come from."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (0..100) by linear interpolation."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(p) - 1))]
+
+
+@contextmanager
+def cluster(fast: bool = False) -> Iterator[DevCluster]:
+    """A private PostgreSQL cluster for one benchmark run, removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="wfa-bench-"))
+    base.chmod(0o755)
+    c = DevCluster(base / "data", fast=fast)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a running process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
