@@ -1,0 +1,357 @@
+"""Exact expected analytics numbers, computed from the model objects in plain Python.
+
+Nothing here reads a database or shares code with the store's SQL: it is the
+independent reference the exporter, the API and the metrics are checked against.
+Ranges are half-open [start, end) of aware datetimes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from exporter.histogram import bucket_le
+from exporter.simulate.model import MS, SimAttempt, SimData, SimExecution
+
+ACTIVITY_FIELDS = ("enrollments", "completions", "conversions", "exits", "failures")
+GRANULARITIES = ("hour", "day", "week", "month")
+_DAY = timedelta(days=1)
+
+
+def bucket_start(t: datetime, granularity: str, tz: str = "UTC") -> datetime:
+    """Start (in UTC) of the hour/day/ISO week/month of `tz` that contains `t`."""
+    zone = ZoneInfo(tz)
+    local = t.astimezone(zone)
+    if granularity == "hour":
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())
+    elif granularity == "month":
+        day = day.replace(day=1)
+    elif granularity != "day":
+        raise ValueError(f"unknown granularity {granularity!r}")
+    return day.replace(tzinfo=zone).astimezone(UTC)
+
+
+def le_label(le: float) -> str:
+    """Prometheus text of a bucket bound."""
+    return "+Inf" if math.isinf(le) else repr(float(le))
+
+
+def _ms(delta: timedelta) -> int:
+    return delta // MS
+
+
+def _histogram() -> dict[str, Any]:
+    return {"count": 0, "sum_ms": 0, "buckets": {}}
+
+
+def _observe(h: dict[str, Any], ms: int) -> None:
+    h["count"] += 1
+    h["sum_ms"] += ms
+    le = bucket_le(ms / 1000)
+    h["buckets"][le] = h["buckets"].get(le, 0) + 1
+
+
+def _activity_row(with_reasons: bool) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(ACTIVITY_FIELDS, 0)
+    if with_reasons:
+        row["exits_by_reason"] = {}
+    return row
+
+
+def _action_row() -> dict[str, Any]:
+    return {
+        "executions": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": 0,
+        "running": 0,
+        "duration_ms_sum": 0,
+        "duration_count": 0,
+        "duration_buckets": {},
+        "errors": {},
+    }
+
+
+def _in(start: datetime, end: datetime) -> Callable[[datetime], int | None]:
+    return lambda t: 0 if start <= t < end else None
+
+
+class Truth:
+    """Expected numbers for one generated data set (DESIGN §3 definitions)."""
+
+    def __init__(self, data: SimData, conversion_window: timedelta | None = None) -> None:
+        self.data = data
+        self.conversion_window = conversion_window
+        self._steps = {wf.id: wf.step_ids for wf in data.workflows}
+        self._execs: dict[str, list[SimExecution]] = defaultdict(list)
+        for ex in data.executions:
+            self._execs[ex.workflow_id].append(ex)
+
+    def executions(self, workflow_id: str) -> list[SimExecution]:
+        """All executions of a workflow."""
+        return self._execs.get(workflow_id, [])
+
+    def step_ids(self, workflow_id: str) -> list[str]:
+        """Step ids of a workflow in definition order."""
+        return self._steps.get(workflow_id, [])
+
+    # cohort
+
+    def converted_in_window(self, ex: SimExecution) -> bool:
+        """Whether the execution counts as converted for cohort rates."""
+        if ex.converted_at is None:
+            return False
+        window = self.conversion_window
+        return window is None or ex.converted_at - ex.enrolled_at <= window
+
+    def _cohort(self, step_ids: list[str], execs: Iterable[SimExecution]) -> dict[str, Any]:
+        status: Counter[str] = Counter()
+        converted = 0
+        reached = dict.fromkeys(step_ids, 0)
+        in_progress = dict.fromkeys(step_ids, 0)
+        for ex in execs:
+            status[ex.status] += 1
+            converted += self.converted_in_window(ex)
+            for sid in {a.step_id for a in ex.step_progress}:
+                if sid in reached:
+                    reached[sid] += 1
+            if ex.status == "active" and ex.current_step_id in in_progress:
+                in_progress[ex.current_step_id] += 1
+        steps = []
+        for k, sid in enumerate(step_ids):
+            nxt = reached[step_ids[k + 1]] if k + 1 < len(step_ids) else status["completed"]
+            steps.append(
+                {
+                    "step_id": sid,
+                    "reached": reached[sid],
+                    "in_progress": in_progress[sid],
+                    "dropped": reached[sid] - nxt - in_progress[sid],
+                }
+            )
+        return {
+            "enrolled": sum(status.values()),
+            "completed": status["completed"],
+            "converted": converted,
+            "exited": status["exited"],
+            "failed": status["failed"],
+            "in_progress": status["active"],
+            "steps": steps,
+        }
+
+    def cohort_funnel(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+        """Funnel of the executions enrolled in [start, end), followed to now."""
+        execs = (e for e in self.executions(workflow_id) if start <= e.enrolled_at < end)
+        return self._cohort(self.step_ids(workflow_id), execs)
+
+    # activity
+
+    def _activity_grouped(
+        self,
+        execs: Iterable[SimExecution],
+        key: Callable[[datetime], Hashable | None],
+        with_reasons: bool,
+    ) -> dict[Hashable, dict[str, Any]]:
+        out: dict[Hashable, dict[str, Any]] = {}
+
+        def add(t: datetime | None, field: str) -> dict[str, Any] | None:
+            if t is None:
+                return None
+            k = key(t)
+            if k is None:
+                return None
+            row = out.get(k)
+            if row is None:
+                row = out[k] = _activity_row(with_reasons)
+            row[field] += 1
+            return row
+
+        for ex in execs:
+            add(ex.enrolled_at, "enrollments")
+            add(ex.completed_at, "completions")
+            add(ex.converted_at, "conversions")
+            add(ex.failed_at, "failures")
+            row = add(ex.exited_at, "exits")
+            if row is not None and with_reasons:
+                reasons = row["exits_by_reason"]
+                reasons[ex.exit_reason] = reasons.get(ex.exit_reason, 0) + 1
+        return out
+
+    def activity(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, Any]:
+        """Events whose time falls in [start, end), whenever the contact enrolled."""
+        grouped = self._activity_grouped(self.executions(workflow_id), _in(start, end), True)
+        return grouped.get(0) or _activity_row(True)
+
+    def activity_series(
+        self, workflow_id: str, start: datetime, end: datetime, granularity: str, tz: str
+    ) -> dict[datetime, dict[str, int]]:
+        """Activity counts per bucket of `tz`; only buckets with a non-zero count."""
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}")
+
+        def key(t: datetime) -> datetime | None:
+            return bucket_start(t, granularity, tz) if start <= t < end else None
+
+        grouped = self._activity_grouped(self.executions(workflow_id), key, False)
+        return dict(sorted(grouped.items(), key=lambda kv: kv[0]))
+
+    def activity_funnel(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, int]:
+        """Attempts per step whose entered_at falls in [start, end)."""
+        out = dict.fromkeys(self.step_ids(workflow_id), 0)
+        for a in self._attempts(workflow_id, start, end):
+            out[a.step_id] = out.get(a.step_id, 0) + 1
+        return out
+
+    # actions and durations
+
+    def _attempts(self, workflow_id: str, start: datetime, end: datetime) -> Iterable[SimAttempt]:
+        for ex in self.executions(workflow_id):
+            for a in ex.step_progress:
+                if start <= a.entered_at < end:
+                    yield a
+
+    @staticmethod
+    def _actions(step_ids: list[str], attempts: Iterable[SimAttempt]) -> dict[str, dict]:
+        out = {sid: _action_row() for sid in step_ids}
+        for a in attempts:
+            row = out.get(a.step_id)
+            if row is None:
+                row = out[a.step_id] = _action_row()
+            row["executions"] += 1
+            row[a.status] += 1
+            if a.finished_at is not None:
+                ms = _ms(a.finished_at - a.entered_at)
+                row["duration_ms_sum"] += ms
+                row["duration_count"] += 1
+                le = bucket_le(ms / 1000)
+                row["duration_buckets"][le] = row["duration_buckets"].get(le, 0) + 1
+            if a.error is not None:
+                row["errors"][a.error] = row["errors"].get(a.error, 0) + 1
+        return out
+
+    def actions(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, dict]:
+        """Per step: attempt outcomes, durations and errors over attempts entered in range."""
+        return self._actions(self.step_ids(workflow_id), self._attempts(workflow_id, start, end))
+
+    def _time_to(self, workflow_id: str, attr: str, start: datetime, end: datetime) -> dict:
+        h = _histogram()
+        for ex in self.executions(workflow_id):
+            t = getattr(ex, attr)
+            if t is not None and start <= t < end:
+                _observe(h, _ms(t - ex.enrolled_at))
+        return h
+
+    def time_to_complete(self, workflow_id: str, start: datetime, end: datetime) -> dict:
+        """Enrollment-to-completion histogram over completions in [start, end)."""
+        return self._time_to(workflow_id, "completed_at", start, end)
+
+    def time_to_convert(self, workflow_id: str, start: datetime, end: datetime) -> dict:
+        """Enrollment-to-conversion histogram over conversions in [start, end)."""
+        return self._time_to(workflow_id, "converted_at", start, end)
+
+    # all time
+
+    def totals(self, workflow_id: str) -> dict[str, Any]:
+        """All-time counts: what the Prometheus counters must show."""
+        execs = self.executions(workflow_id)
+        act = self._activity_grouped(execs, lambda t: 0, True).get(0) or _activity_row(True)
+        steps = self._actions(
+            self.step_ids(workflow_id), (a for ex in execs for a in ex.step_progress)
+        )
+        ever = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+        return {
+            **act,
+            "time_to_complete": self.time_to_complete(workflow_id, *ever),
+            "time_to_convert": self.time_to_convert(workflow_id, *ever),
+            "steps": {
+                sid: {
+                    "attempts": row["executions"],
+                    "succeeded": row["succeeded"],
+                    "failed": row["failed"],
+                    "skipped": row["skipped"],
+                    "running": row["running"],
+                    "duration_count": row["duration_count"],
+                    "duration_ms_sum": row["duration_ms_sum"],
+                    "duration_buckets": row["duration_buckets"],
+                }
+                for sid, row in steps.items()
+            },
+        }
+
+    # file output
+
+    def report(self, days: float) -> dict[str, Any]:
+        """Expected numbers per workflow over the UTC days covering [now - days, now)."""
+        now = self.data.now
+        first = bucket_start(now - timedelta(days=days), "day")
+        last = bucket_start(now, "day")
+        stop = last if last == now else last + _DAY
+        day_starts = []
+        d = first
+        while d < stop:
+            day_starts.append(d)
+            d += _DAY
+
+        def day_key(t: datetime) -> datetime | None:
+            return bucket_start(t, "day") if first <= t < stop else None
+
+        workflows: dict[str, Any] = {}
+        for wf in self.data.workflows:
+            execs = self.executions(wf.id)
+            cohorts: dict[datetime, list[SimExecution]] = defaultdict(list)
+            for ex in execs:
+                k = day_key(ex.enrolled_at)
+                if k is not None:
+                    cohorts[k].append(ex)
+            activity = self._activity_grouped(execs, day_key, True)
+            workflows[wf.id] = {
+                "name": wf.name,
+                "tenant_id": wf.tenant_id,
+                "steps": [s.to_json() for s in wf.steps],
+                "days": [
+                    {
+                        "from": day.isoformat(),
+                        "to": (day + _DAY).isoformat(),
+                        "cohort": self._cohort(wf.step_ids, cohorts.get(day, [])),
+                        "activity": activity.get(day) or _activity_row(True),
+                    }
+                    for day in day_starts
+                ],
+                "actions": self.actions(wf.id, first, stop),
+                "time_to_complete": self.time_to_complete(wf.id, first, stop),
+                "time_to_convert": self.time_to_convert(wf.id, first, stop),
+                "totals": self.totals(wf.id),
+            }
+        window = self.conversion_window
+        return {
+            "now": now.isoformat(),
+            "range": {"from": first.isoformat(), "to": stop.isoformat()},
+            "conversion_window_seconds": None if window is None else window.total_seconds(),
+            "executions": len(self.data.executions),
+            "workflows": workflows,
+        }
+
+    def to_json(self, path: str | Path, days: float) -> dict[str, Any]:
+        """Write `report(days)` to `path` as JSON (bucket bounds as Prometheus `le` text)."""
+        report = self.report(days)
+        Path(path).write_text(json.dumps(_jsonable(report), indent=1, sort_keys=False) + "\n")
+        return report
+
+
+def _jsonable(value: Any) -> Any:
+    """Histogram bucket keys as `le` text, recursively."""
+    if isinstance(value, dict):
+        return {
+            (le_label(k) if isinstance(k, float) else k): _jsonable(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
