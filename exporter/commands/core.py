@@ -13,6 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
 from exporter.db import connect
+from exporter.metrics import attach_metrics
 from exporter.service import ExporterService, store_dsn
 from exporter.store import make_backend
 from exporter.store.migrate import migrate
@@ -113,9 +114,14 @@ async def _exporter(cfg: Config, once: bool) -> int:
             loop.add_signal_handler(sig, stop.set)
         scheduler = AsyncIOScheduler(timezone="UTC")
         service.start(scheduler)
+        metrics = attach_metrics(service, scheduler, cfg)
+        await metrics.start()
         scheduler.start()
-        await stop.wait()
-        scheduler.shutdown(wait=False)
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            await metrics.stop()
         return 0
     finally:
         await service.close()

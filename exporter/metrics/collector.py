@@ -1,0 +1,211 @@
+"""Custom collectors: workflow families from the current snapshot, self-metrics from live state."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from exporter import __version__
+from exporter.metrics.snapshot import COUNTER, GAUGE, SPECS, Snapshot
+from exporter.service import ExporterState
+
+POLL_BOUNDS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    math.inf,
+)
+POLL_ERROR_REASONS = ("statement_timeout", "unreachable", "database_error", "internal")
+"""Poll error reasons always exposed (at 0 until they happen), see exporter.service.error_reason."""
+
+
+@dataclass(slots=True)
+class PollDurations:
+    """An in-process histogram of poll cycle durations."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * len(POLL_BOUNDS))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one poll that took `seconds`."""
+        self.counts[bisect.bisect_left(POLL_BOUNDS, seconds)] += 1
+        self.total += seconds
+
+
+@dataclass(slots=True)
+class MetricsState:
+    """The metrics side's own state: current snapshot, snapshot errors, store health."""
+
+    started_at: float = field(default_factory=time.time)
+    snapshot: Snapshot | None = None
+    snapshot_errors: Counter = field(default_factory=Counter)
+    dropped_total: int = 0
+    store_up: bool = False
+    polls: PollDurations = field(default_factory=PollDurations)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` current and add its dropped series to the running total."""
+        self.snapshot = snapshot
+        self.dropped_total += snapshot.dropped_series
+        self.store_up = True
+
+    def snapshot_age(self, now: float | None = None) -> float:
+        """Seconds since the current snapshot was read (since start when there is none yet)."""
+        now = time.time() if now is None else now
+        base = self.snapshot.built_at if self.snapshot else self.started_at
+        return max(0.0, now - base)
+
+
+def _family(name: str, kind: str, doc: str, labels: list[str]) -> Metric:
+    if kind == COUNTER:
+        return CounterMetricFamily(name, doc, labels=labels)
+    if kind == GAUGE:
+        return GaugeMetricFamily(name, doc, labels=labels)
+    return HistogramMetricFamily(name, doc, labels=labels)
+
+
+class SnapshotCollector:
+    """Yields fresh families from the snapshot `current()` returns; nothing before the first."""
+
+    def __init__(self, current: Callable[[], Snapshot | None]):
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        """Workflow families, then the snapshot's own figures."""
+        snap = self.current()
+        if snap is None:
+            return
+        for spec in SPECS:
+            fam = _family(spec.name, spec.kind, spec.doc, snap.label_names(spec))
+            rows = snap.samples.get(spec.name, ())
+            if spec.kind == COUNTER or spec.kind == GAUGE:
+                for labels, value in rows:
+                    fam.add_metric(labels, value)
+            else:
+                for labels, (buckets, total) in rows:
+                    fam.add_metric(labels, [(floatToGoString(le), n) for le, n in buckets], total)
+            yield fam
+        rej = CounterMetricFamily(
+            "wfa_exporter_rejected_rows", "Source rows rejected, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(snap.rejected.items()):
+            rej.add_metric([reason], n)
+        yield rej
+        yield GaugeMetricFamily(
+            "wfa_exporter_snapshot_series", "Series in the current snapshot.", value=snap.series
+        )
+        yield GaugeMetricFamily(
+            "wfa_exporter_series_dropped",
+            "Series left out of the current snapshot by the cardinality guard.",
+            value=snap.dropped_series,
+        )
+        yield GaugeMetricFamily(
+            "wfa_exporter_snapshot_duration_seconds",
+            "Seconds the current snapshot took to read and build.",
+            value=snap.duration,
+        )
+
+
+class SelfCollector:
+    """Exporter self-metrics read at scrape time from the exporter's and the metrics' state."""
+
+    def __init__(self, exporter: ExporterState, metrics: MetricsState):
+        self.exporter = exporter
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        """Self-metrics; never touches the database."""
+        ex, ms, now = self.exporter, self.metrics, time.time()
+        polls = ms.polls
+        running, buckets = 0, []
+        for le, n in zip(POLL_BOUNDS, polls.counts, strict=True):
+            running += n
+            buckets.append((floatToGoString(le), running))
+        h = HistogramMetricFamily(
+            "wfa_exporter_poll_duration_seconds", "Duration of successful poll cycles."
+        )
+        h.add_metric([], buckets, polls.total)
+        yield h
+        rows = CounterMetricFamily(
+            "wfa_exporter_rows_ingested", "Rows written to the store, by table.", labels=["table"]
+        )
+        for table, n in sorted(ex.rows.items()):
+            rows.add_metric([table], n)
+        yield rows
+        newest = [
+            t for t in (ex.newest_updated_at, ms.snapshot and ms.snapshot.newest_ingested) if t
+        ]
+        if newest:
+            yield GaugeMetricFamily(
+                "wfa_exporter_ingest_lag_seconds",
+                "Now minus the newest ingested source updated_at.",
+                value=max(0.0, now - max(newest).timestamp()),
+            )
+        errors = CounterMetricFamily(
+            "wfa_exporter_poll_errors", "Failed poll cycles, by reason.", labels=["reason"]
+        )
+        for reason in sorted({*POLL_ERROR_REASONS, *ex.errors}):
+            errors.add_metric([reason], ex.errors.get(reason, 0))
+        yield errors
+        if ex.last_success is not None:
+            yield GaugeMetricFamily(
+                "wfa_exporter_last_successful_poll_timestamp_seconds",
+                "Unix time of the last successful poll cycle.",
+                value=ex.last_success,
+            )
+        yield GaugeMetricFamily(
+            "wfa_exporter_snapshot_age_seconds",
+            "Seconds since the served snapshot was read (since start before the first).",
+            value=ms.snapshot_age(now),
+        )
+        snap_errors = CounterMetricFamily(
+            "wfa_exporter_snapshot_errors",
+            "Failed snapshot builds, by reason.",
+            labels=["reason"],
+        )
+        for reason in sorted({*POLL_ERROR_REASONS, *ms.snapshot_errors}):
+            snap_errors.add_metric([reason], ms.snapshot_errors.get(reason, 0))
+        yield snap_errors
+        yield CounterMetricFamily(
+            "wfa_exporter_series_dropped",
+            "Series left out by the cardinality guard, summed over snapshots.",
+            value=ms.dropped_total,
+        )
+        yield GaugeMetricFamily(
+            "wfa_exporter_store_up",
+            "1 when the last store access succeeded.",
+            value=1 if ms.store_up else 0,
+        )
+        yield GaugeMetricFamily(
+            "wfa_exporter_leader",
+            "1 on the replica holding the poll lock.",
+            value=1 if ex.is_leader else 0,
+        )
+        info = GaugeMetricFamily(
+            "wfa_exporter_build_info", "Exporter build; always 1.", labels=["version", "python"]
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info

@@ -1,0 +1,194 @@
+"""The /metrics endpoint: a scheduled snapshot job and an aiohttp server on `metrics.listen`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import zlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import asyncpg
+from aiohttp import web
+from apscheduler.schedulers.base import BaseScheduler
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from exporter.config import Config
+from exporter.config.schema import MetricsConfig, parse_listen
+from exporter.ingest import PollResult
+from exporter.metrics.collector import MetricsState, SelfCollector, SnapshotCollector
+from exporter.metrics.snapshot import Snapshot, build_snapshot
+from exporter.service import ExporterService, ExporterState, error_reason
+
+log = logging.getLogger(__name__)
+SNAPSHOT_JOB_ID = "metrics_snapshot"
+
+
+def render_snapshot(snapshot: Snapshot) -> bytes:
+    """The text exposition of one snapshot's families (what `SnapshotCollector` yields)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SnapshotCollector(lambda: snapshot))
+    return generate_latest(reg)
+
+
+class MetricsServer:
+    """Owns the private registry, the current snapshot and the HTTP server that serves them.
+
+    The snapshot part of the exposition is rendered once per snapshot (off the event loop);
+    a scrape renders only the self-metrics and appends them, so it costs the same however
+    much data the store holds.
+    """
+
+    def __init__(
+        self,
+        cfg: MetricsConfig,
+        exporter: ExporterState,
+        pool: Callable[[], asyncpg.Pool | None],
+        store_timeout: timedelta = timedelta(seconds=30),
+    ):
+        self.cfg = cfg
+        self.exporter = exporter
+        self.state = MetricsState(store_up=exporter.store_up)
+        self._pool = pool
+        self._timeout = store_timeout.total_seconds()
+        self.snapshot_collector = SnapshotCollector(lambda: self.state.snapshot)
+        self.self_collector = SelfCollector(exporter, self.state)
+        self.registry = CollectorRegistry(auto_describe=False)
+        """The private registry with every collector (what /metrics serves)."""
+        self.registry.register(self.snapshot_collector)
+        self.registry.register(self.self_collector)
+        self._self_registry = CollectorRegistry(auto_describe=False)
+        self._self_registry.register(self.self_collector)
+        self._snapshot_text = b""
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # snapshot ------------------------------------------------------------------------------
+
+    async def refresh(self, now: datetime | None = None) -> Snapshot | None:
+        """Build, render and publish a new snapshot; on failure keep serving the last one."""
+        pool = self._pool()
+        try:
+            if pool is None:
+                raise ConnectionError("store pool is not open")
+            snapshot = await asyncio.wait_for(self._build(pool, now), self._timeout)
+            text = await asyncio.to_thread(render_snapshot, snapshot)
+        except Exception as exc:
+            reason = error_reason(exc)
+            self.state.snapshot_errors[reason] += 1
+            self.state.store_up = False
+            log.error("metrics snapshot failed (%s): %s", reason, exc)
+            return None
+        self._snapshot_text = text
+        self.state.publish(snapshot)
+        if snapshot.dropped_series:
+            log.warning(
+                "metrics.max_series %d: left out %d series of %d workflows",
+                self.cfg.max_series,
+                snapshot.dropped_series,
+                snapshot.dropped_workflows,
+            )
+        return snapshot
+
+    async def _build(self, pool: asyncpg.Pool, now: datetime | None) -> Snapshot:
+        async with pool.acquire() as conn:
+            return await build_snapshot(conn, self.cfg, now)
+
+    async def _refresh_job(self) -> None:
+        await self.refresh()
+
+    def on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:
+        """ExporterService listener: record the poll duration and the store's health."""
+        if result is not None:
+            self.state.polls.observe(result.seconds)
+        self.state.store_up = self.exporter.store_up
+
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the snapshot job (first run now) to `scheduler`."""
+        scheduler.add_job(
+            self._refresh_job,
+            "interval",
+            seconds=self.cfg.snapshot_interval.total_seconds(),
+            next_run_time=datetime.now().astimezone(),
+            max_instances=1,
+            coalesce=True,
+            id=SNAPSHOT_JOB_ID,
+            replace_existing=True,
+        )
+
+    # exposition ----------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The full text exposition: the rendered snapshot, then fresh self-metrics."""
+        return self._snapshot_text + generate_latest(self._self_registry)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = self.exposition()
+        headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            body = _gzip(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        snap = self.state.snapshot
+        body = {
+            "status": "ok",
+            "snapshot": snap is not None,
+            "snapshot_age_seconds": round(self.state.snapshot_age(), 3),
+            "store_up": self.state.store_up,
+            "leader": self.exporter.is_leader,
+        }
+        return web.Response(text=json.dumps(body), content_type="application/json")
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving /metrics and /healthz."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def start(self, listen: str | None = None) -> None:
+        """Listen on `listen` (default `metrics.listen`; port 0 picks a free port)."""
+        host, port = _split(listen or self.cfg.listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+        self.port = sock.getsockname()[1]
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        log.info("metrics on http://%s:%s/metrics", host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _split(listen: str) -> tuple[str, int]:
+    if listen.endswith(":0"):
+        return listen[:-2].strip("[]"), 0
+    return parse_listen(listen)
+
+
+def _gzip(body: bytes) -> bytes:
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return c.compress(body) + c.flush()
+
+
+def attach_metrics(
+    service: ExporterService, scheduler: BaseScheduler, cfg: Config | MetricsConfig | None = None
+) -> MetricsServer:
+    """Wire metrics to an opened service: poll listener and snapshot job; caller awaits start()."""
+    full = service.cfg
+    metrics_cfg = cfg.metrics if isinstance(cfg, Config) else (cfg or full.metrics)
+    server = MetricsServer(
+        metrics_cfg, service.state, lambda: service.store, full.store.statement_timeout
+    )
+    service.listeners.append(server.on_poll)
+    server.schedule(scheduler)
+    return server
