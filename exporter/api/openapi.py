@@ -1,0 +1,430 @@
+"""The OpenAPI 3.1 document of the API, built from small schema helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter import __version__
+from exporter.api.app import API_PREFIX
+from exporter.api.params import MAX_BUCKETS, MAX_ID_CHARS, RANGES
+from exporter.timerange import GRANULARITIES
+
+J = dict[str, Any]
+
+
+def _ref(name: str) -> J:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _int(minimum: int | None = 0) -> J:
+    return {"type": "integer"} if minimum is None else {"type": "integer", "minimum": minimum}
+
+
+def _nullable(schema: J) -> J:
+    t = schema["type"]
+    return {**schema, "type": [t, "null"]}
+
+
+def _obj(props: J, required: list[str] | None = None, **extra: Any) -> J:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required is None else required,
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+_STR = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+_RATIO = {"type": ["number", "null"], "minimum": 0}
+_SECONDS = {"type": ["number", "null"], "minimum": 0}
+
+_COUNTS = ("enrollments", "completions", "conversions", "exits", "failures")
+
+SCHEMAS: J = {
+    "Problem": _obj(
+        {
+            "type": _STR,
+            "title": _STR,
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": _STR,
+            "param": _STR,
+            "instance": _STR,
+            "request_id": _STR,
+        },
+        required=["type", "title", "status"],
+        description="RFC 9457 problem details; `param` names the offending parameter.",
+    ),
+    "Range": _obj(
+        {
+            "from": {**_TIME, "description": "Inclusive start (UTC)."},
+            "to": {**_TIME, "description": "Exclusive end (UTC)."},
+            "granularity": {"type": "string", "enum": list(GRANULARITIES)},
+            "tz": _STR,
+        },
+        description="The resolved half-open time range of the answer.",
+    ),
+    "Step": _obj(
+        {"index": _int(), "step_id": _STR, "name": _STR, "action_type": _STR},
+    ),
+    "Workflow": _obj(
+        {
+            "workflow_id": _STR,
+            "name": _STR,
+            "updated_at": _TIME,
+            "steps": {"type": "array", "items": _ref("Step")},
+        }
+    ),
+    "WorkflowList": _obj({"workflows": {"type": "array", "items": _ref("Workflow")}}),
+    "TimeStats": _obj({"avg": _SECONDS, "p50": _SECONDS, "p95": _SECONDS}),
+    "SeriesPoint": _obj({"bucket": _TIME, **{k: _int() for k in _COUNTS}}),
+    "Summary": _obj(
+        {
+            "workflow_id": _STR,
+            "range": _ref("Range"),
+            **{k: _int() for k in _COUNTS},
+            "exits_by_reason": {"type": "object", "additionalProperties": _int()},
+            "completion_rate": _RATIO,
+            "conversion_rate": _RATIO,
+            "time_to_complete_seconds": _ref("TimeStats"),
+            "time_to_convert_seconds": _ref("TimeStats"),
+            "series": {"type": "array", "items": _ref("SeriesPoint")},
+        }
+    ),
+    "FunnelStep": _obj(
+        {
+            "index": _int(),
+            "step_id": _STR,
+            "name": _STR,
+            "action_type": _STR,
+            "reached": _int(),
+            "in_progress": _nullable(_int()),
+            "dropped": _nullable(_int(None)),
+            "dropoff_ratio": {"type": ["number", "null"]},
+            "conversion_from_previous": _RATIO,
+            "conversion_from_start": _RATIO,
+            "bottleneck": {"type": ["boolean", "null"]},
+        },
+        description="In activity mode the cohort-only fields are null.",
+    ),
+    "Funnel": _obj(
+        {
+            "workflow_id": _STR,
+            "range": _ref("Range"),
+            "mode": {"type": "string", "enum": ["cohort", "activity"]},
+            "enrolled": _int(),
+            "completed": _int(),
+            "converted": _int(),
+            "in_progress": _nullable(_int()),
+            "steps": {"type": "array", "items": _ref("FunnelStep")},
+        }
+    ),
+    "Durations": _obj({"avg": _SECONDS, "p50": _SECONDS, "p95": _SECONDS, "p99": _SECONDS}),
+    "TopError": _obj({"error": _STR, "count": _int()}),
+    "ActionStep": _obj(
+        {
+            "index": {
+                "type": ["integer", "null"],
+                "minimum": 0,
+                "description": "Null for a step no longer in the workflow.",
+            },
+            "step_id": _STR,
+            "name": _STR,
+            "action_type": _STR,
+            "executions": _int(),
+            "succeeded": _int(),
+            "failed": _int(),
+            "skipped": _int(),
+            "running": _int(),
+            "success_rate": _RATIO,
+            "duration_seconds": _ref("Durations"),
+            "top_errors": {"type": "array", "items": _ref("TopError")},
+        }
+    ),
+    "ActionType": _obj(
+        {
+            "action_type": _STR,
+            "executions": _int(),
+            "succeeded": _int(),
+            "failed": _int(),
+            "skipped": _int(),
+            "running": _int(),
+            "success_rate": _RATIO,
+            "duration_seconds": _ref("Durations"),
+            "top_errors": {"type": "array", "items": _ref("TopError")},
+        }
+    ),
+    "Actions": _obj(
+        {
+            "workflow_id": _STR,
+            "range": _ref("Range"),
+            "actions": {"type": "array", "items": _ref("ActionStep")},
+            "action_types": {"type": "array", "items": _ref("ActionType")},
+        }
+    ),
+    "RefreshRequest": _obj({"rollups": {"type": "boolean", "default": True}}, required=[]),
+    "RefreshResult": _obj(
+        {
+            "workflow_id": _STR,
+            "ingested": {"type": "boolean"},
+            "workflow_changed": {"type": "boolean"},
+            "rollups_refreshed": {"type": "boolean"},
+            "seconds": {"type": "number", "minimum": 0},
+            "cycle": {
+                **_obj(
+                    {
+                        "batches": _int(),
+                        "read": _int(),
+                        "written": _int(),
+                        "skipped": _int(),
+                        "rejected": _int(),
+                    }
+                ),
+                "description": "Totals of the whole cycle; only for tokens with `admin`.",
+            },
+        },
+        required=["workflow_id", "ingested", "workflow_changed", "rollups_refreshed", "seconds"],
+    ),
+    "Status": _obj({"status": {"type": "string", "enum": ["alive", "ready"]}}),
+}
+
+_TEXT_PARAM = {"type": "string", "maxLength": 64}
+PARAMETERS: J = {
+    "workflow_id": {
+        "name": "workflow_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+    },
+    "from": {
+        "name": "from",
+        "in": "query",
+        "description": "Inclusive start: RFC 3339, epoch milliseconds, or relative (now-7d, "
+        "now/d, now-1d/d). Default: `to` minus the configured default range (7 days).",
+        "schema": _TEXT_PARAM,
+    },
+    "to": {
+        "name": "to",
+        "in": "query",
+        "description": "Exclusive end, same forms as `from` (a rounding goes to the start "
+        "of the next unit). Default: now.",
+        "schema": _TEXT_PARAM,
+    },
+    "range": {
+        "name": "range",
+        "in": "query",
+        "description": "Shorthand for the last N up to now; not with `from`/`to`.",
+        "schema": {"type": "string", "enum": list(RANGES)},
+    },
+    "granularity": {
+        "name": "granularity",
+        "in": "query",
+        "description": "Series bucket size; default hour up to 3 days, day up to 92, else "
+        f"week; at most {MAX_BUCKETS} buckets.",
+        "schema": {"type": "string", "enum": list(GRANULARITIES)},
+    },
+    "tz": {
+        "name": "tz",
+        "in": "query",
+        "description": "IANA time zone of day/week/month buckets and calendar rounding.",
+        "schema": {**_TEXT_PARAM, "default": "UTC"},
+    },
+    "mode": {
+        "name": "mode",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["cohort", "activity"], "default": "cohort"},
+    },
+    "Last-Event-ID": {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "description": "Resume: the id of the last event received.",
+        "schema": {"type": "string", "maxLength": 128},
+    },
+}
+
+
+def _problem(description: str, headers: J | None = None) -> J:
+    out: J = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+RESPONSES: J = {
+    "BadRequest": _problem("An invalid parameter or body, named in `param`."),
+    "Unauthorized": _problem(
+        "No or an unknown bearer token.", {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    ),
+    "Forbidden": _problem("The token lacks the scope."),
+    "NotFound": _problem("No such workflow for the token's tenant."),
+    "UriTooLong": _problem("The query string is too long."),
+    "TooMany": _problem("Rate or connection limit reached.", _RETRY_AFTER),
+    "Unavailable": _problem("A dependency is not available."),
+}
+
+
+def _resp(name: str) -> J:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _json(schema: str, description: str = "OK") -> J:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _params(*names: str) -> list[J]:
+    return [{"$ref": f"#/components/parameters/{n}"} for n in names]
+
+
+_TIME_PARAMS = ("from", "to", "range", "granularity", "tz")
+_AUTH_ERRORS = {"401": _resp("Unauthorized"), "403": _resp("Forbidden")}
+
+
+def _analytics_op(summary: str, schema: str, op_id: str, *extra: str) -> J:
+    return {
+        "get": {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": ["analytics"],
+            "parameters": _params("workflow_id", *_TIME_PARAMS, *extra),
+            "responses": {
+                "200": _json(schema),
+                "400": _resp("BadRequest"),
+                **_AUTH_ERRORS,
+                "404": _resp("NotFound"),
+                "414": _resp("UriTooLong"),
+            },
+        }
+    }
+
+
+def _probe(op_id: str, summary: str, ready: bool) -> J:
+    responses: J = {"200": _json("Status"), "400": _resp("BadRequest")}
+    if ready:
+        responses["503"] = _resp("Unavailable")
+    return {
+        "get": {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": ["health"],
+            "security": [],
+            "responses": responses,
+        }
+    }
+
+
+def openapi_document() -> J:
+    """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
+    wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics"
+    paths: J = {
+        f"{API_PREFIX}/workflows": {
+            "get": {
+                "operationId": "listWorkflows",
+                "summary": "The tenant's workflows with their steps.",
+                "tags": ["workflows"],
+                "responses": {
+                    "200": _json("WorkflowList"),
+                    "400": _resp("BadRequest"),
+                    **_AUTH_ERRORS,
+                    "414": _resp("UriTooLong"),
+                },
+            }
+        },
+        wf: _analytics_op(
+            "Activity counts, cohort rates, time to complete/convert and a series.",
+            "Summary",
+            "getSummary",
+        ),
+        f"{wf}/funnel": _analytics_op(
+            "Cohort or activity funnel per step.", "Funnel", "getFunnel", "mode"
+        ),
+        f"{wf}/actions": _analytics_op(
+            "Action performance per step and per action type.", "Actions", "getActions"
+        ),
+        f"{wf}/stream": {
+            "get": {
+                "operationId": "streamSummary",
+                "summary": "Server-Sent Events: `analytics` events carrying the Summary "
+                "document whenever ingestion touches the workflow (at most one per second), "
+                "comment heartbeats, a `retry` hint, `close` on shutdown.",
+                "tags": ["analytics"],
+                "parameters": _params("workflow_id", *_TIME_PARAMS, "Last-Event-ID"),
+                "responses": {
+                    "200": {
+                        "description": "An event stream; each `data` is a Summary document.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "400": _resp("BadRequest"),
+                    **_AUTH_ERRORS,
+                    "404": _resp("NotFound"),
+                    "414": _resp("UriTooLong"),
+                    "429": _resp("TooMany"),
+                },
+            }
+        },
+        f"{wf}/refresh": {
+            "post": {
+                "operationId": "refreshNow",
+                "summary": "Run an ingest cycle and the rollup refresh now (rate limited "
+                "per tenant; needs the exporter in the same process).",
+                "tags": ["analytics"],
+                "parameters": _params("workflow_id"),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RefreshRequest")}},
+                },
+                "responses": {
+                    "200": _json("RefreshResult"),
+                    "400": _resp("BadRequest"),
+                    **_AUTH_ERRORS,
+                    "404": _resp("NotFound"),
+                    "413": _problem("The body is too large."),
+                    "414": _resp("UriTooLong"),
+                    "429": _resp("TooMany"),
+                    "503": _resp("Unavailable"),
+                },
+            }
+        },
+        f"{API_PREFIX}/openapi.json": {
+            "get": {
+                "operationId": "getOpenApi",
+                "summary": "This document.",
+                "tags": ["meta"],
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": _resp("BadRequest"),
+                },
+            }
+        },
+    }
+    for prefix, tag in ((API_PREFIX, "Api"), ("", "")):
+        paths[f"{prefix}/healthz"] = _probe(f"healthz{tag}", "The process is alive.", False)
+        paths[f"{prefix}/readyz"] = _probe(
+            f"readyz{tag}", "The store is reachable and its schema current.", True
+        )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "workflow-analytics API",
+            "version": __version__,
+            "description": "Workflow analytics per tenant. Times are half-open [from, to). "
+            "Errors are application/problem+json.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+            "parameters": PARAMETERS,
+            "responses": RESPONSES,
+        },
+    }

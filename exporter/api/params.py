@@ -1,0 +1,290 @@
+"""Query and body parsing: pydantic request models and the analytics time filter.
+
+Times are RFC 3339 (an offset-less time is read in `tz`), epoch milliseconds (what
+Grafana's `${__from}` gives), or Grafana relative expressions: `now`, followed by
+any of `+N<unit>`, `-N<unit>` and `/<unit>` (round), units s m h d w M y. In `from`
+a rounding goes down to the start of the unit; in `to` it goes to the start of the
+next unit, so `from=now/d&to=now/d` is today as the half-open range [00:00, 24:00).
+Calendar units (d w M y) move and round in `tz`; weeks start on Monday. `now` is
+taken to the whole second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, available_timezones
+
+from aiohttp import web
+from multidict import MultiMapping
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from exporter.api.errors import ProblemError
+from exporter.timerange import GRANULARITIES
+
+RANGES: dict[str, timedelta] = {
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "90d": timedelta(days=90),
+}
+"""The `range=` shorthands: the last N up to now."""
+
+MAX_ID_CHARS = 256
+"""Longest workflow id accepted in a path."""
+
+MAX_BUCKETS = 10_000
+"""Most series buckets one request may ask for."""
+
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+_RELATIVE_RE = re.compile(r"now((?:[+-]\d{1,6}[smhdwMy]|/[smhdwMy])*)")
+_OP_RE = re.compile(r"([+-])(\d{1,6})([smhdwMy])|/([smhdwMy])")
+_EPOCH_MS_RE = re.compile(r"\d{1,14}")
+_FIXED = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1)}
+_MAX_TEXT = 64
+
+Granularity = Literal["hour", "day", "week", "month"]
+Mode = Literal["cohort", "activity"]
+RangeName = Literal["24h", "7d", "30d", "90d"]
+assert set(Granularity.__args__) == set(GRANULARITIES)  # type: ignore[attr-defined]
+
+
+class QueryModel(BaseModel):
+    """Base of query-string models: unknown parameters are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class NoQuery(QueryModel):
+    """An endpoint that takes no query parameters."""
+
+
+class TimeQuery(QueryModel):
+    """The time filter every analytics endpoint accepts."""
+
+    from_: str | None = Field(None, alias="from", max_length=_MAX_TEXT)
+    to: str | None = Field(None, max_length=_MAX_TEXT)
+    range: RangeName | None = None
+    granularity: Granularity | None = None
+    tz: str = Field("UTC", max_length=_MAX_TEXT)
+
+
+class FunnelQuery(TimeQuery):
+    """Funnel: the time filter and the mode."""
+
+    mode: Mode = "cohort"
+
+
+class RefreshBody(BaseModel):
+    """Optional JSON body of POST .../refresh."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    rollups: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """A resolved half-open range with the series granularity and time zone."""
+
+    start: datetime
+    end: datetime
+    granularity: str
+    tz: str
+
+    def to_json(self) -> dict[str, str]:
+        """The resolved range as it appears in responses."""
+        return {
+            "from": _iso(self.start),
+            "to": _iso(self.end),
+            "granularity": self.granularity,
+            "tz": self.tz,
+        }
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _bad(param: str, detail: str) -> ProblemError:
+    return ProblemError(400, "Invalid parameter", detail, param=param)
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown parameter"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        return f"must be one of {', '.join(choices)}"
+    if kind == "string_too_long":
+        return f"must be at most {err['ctx']['max_length']} characters"
+    if kind == "missing":
+        return "is required"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _model_error(exc: ValidationError, prefix: str = "") -> ProblemError:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return _bad(prefix + loc if loc else prefix.rstrip(".") or "body", _message(err))
+
+
+def parse_query(query: MultiMapping[str], model: type[M]) -> M:
+    """Validate a query string against `model`; 400 naming the parameter on any problem."""
+    values: dict[str, str] = {}
+    for key in query:
+        if key in values:
+            raise _bad(key, "given more than once")
+        values[key] = query[key]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _model_error(exc) from None
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """An optional JSON object body validated against `model` (empty body: defaults)."""
+    raw = await request.read()
+    if not raw.strip():
+        return model()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("body", "is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise _bad("body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _model_error(exc, "body.") from None
+
+
+@lru_cache(maxsize=1)
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones() | {"UTC"})
+
+
+def parse_tz(name: str) -> ZoneInfo:
+    """An IANA zone by name; 400 on `tz` otherwise."""
+    if name not in _zones():
+        raise _bad("tz", f"unknown time zone {name!r}: use an IANA name such as Europe/Paris")
+    return ZoneInfo(name)
+
+
+def _floor_unit(t: datetime, unit: str, zone: ZoneInfo) -> datetime:
+    if unit in _FIXED and unit != "h":
+        step = _FIXED[unit]
+        return MIN_TIME + ((t - MIN_TIME) // step) * step
+    local = t.astimezone(zone)
+    if unit == "h":
+        return local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    if unit == "w":
+        day -= timedelta(days=day.weekday())
+    elif unit == "M":
+        day = day.replace(day=1)
+    elif unit == "y":
+        day = day.replace(month=1, day=1)
+    return day.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _add(t: datetime, n: int, unit: str, zone: ZoneInfo) -> datetime:
+    if unit in _FIXED:
+        return t + n * _FIXED[unit]
+    local = t.astimezone(zone).replace(tzinfo=None)
+    if unit == "d":
+        local += timedelta(days=n)
+    elif unit == "w":
+        local += timedelta(weeks=n)
+    else:
+        months = local.year * 12 + local.month - 1 + (n if unit == "M" else 12 * n)
+        year, month = divmod(months, 12)
+        first_next = datetime(year + (month + 1) // 12, (month + 1) % 12 + 1, 1)
+        last_day = (first_next - timedelta(days=1)).day
+        local = local.replace(year=year, month=month + 1, day=min(local.day, last_day))
+    return local.replace(tzinfo=zone).astimezone(UTC)
+
+
+def parse_time(text: str, param: str, now: datetime, zone: ZoneInfo, round_up: bool) -> datetime:
+    """One `from`/`to` value: RFC 3339, epoch milliseconds or a Grafana relative expression."""
+    text = text.strip()
+    try:
+        m = _RELATIVE_RE.fullmatch(text)
+        if m:
+            t = now
+            for sign, num, unit, rnd in _OP_RE.findall(m.group(1)):
+                if rnd:
+                    floored = _floor_unit(t, rnd, zone)
+                    t = _add(floored, 1, rnd, zone) if round_up else floored
+                else:
+                    t = _add(t, int(num) * (-1 if sign == "-" else 1), unit, zone)
+        elif _EPOCH_MS_RE.fullmatch(text):
+            t = MIN_TIME + timedelta(milliseconds=int(text))
+        else:
+            t = datetime.fromisoformat(text)
+            t = (t.replace(tzinfo=zone) if t.tzinfo is None else t).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _bad(
+            param, "must be an RFC 3339 time, epoch milliseconds or a relative time like now-7d"
+        ) from None
+    if not MIN_TIME <= t < MAX_TIME:
+        raise _bad(param, "is outside the supported years 1970 to 8999")
+    return t
+
+
+def auto_granularity(span: timedelta) -> str:
+    """The series granularity when none is asked: hour up to 3 days, day up to 92, then week."""
+    if span <= timedelta(days=3):
+        return "hour"
+    if span <= timedelta(days=92):
+        return "day"
+    return "week"
+
+
+def resolve_time(
+    q: TimeQuery,
+    *,
+    max_range: timedelta,
+    default_range: timedelta,
+    now: datetime | None = None,
+) -> TimeRange:
+    """Turn a validated time filter into a half-open UTC range; 400 on any inconsistency."""
+    zone = parse_tz(q.tz)
+    now = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    if q.range is not None:
+        if q.from_ is not None or q.to is not None:
+            raise _bad("range", "cannot be combined with from or to")
+        end = now
+        start = end - RANGES[q.range]
+    else:
+        end = parse_time(q.to, "to", now, zone, True) if q.to is not None else now
+        if q.from_ is not None:
+            start = parse_time(q.from_, "from", now, zone, False)
+        else:
+            start = end - default_range
+            if start < MIN_TIME:
+                raise _bad("to", "is too early for the default range")
+    if start >= end:
+        raise _bad("from", "must be before to")
+    if end - start > max_range:
+        days = max_range.total_seconds() / 86400
+        raise _bad(
+            "range" if q.range is not None else "from",
+            f"the range is longer than the maximum of {days:g} days",
+        )
+    granularity = q.granularity or auto_granularity(end - start)
+    approx = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}[granularity]
+    if (end - start).total_seconds() / approx > MAX_BUCKETS:
+        raise _bad("granularity", f"would give more than {MAX_BUCKETS} buckets")
+    return TimeRange(start, end, granularity, q.tz)

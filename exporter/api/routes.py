@@ -1,0 +1,392 @@
+"""Analytics endpoints: workflows, summary, funnel, actions, stream, refresh, health, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from exporter import queries
+from exporter.api.app import API_PREFIX, CACHE, CONFIG, HUB, POOL, SETTINGS, service_of
+from exporter.api.auth import Principal, require_scope
+from exporter.api.errors import ProblemError
+from exporter.api.openapi import openapi_document
+from exporter.api.params import (
+    MAX_ID_CHARS,
+    FunnelQuery,
+    NoQuery,
+    RefreshBody,
+    TimeQuery,
+    TimeRange,
+    parse_body,
+    parse_query,
+    resolve_time,
+)
+from exporter.api.sse import run_stream
+from exporter.store.migrate import SchemaError, require_current
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 5.0
+_STEP_FIELDS = ("index", "step_id", "name", "action_type")
+_PERF_FIELDS = (
+    "executions",
+    "succeeded",
+    "failed",
+    "skipped",
+    "running",
+    "success_rate",
+    "duration_seconds",
+    "top_errors",
+)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def dumps(data: Any) -> bytes:
+    """Compact JSON bytes (times as RFC 3339 UTC; non-finite floats become null)."""
+    return json.dumps(_finite(data), default=_default, separators=(",", ":")).encode()
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
+
+
+def json_body(body: bytes, status: int = 200) -> web.Response:
+    """A JSON response from already encoded bytes."""
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
+def not_found() -> ProblemError:
+    """The one answer for a workflow that is missing or belongs to another tenant."""
+    return ProblemError(404, "Not Found", "no such workflow", param="workflow_id")
+
+
+def workflow_id_of(request: web.Request) -> str:
+    """The {workflow_id} path segment (404 when absurdly long)."""
+    wid = request.match_info["workflow_id"]
+    if not wid or len(wid) > MAX_ID_CHARS:
+        raise not_found()
+    return wid
+
+
+def time_range(request: web.Request, q: TimeQuery) -> TimeRange:
+    """Resolve the time filter with the configured limits."""
+    api = request.app[CONFIG].api
+    return resolve_time(q, max_range=api.max_range, default_range=api.default_range)
+
+
+async def load_workflow(
+    request: web.Request, principal: Principal, workflow_id: str
+) -> queries.Workflow:
+    """The caller's workflow or 404 (also for another tenant's)."""
+    async with request.app[POOL].acquire() as conn:
+        wf = await queries.get_workflow(conn, principal.tenant, workflow_id)
+    if wf is None:
+        raise not_found()
+    return wf
+
+
+# bodies ----------------------------------------------------------------------------------
+
+
+def _step(s: queries.Step, k: int) -> dict[str, Any]:
+    return {"index": k, "step_id": s.step_id, "name": s.name, "action_type": s.action_type}
+
+
+def _workflow_json(w: queries.Workflow) -> dict[str, Any]:
+    return {
+        "workflow_id": w.workflow_id,
+        "name": w.name,
+        "updated_at": w.updated_at,
+        "steps": [_step(s, k) for k, s in enumerate(w.steps)],
+    }
+
+
+Body = Callable[[Any, queries.Workflow, TimeRange], Awaitable[dict[str, Any]]]
+
+
+async def summary_body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[str, Any]:
+    """The summary document of a workflow over a range."""
+    s = await queries.summary(conn, wf.tenant_id, wf, tr.start, tr.end, tr.granularity, tr.tz)
+    return {
+        "enrollments": s["enrollments"],
+        "completions": s["completions"],
+        "conversions": s["conversions"],
+        "exits": s["exits"],
+        "failures": s["failures"],
+        "exits_by_reason": s["exits_by_reason"],
+        "completion_rate": s["completion_rate"],
+        "conversion_rate": s["conversion_rate"],
+        "time_to_complete_seconds": s["time_to_complete_seconds"],
+        "time_to_convert_seconds": s["time_to_convert_seconds"],
+        "series": s["series"],
+    }
+
+
+def _funnel_body(mode: str) -> Body:
+    async def body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[str, Any]:
+        if mode == "cohort":
+            f = await queries.cohort_funnel(conn, wf.tenant_id, wf, tr.start, tr.end)
+        else:
+            f = await queries.activity_funnel(conn, wf.tenant_id, wf, tr.start, tr.end)
+        return {
+            "mode": mode,
+            "enrolled": f["enrolled"],
+            "completed": f["completed"],
+            "converted": f["converted"],
+            "in_progress": f["in_progress"],
+            "steps": f["steps"],
+        }
+
+    return body
+
+
+async def actions_body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[str, Any]:
+    """The action performance document of a workflow over a range."""
+    a = await queries.actions(conn, wf.tenant_id, wf, tr.start, tr.end)
+    return {
+        "actions": [
+            {**{k: s[k] for k in _STEP_FIELDS}, **{k: s[k] for k in _PERF_FIELDS}}
+            for s in a["actions"]
+        ],
+        "action_types": [
+            {"action_type": t["action_type"], **{k: t[k] for k in _PERF_FIELDS}}
+            for t in a["action_types"]
+        ],
+    }
+
+
+async def analytics_bytes(
+    app: web.Application, principal: Principal, workflow_id: str, tr: TimeRange, kind: str
+) -> bytes:
+    """One analytics document as JSON bytes, from the cache when it is fresh."""
+    body_fn: Body = {
+        "summary": summary_body,
+        "funnel:cohort": _funnel_body("cohort"),
+        "funnel:activity": _funnel_body("activity"),
+        "actions": actions_body,
+    }[kind]
+    key = (kind, principal.tenant, workflow_id, tr.start, tr.end, tr.granularity, tr.tz)
+
+    async def compute() -> bytes:
+        async with app[POOL].acquire() as conn:
+            wf = await queries.get_workflow(conn, principal.tenant, workflow_id)
+            if wf is None:
+                raise not_found()
+            doc = await body_fn(conn, wf, tr)
+        return dumps({"workflow_id": workflow_id, "range": tr.to_json(), **doc})
+
+    return await app[CACHE].get(key, workflow_id, compute)
+
+
+# handlers --------------------------------------------------------------------------------
+
+
+async def list_workflows(request: web.Request) -> web.Response:
+    """GET /workflows: the tenant's workflows and their steps."""
+    principal = require_scope(request, "read")
+    parse_query(request.query, NoQuery)
+    async with request.app[POOL].acquire() as conn:
+        wfs = await queries.list_workflows(conn, principal.tenant)
+    return json_body(dumps({"workflows": [_workflow_json(w) for w in wfs]}))
+
+
+async def _analytics(request: web.Request, kind: str, tr: TimeRange) -> web.Response:
+    principal = require_scope(request, "read")
+    body = await analytics_bytes(request.app, principal, workflow_id_of(request), tr, kind)
+    return json_body(body)
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    """GET /workflows/{id}/analytics: activity counts, cohort rates, times, series."""
+    require_scope(request, "read")
+    tr = time_range(request, parse_query(request.query, TimeQuery))
+    return await _analytics(request, "summary", tr)
+
+
+async def get_funnel(request: web.Request) -> web.Response:
+    """GET /workflows/{id}/analytics/funnel: cohort or activity funnel."""
+    require_scope(request, "read")
+    q = parse_query(request.query, FunnelQuery)
+    return await _analytics(request, f"funnel:{q.mode}", time_range(request, q))
+
+
+async def get_actions(request: web.Request) -> web.Response:
+    """GET /workflows/{id}/analytics/actions: performance per step and per action type."""
+    require_scope(request, "read")
+    tr = time_range(request, parse_query(request.query, TimeQuery))
+    return await _analytics(request, "actions", tr)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """GET /workflows/{id}/analytics/stream: summary events as ingestion touches the workflow."""
+    principal = require_scope(request, "read")
+    q = parse_query(request.query, TimeQuery)
+    time_range(request, q)
+    wid = workflow_id_of(request)
+    await load_workflow(request, principal, wid)
+    app = request.app
+    hub = app[HUB]
+    limit = app[CONFIG].api.sse_max_per_token
+    if hub.streams_of(principal.name) >= limit:
+        raise ProblemError(
+            429,
+            "Too Many Requests",
+            f"at most {limit} open streams per token",
+            headers={"Retry-After": "5"},
+        )
+
+    async def snapshot() -> bytes:
+        return await analytics_bytes(app, principal, wid, time_range(request, q), "summary")
+
+    return await run_stream(
+        request, hub, wid, principal.name, snapshot, heartbeat=app[SETTINGS].heartbeat
+    )
+
+
+class Refresher:
+    """Serializes on-demand ingest cycles and limits them per tenant."""
+
+    def __init__(self, min_interval: float) -> None:
+        self.min_interval = min_interval
+        self.lock = asyncio.Lock()
+        self._last: dict[str, float] = {}
+
+    def admit(self, tenant: str) -> None:
+        """429 when this tenant refreshed less than `min_interval` ago."""
+        now = time.monotonic()
+        last = self._last.get(tenant)
+        if last is not None and now - last < self.min_interval:
+            wait = math.ceil(self.min_interval - (now - last))
+            raise ProblemError(
+                429,
+                "Too Many Requests",
+                f"refresh is limited to one per {self.min_interval:g} s",
+                headers={"Retry-After": str(wait)},
+            )
+        self._last[tenant] = now
+
+
+REFRESHER = web.AppKey("wfa_refresher", Refresher)
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """POST /workflows/{id}/analytics/refresh: ingest now and refresh the rollups."""
+    principal = require_scope(request, "read")
+    parse_query(request.query, NoQuery)
+    body = await parse_body(request, RefreshBody)
+    wid = workflow_id_of(request)
+    await load_workflow(request, principal, wid)
+    service = service_of(request.app)
+    if service is None or service.store is None or service.backend is None:
+        raise ProblemError(
+            503,
+            "Service Unavailable",
+            "refresh needs the exporter in this process: run `wfa run`",
+        )
+    refresher = request.app[REFRESHER]
+    refresher.admit(principal.tenant)
+    started = time.monotonic()
+    async with refresher.lock:
+        try:
+            result = await service.poll_once(refresh=False)
+        except Exception as exc:
+            log.warning("refresh poll failed: %s", exc)
+            raise ProblemError(
+                503, "Service Unavailable", "the ingest cycle failed; try again later"
+            ) from None
+        if result is None:
+            raise ProblemError(
+                503, "Service Unavailable", "another exporter replica holds the poll lock"
+            )
+        refreshed = False
+        if body.rollups:
+            async with service.store.acquire() as conn:
+                service.state.last_refresh = await service.backend.refresh(conn)
+            refreshed = True
+    touched = wid in result.touched
+    if result.touched:
+        request.app[HUB].bump(sorted(result.touched))
+    out: dict[str, Any] = {
+        "workflow_id": wid,
+        "ingested": True,
+        "workflow_changed": touched,
+        "rollups_refreshed": refreshed,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    if "admin" in principal.scopes:
+        out["cycle"] = {
+            "batches": result.batches,
+            "read": result.read,
+            "written": result.written,
+            "skipped": result.skipped,
+            "rejected": sum(result.rejected.values()),
+        }
+    return json_body(dumps(out))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: the process answers."""
+    parse_query(request.query, NoQuery)
+    return json_body(dumps({"status": "alive"}))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: the store is reachable and its schema is current."""
+    parse_query(request.query, NoQuery)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with request.app[POOL].acquire() as conn:
+                await require_current(conn)
+    except SchemaError as exc:
+        raise ProblemError(503, "Service Unavailable", str(exc)) from None
+    except Exception as exc:
+        log.warning("readiness check failed: %s", exc)
+        raise ProblemError(503, "Service Unavailable", "the store is not reachable") from None
+    return json_body(dumps({"status": "ready"}))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: the OpenAPI 3.1 document of this API."""
+    parse_query(request.query, NoQuery)
+    return json_body(request.app[OPENAPI])
+
+
+OPENAPI = web.AppKey("wfa_openapi", bytes)
+
+
+def register(app: web.Application) -> None:
+    """Add the analytics, health and OpenAPI routes."""
+    app[REFRESHER] = Refresher(app[CONFIG].api.refresh_min_interval.total_seconds())
+    app[OPENAPI] = dumps(openapi_document())
+    p = API_PREFIX
+    wf = f"{p}/workflows/{{workflow_id}}/analytics"
+    get = app.router.add_get
+    get(f"{p}/workflows", list_workflows, allow_head=False)
+    get(wf, get_summary, allow_head=False)
+    get(f"{wf}/funnel", get_funnel, allow_head=False)
+    get(f"{wf}/actions", get_actions, allow_head=False)
+    get(f"{wf}/stream", stream, allow_head=False)
+    app.router.add_post(f"{wf}/refresh", refresh)
+    for prefix in (p, ""):
+        get(f"{prefix}/healthz", healthz, allow_head=False)
+        get(f"{prefix}/readyz", readyz, allow_head=False)
+    get(f"{p}/openapi.json", openapi, allow_head=False)
