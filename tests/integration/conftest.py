@@ -13,12 +13,11 @@ from exporter.service import ExporterService
 
 
 @pytest.fixture(params=["postgres", "timescaledb"])
-async def store_dsn(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
+def store_dsn(request: pytest.FixtureRequest) -> tuple[str, str]:
     """(backend, dsn) of a fresh database holding source tables and the store."""
     if request.param == "postgres":
-        yield "postgres", request.getfixturevalue("db_dsn")
-    else:
-        yield "timescaledb", request.getfixturevalue("timescale_dsn")
+        return "postgres", request.getfixturevalue("db_dsn")
+    return "timescaledb", request.getfixturevalue("timescale_dsn")
 
 
 def make_config(dsn: str, backend: str, **exporter: Any) -> Any:
