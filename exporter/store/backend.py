@@ -16,6 +16,49 @@ RAW_TABLES: dict[str, str] = {
     "step_runs": "entered_at",
 }
 
+# Raw tables of each raw retention dataset (names as in the `retention` config section).
+RETENTION_RAW: dict[str, tuple[str, ...]] = {
+    "executions": ("executions", "execution_steps"),
+    "step_runs": ("step_runs",),
+    "workflow_events": ("workflow_events",),
+}
+_CUTOFF_KEY = "retention_cutoff:"
+
+
+class RetentionError(ValueError):
+    """A retention request names an unknown dataset or would lose data not yet rolled up."""
+
+
+def dataset_of(raw: str) -> str:
+    """The retention dataset holding raw table `raw` (with or without the `wfa.` prefix)."""
+    table = raw.removeprefix("wfa.")
+    for dataset, tables in RETENTION_RAW.items():
+        if table in tables:
+            return dataset
+    raise RetentionError(f"{raw!r} is not a raw table")
+
+
+async def retention_cutoffs(conn: asyncpg.Connection) -> dict[str, datetime]:
+    """Per dataset, the time before which data was dropped; refreshes must not reach below it."""
+    rows = await conn.fetch(
+        "SELECT substr(key, $2) AS dataset, value::timestamptz AS cutoff FROM wfa.meta "
+        "WHERE key LIKE $1 || '%'",
+        _CUTOFF_KEY,
+        len(_CUTOFF_KEY) + 1,
+    )
+    return {r["dataset"]: r["cutoff"] for r in rows}
+
+
+async def record_cutoff(conn: asyncpg.Connection, dataset: str, cutoff: datetime) -> None:
+    """Remember that `dataset` was dropped before `cutoff` (never moves back)."""
+    await conn.execute(
+        "INSERT INTO wfa.meta AS m (key, value) VALUES ($1, $2::timestamptz::text) "
+        "ON CONFLICT (key) DO UPDATE SET value = greatest(m.value::timestamptz, "
+        "excluded.value::timestamptz)::text",
+        _CUTOFF_KEY + dataset,
+        cutoff,
+    )
+
 
 @dataclass(slots=True)
 class RefreshResult:
@@ -47,3 +90,9 @@ class Backend(ABC):
     @abstractmethod
     async def maintain(self, conn: asyncpg.Connection, now: datetime) -> None:
         """Periodic upkeep: create partitions ahead of time."""
+
+    @abstractmethod
+    async def drop_before(
+        self, conn: asyncpg.Connection, dataset: str, older_than: datetime
+    ) -> list[str]:
+        """Drop whole partitions or chunks of `dataset` ending by `older_than`; their names."""

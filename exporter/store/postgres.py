@@ -6,7 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from exporter.store.backend import RAW_TABLES, Backend, RefreshResult
+from exporter.store.backend import (
+    RAW_TABLES,
+    RETENTION_RAW,
+    Backend,
+    RefreshResult,
+    RetentionError,
+    dataset_of,
+    record_cutoff,
+    retention_cutoffs,
+)
 from exporter.store.partitions import (
     day_floor,
     hour_floor,
@@ -129,6 +138,43 @@ class PostgresBackend(Backend):
                 result.buckets[r.name] = await self._refresh_one(conn, r, now, result)
         return result
 
+    async def drop_before(
+        self, conn: asyncpg.Connection, dataset: str, older_than: datetime
+    ) -> list[str]:
+        """Drop raw partitions ending by `older_than`, or delete older rollup rows; names."""
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+            marks = dict(await conn.fetch("SELECT rollup, watermark FROM wfa.watermarks"))
+            if dataset in RETENTION_RAW:
+                above = [marks[f"{r.name}_1h"] for r in ROLLUPS if dataset_of(r.raw) == dataset]
+            elif dataset == "rollups_1h":
+                above = [marks[f"{r.name}_1d"] for r in ROLLUPS]
+            elif dataset == "rollups_1d":
+                above = [older_than]
+            else:
+                raise RetentionError(f"unknown retention dataset {dataset!r}")
+            cutoff = min([older_than, *above])
+            dropped: list[str] = []
+            if dataset in RETENTION_RAW:
+                await self._load_known(conn)
+                for table in RETENTION_RAW[dataset]:
+                    for start in sorted(self._known[table]):
+                        if start + self.interval <= cutoff:
+                            name = partition_name(table, start)
+                            await conn.execute(f"DROP TABLE IF EXISTS wfa.{name}")
+                            self._known[table].discard(start)
+                            dropped.append(f"wfa.{name}")
+            else:
+                level = dataset[-2:]
+                for r in ROLLUPS:
+                    n = await conn.execute(
+                        f"DELETE FROM wfa.{r.name}_{level}_mat WHERE bucket < $1", cutoff
+                    )
+                    if n != "DELETE 0":
+                        dropped.append(f"wfa.{r.name}_{level}_mat")
+            await record_cutoff(conn, dataset, cutoff)
+        return dropped
+
     async def _refresh_one(
         self, conn: asyncpg.Connection, r: Rollup, now: datetime, result: RefreshResult
     ) -> int:
@@ -148,7 +194,10 @@ class PostgresBackend(Backend):
                 "DELETE FROM wfa.invalidations WHERE rollup = $1 RETURNING bucket", r.name
             )
         ]
-        hours = sorted(b for b in invalid if b < old_h)
+        # Never recompute buckets whose source rows were dropped by retention.
+        cutoffs = await retention_cutoffs(conn)
+        raw_cut = cutoffs.get(dataset_of(r.raw), datetime.min.replace(tzinfo=UTC))
+        hours = sorted(b for b in invalid if raw_cut <= b < old_h)
         if hours or new_h > old_h:
             lo, hi = (hours[0], hours[-1] + timedelta(hours=1)) if hours else (new_h, new_h)
             await conn.execute(
@@ -169,7 +218,8 @@ class PostgresBackend(Backend):
             await conn.execute(
                 "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1h", new_h
             )
-        days = sorted({day_floor(h) for h in hours if day_floor(h) < old_d})
+        h_cut = cutoffs.get("rollups_1h", datetime.min.replace(tzinfo=UTC))
+        days = sorted({day_floor(h) for h in hours if h_cut <= day_floor(h) < old_d})
         if days or new_d > old_d:
             day_match = f"date_bin('1 day', bucket, {ORIGIN}) = ANY($1::timestamptz[])"
             await conn.execute(

@@ -1,0 +1,386 @@
+"""TimescaleDB backend: hypertables, hierarchical real-time continuous aggregates, drop_chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from exporter.store.backend import (
+    RAW_TABLES,
+    RETENTION_RAW,
+    Backend,
+    RefreshResult,
+    RetentionError,
+    dataset_of,
+    record_cutoff,
+    retention_cutoffs,
+)
+from exporter.store.partitions import day_floor, hour_floor
+from exporter.store.rollups import ROLLUPS, Rollup, daily_select, hourly_select
+from exporter.store.sqlfiles import sql, statements
+
+log = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+REFRESH_LOCK = 727_275
+MAX_WINDOWS = 8
+_LOW = datetime(1, 1, 1, tzinfo=UTC)
+_WATERMARKS = """
+SELECT view, CASE WHEN wm < '1900-01-01 00:00:00+00' THEN NULL ELSE wm END AS wm
+  FROM (SELECT format('%I.%I', user_view_schema, user_view_name) AS view,
+               _timescaledb_functions.to_timestamp(
+                   _timescaledb_functions.cagg_watermark(mat_hypertable_id)) AS wm
+          FROM _timescaledb_catalog.continuous_agg
+         WHERE user_view_schema = 'wfa') w"""
+_CHUNKS = """
+SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end, is_compressed
+  FROM timescaledb_information.chunks
+ WHERE hypertable_schema = 'wfa' AND hypertable_name = $1 AND range_end <= $2
+ ORDER BY range_start"""
+# Chunks that may still change: an execution enrolled in them is active, or an attempt runs.
+_BUSY = {
+    "executions": "SELECT EXISTS (SELECT 1 FROM wfa.executions WHERE status = 'active' "
+    "AND enrolled_at >= $1 AND enrolled_at < $2)",
+    "execution_steps": "SELECT EXISTS (SELECT 1 FROM wfa.executions WHERE status = 'active' "
+    "AND enrolled_at >= $1 AND enrolled_at < $2)",
+    "step_runs": "SELECT EXISTS (SELECT 1 FROM wfa.step_runs WHERE status = 'running' "
+    "AND entered_at >= $1 AND entered_at < $2)",
+    "workflow_events": "SELECT false",
+}
+_SEGMENT_BY = "workflow_id"
+
+
+def _interval(d: timedelta) -> str:
+    return f"INTERVAL '{int(d.total_seconds())} seconds'"
+
+
+def _cagg_ddl(r: Rollup) -> list[str]:
+    opts = (
+        "timescaledb.continuous, timescaledb.materialized_only = false, "
+        "timescaledb.create_group_indexes = false"
+    )
+    out = []
+    for level, select in (
+        ("1h", hourly_select(r, "time_bucket")),
+        ("1d", daily_select(r, r.relation("1h"), "time_bucket")),
+    ):
+        rel = r.relation(level)
+        out += [
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {rel} WITH ({opts}) AS {select} WITH NO DATA",
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_workflow_idx "
+            f"ON {rel} (workflow_id, bucket)",
+        ]
+    return out
+
+
+def merge_windows(
+    windows: Iterable[tuple[datetime, datetime]], limit: int = MAX_WINDOWS
+) -> list[tuple[datetime, datetime]]:
+    """Union of [start, end) windows, then the closest neighbours joined until at most `limit`."""
+    merged: list[list[datetime]] = []
+    for lo, hi in sorted(w for w in windows if w[0] < w[1]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    while len(merged) > max(limit, 1):
+        i = min(range(len(merged) - 1), key=lambda k: merged[k + 1][0] - merged[k][1])
+        merged[i][1] = merged[i + 1][1]
+        del merged[i + 1]
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _day_ceil(t: datetime) -> datetime:
+    f = day_floor(t)
+    return f if f == t else f + DAY
+
+
+def _clip(
+    windows: Iterable[tuple[datetime, datetime]], lo: datetime, hi: datetime
+) -> list[tuple[datetime, datetime]]:
+    return [(max(a, lo), min(b, hi)) for a, b in windows if max(a, lo) < min(b, hi)]
+
+
+class TimescaleBackend(Backend):
+    """Hypertables and continuous aggregates; refresh, retention and compression driven here."""
+
+    name = "timescaledb"
+
+    def __init__(
+        self,
+        chunk_interval: timedelta = timedelta(days=7),
+        use_policies: bool = False,
+        compress_after: timedelta | None = None,
+        max_windows: int = MAX_WINDOWS,
+        policy_lookback: timedelta = timedelta(days=30),
+    ):
+        self.chunk_interval = chunk_interval
+        self.use_policies = use_policies
+        self.compress_after = compress_after
+        self.max_windows = max_windows
+        self.policy_lookback = policy_lookback
+
+    # schema ---------------------------------------------------------------------------------
+
+    def migration(self, version: int) -> list[str]:
+        """Statements of `version` for TimescaleDB (all of them run inside one transaction)."""
+        if version != 1:
+            return []
+        out = statements(sql("timescaledb/001_raw.sql"))
+        for table, column in RAW_TABLES.items():
+            out.append(
+                f"SELECT create_hypertable('wfa.{table}', by_range('{column}', "
+                f"{_interval(self.chunk_interval)}), create_default_indexes => false, "
+                "if_not_exists => true)"
+            )
+        for r in ROLLUPS:
+            out += _cagg_ddl(r)
+        return out
+
+    async def prepare_write(
+        self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]
+    ) -> None:
+        """Nothing to do: hypertables create their chunks on insert."""
+
+    # refresh --------------------------------------------------------------------------------
+
+    async def watermarks(self, conn: asyncpg.Connection) -> dict[str, datetime | None]:
+        """Each cagg's watermark: buckets below it are read from its materialization."""
+        return {r["view"]: r["wm"] for r in await conn.fetch(_WATERMARKS)}
+
+    async def refresh(self, conn: asyncpg.Connection, now: datetime | None = None) -> RefreshResult:
+        """Refresh the 1h caggs over the invalidated windows and up to `now`, then the 1d caggs."""
+        if conn.is_in_transaction():
+            raise RuntimeError("refresh_continuous_aggregate cannot run inside a transaction")
+        now = now or datetime.now(UTC)
+        result = RefreshResult()
+        await conn.execute("SELECT pg_advisory_lock($1)", REFRESH_LOCK)
+        try:
+            cutoffs = await retention_cutoffs(conn)
+            marks = await self.watermarks(conn)
+            for r in ROLLUPS:
+                hours = [
+                    row["bucket"]
+                    for row in await conn.fetch(
+                        "DELETE FROM wfa.invalidations WHERE rollup = $1 RETURNING bucket", r.name
+                    )
+                ]
+                if self.use_policies:
+                    result.buckets[r.name] = 0
+                    continue
+                try:
+                    result.buckets[r.name] = await self._refresh_one(
+                        conn, r, hours, hour_floor(now), marks, cutoffs
+                    )
+                except BaseException:
+                    await conn.execute(
+                        "INSERT INTO wfa.invalidations SELECT $1, unnest($2::timestamptz[]) "
+                        "ON CONFLICT DO NOTHING",
+                        r.name,
+                        hours,
+                    )
+                    raise
+            marks = await self.watermarks(conn)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", REFRESH_LOCK)
+        for r in ROLLUPS:
+            wm = marks.get(r.relation("1h"))
+            if wm is not None:
+                result.watermarks[r.name] = wm
+        return result
+
+    async def _refresh_one(
+        self,
+        conn: asyncpg.Connection,
+        r: Rollup,
+        hours: list[datetime],
+        new_h: datetime,
+        marks: dict[str, datetime | None],
+        cutoffs: dict[str, datetime],
+    ) -> int:
+        raw_floor = cutoffs.get(dataset_of(r.raw), _LOW)
+        wm_h = marks.get(r.relation("1h")) or _LOW
+        stale = sorted(h for h in set(hours) if h < wm_h)
+        hourly = [(h, h + HOUR) for h in stale]
+        if wm_h < new_h:
+            if wm_h == _LOW:
+                hourly += await self._initial_windows(conn, r, new_h)
+            else:
+                hourly.append((wm_h, new_h))
+        windows_h = merge_windows(_clip(hourly, raw_floor, new_h), self.max_windows)
+        for lo, hi in windows_h:
+            await self._refresh_window(conn, r.relation("1h"), lo, hi)
+
+        new_d = day_floor(new_h)
+        hour_floor_1d = _day_ceil(cutoffs["rollups_1h"]) if "rollups_1h" in cutoffs else _LOW
+        wm_d = marks.get(r.relation("1d")) or _LOW
+        daily = [(day_floor(lo), _day_ceil(hi)) for lo, hi in windows_h]
+        if wm_d < new_d:
+            daily.append((wm_d if wm_d > _LOW else windows_h[0][0] if windows_h else new_d, new_d))
+        for lo, hi in merge_windows(_clip(daily, hour_floor_1d, new_d), self.max_windows):
+            await self._refresh_window(conn, r.relation("1d"), lo, hi)
+        return len(stale) + len({day_floor(h) for h in stale if h < wm_d})
+
+    async def _initial_windows(
+        self, conn: asyncpg.Connection, r: Rollup, new_h: datetime
+    ) -> list[tuple[datetime, datetime]]:
+        """First refresh: the raw table's span cut into chunk-sized windows."""
+        first = await conn.fetchval(f"SELECT min({r.time}) FROM {r.raw}")
+        if first is None or hour_floor(first) >= new_h:
+            return []
+        out, lo = [], hour_floor(first)
+        while lo < new_h:
+            hi = min(lo + max(self.chunk_interval, HOUR), new_h)
+            out.append((lo, hi))
+            lo = hi
+        return out
+
+    async def _refresh_window(
+        self, conn: asyncpg.Connection, cagg: str, lo: datetime, hi: datetime
+    ) -> None:
+        """One refresh call over [lo, hi), long windows in chunk-sized pieces."""
+        step = max(self.chunk_interval, DAY)
+        while lo < hi:
+            end = min(lo + step, hi)
+            await conn.execute(
+                "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
+                cagg,
+                lo,
+                end,
+            )
+            lo = end
+
+    # upkeep ---------------------------------------------------------------------------------
+
+    async def maintain(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """Keep policies in line with the config and compress chunks old enough to be final."""
+        await self._sync_policies(conn)
+        if self.compress_after is not None:
+            await self._enable_compression(conn)
+            if not self.use_policies:
+                await self.compress(conn, now)
+
+    async def _sync_policies(self, conn: asyncpg.Connection) -> None:
+        for r in ROLLUPS:
+            for level, width in (("1h", HOUR), ("1d", DAY)):
+                rel = r.relation(level)
+                if self.use_policies:
+                    await conn.execute(
+                        "SELECT add_continuous_aggregate_policy($1::regclass, "
+                        "start_offset => $2::interval, end_offset => $3::interval, "
+                        "schedule_interval => $4::interval, if_not_exists => true)",
+                        rel,
+                        self.policy_lookback,
+                        width,
+                        width if level == "1d" else timedelta(minutes=5),
+                    )
+                else:
+                    await conn.execute(
+                        "SELECT remove_continuous_aggregate_policy($1::regclass, "
+                        "if_exists => true)",
+                        rel,
+                    )
+        for table in RAW_TABLES:
+            if self.use_policies and self.compress_after is not None:
+                await self._enable_compression(conn)
+                await conn.execute(
+                    "SELECT add_compression_policy($1::regclass, compress_after => $2::interval, "
+                    "if_not_exists => true)",
+                    f"wfa.{table}",
+                    self.compress_after,
+                )
+            else:
+                await conn.execute(
+                    "SELECT remove_compression_policy($1::regclass, if_exists => true)",
+                    f"wfa.{table}",
+                )
+
+    async def _enable_compression(self, conn: asyncpg.Connection) -> None:
+        enabled = {
+            r["hypertable_name"]
+            for r in await conn.fetch(
+                "SELECT hypertable_name FROM timescaledb_information.hypertables "
+                "WHERE hypertable_schema = 'wfa' AND compression_enabled"
+            )
+        }
+        for table, column in RAW_TABLES.items():
+            if table not in enabled:
+                await conn.execute(
+                    f"ALTER TABLE wfa.{table} SET (timescaledb.compress, "
+                    f"timescaledb.compress_segmentby = '{_SEGMENT_BY}', "
+                    f"timescaledb.compress_orderby = '{column}')"
+                )
+
+    async def compress(self, conn: asyncpg.Connection, now: datetime) -> list[str]:
+        """Compress raw chunks that ended `compress_after` ago and hold nothing still changing."""
+        if self.compress_after is None:
+            return []
+        done = []
+        for table in RAW_TABLES:
+            for c in await conn.fetch(_CHUNKS, table, now - self.compress_after):
+                if c["is_compressed"]:
+                    continue
+                if await conn.fetchval(_BUSY[table], c["range_start"], c["range_end"]):
+                    continue
+                await conn.execute("SELECT compress_chunk($1::regclass)", c["chunk"])
+                done.append(c["chunk"])
+        return done
+
+    # retention ------------------------------------------------------------------------------
+
+    async def drop_before(
+        self, conn: asyncpg.Connection, dataset: str, older_than: datetime
+    ) -> list[str]:
+        """drop_chunks older than the cutoff, held at what the next level has rolled up; names."""
+        relations = _relations(dataset)
+        safe = _safe_cutoff(dataset, await self.watermarks(conn))
+        if safe is None:
+            log.warning("retention of %s skipped: nothing is rolled up from it yet", dataset)
+            return []
+        if older_than > safe:
+            log.warning(
+                "retention of %s held at %s, the aggregates above it end there",
+                dataset,
+                safe.isoformat(),
+            )
+            older_than = safe
+        dropped: list[str] = []
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+            # The dropped range must stay in the aggregates: record no invalidation for it.
+            await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+            for rel in relations:
+                rows = await conn.fetch(
+                    "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)::text",
+                    rel,
+                    older_than,
+                )
+                dropped += [row[0] for row in rows]
+            await record_cutoff(conn, dataset, older_than)
+        return dropped
+
+
+def _relations(dataset: str) -> list[str]:
+    """The hypertables or caggs holding a retention dataset."""
+    if dataset in RETENTION_RAW:
+        return [f"wfa.{t}" for t in RETENTION_RAW[dataset]]
+    if dataset in ("rollups_1h", "rollups_1d"):
+        return [r.relation(dataset[-2:]) for r in ROLLUPS]
+    raise RetentionError(f"unknown retention dataset {dataset!r}")
+
+
+def _safe_cutoff(dataset: str, marks: dict[str, datetime | None]) -> datetime | None:
+    """Latest cutoff that drops only data already materialized in the next level up."""
+    if dataset == "rollups_1d":
+        return datetime.max.replace(tzinfo=UTC)
+    if dataset == "rollups_1h":
+        above = [marks.get(r.relation("1d")) for r in ROLLUPS]
+    else:
+        above = [marks.get(r.relation("1h")) for r in ROLLUPS if dataset_of(r.raw) == dataset]
+    if any(m is None for m in above):
+        return None
+    return min(m for m in above if m is not None)
