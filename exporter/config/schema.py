@@ -258,6 +258,8 @@ class StoreConfig(BaseModel):
     backend: Literal["auto", "postgres", "timescaledb"] = "auto"
     partition_interval: PositiveDuration = timedelta(days=7)
     premake_partitions: PositiveInt = 4
+    use_policies: bool = False
+    compress_after: PositiveDuration | None = None
     statement_timeout: PositiveDuration = timedelta(seconds=30)
     pool_min_size: NonNegativeInt = 1
     pool_max_size: PositiveInt = 10

@@ -26,6 +26,9 @@ async def make_backend(
     kind: str = "auto",
     partition_interval: timedelta = timedelta(days=7),
     premake: int = 4,
+    *,
+    use_policies: bool = False,
+    compress_after: timedelta | None = None,
 ) -> Backend:
     """The backend named by config; `auto` picks TimescaleDB when its extension is installed."""
     if kind == "auto":
@@ -33,5 +36,9 @@ async def make_backend(
     if kind == "timescaledb":
         from exporter.store.timescale import TimescaleBackend
 
-        return TimescaleBackend(chunk_interval=partition_interval)
+        return TimescaleBackend(
+            chunk_interval=partition_interval,
+            use_policies=use_policies,
+            compress_after=compress_after,
+        )
     return PostgresBackend(partition_interval, premake)
