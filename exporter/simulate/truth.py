@@ -26,6 +26,11 @@ _DAY = timedelta(days=1)
 
 def bucket_start(t: datetime, granularity: str, tz: str = "UTC") -> datetime:
     """Start (in UTC) of the hour/day/ISO week/month of `tz` that contains `t`."""
+    if tz == "UTC" and granularity in ("hour", "day"):
+        u = t if t.tzinfo is UTC else t.astimezone(UTC)
+        if granularity == "hour":
+            return u.replace(minute=0, second=0, microsecond=0)
+        return u.replace(hour=0, minute=0, second=0, microsecond=0)
     zone = ZoneInfo(tz)
     local = t.astimezone(zone)
     if granularity == "hour":
@@ -161,28 +166,27 @@ class Truth:
         with_reasons: bool,
     ) -> dict[Hashable, dict[str, Any]]:
         out: dict[Hashable, dict[str, Any]] = {}
-
-        def add(t: datetime | None, field: str) -> dict[str, Any] | None:
-            if t is None:
-                return None
-            k = key(t)
-            if k is None:
-                return None
-            row = out.get(k)
-            if row is None:
-                row = out[k] = _activity_row(with_reasons)
-            row[field] += 1
-            return row
-
         for ex in execs:
-            add(ex.enrolled_at, "enrollments")
-            add(ex.completed_at, "completions")
-            add(ex.converted_at, "conversions")
-            add(ex.failed_at, "failures")
-            row = add(ex.exited_at, "exits")
-            if row is not None and with_reasons:
-                reasons = row["exits_by_reason"]
-                reasons[ex.exit_reason] = reasons.get(ex.exit_reason, 0) + 1
+            events = (
+                (ex.enrolled_at, "enrollments"),
+                (ex.completed_at, "completions"),
+                (ex.converted_at, "conversions"),
+                (ex.exited_at, "exits"),
+                (ex.failed_at if ex.status == "failed" else None, "failures"),
+            )
+            for t, field in events:
+                if t is None:
+                    continue
+                k = key(t)
+                if k is None:
+                    continue
+                row = out.get(k)
+                if row is None:
+                    row = out[k] = _activity_row(with_reasons)
+                row[field] += 1
+                if with_reasons and field == "exits":
+                    reasons = row["exits_by_reason"]
+                    reasons[ex.exit_reason] = reasons.get(ex.exit_reason, 0) + 1
         return out
 
     def activity(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, Any]:
@@ -221,20 +225,29 @@ class Truth:
     @staticmethod
     def _actions(step_ids: list[str], attempts: Iterable[SimAttempt]) -> dict[str, dict]:
         out = {sid: _action_row() for sid in step_ids}
-        for a in attempts:
-            row = out.get(a.step_id)
+        # (step, status, duration ms, error) tallied first, spread into rows after
+        tally: Counter[tuple[str, str, int | None, str | None]] = Counter(
+            (
+                a.step_id,
+                a.status,
+                None if a.finished_at is None else (a.finished_at - a.entered_at) // MS,
+                a.error,
+            )
+            for a in attempts
+        )
+        for (sid, status, ms, error), n in tally.items():
+            row = out.get(sid)
             if row is None:
-                row = out[a.step_id] = _action_row()
-            row["executions"] += 1
-            row[a.status] += 1
-            if a.finished_at is not None:
-                ms = _ms(a.finished_at - a.entered_at)
-                row["duration_ms_sum"] += ms
-                row["duration_count"] += 1
+                row = out[sid] = _action_row()
+            row["executions"] += n
+            row[status] += n
+            if ms is not None:
+                row["duration_ms_sum"] += ms * n
+                row["duration_count"] += n
                 le = bucket_le(ms / 1000)
-                row["duration_buckets"][le] = row["duration_buckets"].get(le, 0) + 1
-            if a.error is not None:
-                row["errors"][a.error] = row["errors"].get(a.error, 0) + 1
+                row["duration_buckets"][le] = row["duration_buckets"].get(le, 0) + n
+            if error is not None:
+                row["errors"][error] = row["errors"].get(error, 0) + n
         return out
 
     def actions(self, workflow_id: str, start: datetime, end: datetime) -> dict[str, dict]:
@@ -261,11 +274,15 @@ class Truth:
 
     def totals(self, workflow_id: str) -> dict[str, Any]:
         """All-time counts: what the Prometheus counters must show."""
+        return self._totals(workflow_id, self._all_actions(workflow_id))
+
+    def _all_actions(self, workflow_id: str) -> dict[str, dict]:
+        attempts = (a for ex in self.executions(workflow_id) for a in ex.step_progress)
+        return self._actions(self.step_ids(workflow_id), attempts)
+
+    def _totals(self, workflow_id: str, steps: dict[str, dict]) -> dict[str, Any]:
         execs = self.executions(workflow_id)
         act = self._activity_grouped(execs, lambda t: 0, True).get(0) or _activity_row(True)
-        steps = self._actions(
-            self.step_ids(workflow_id), (a for ex in execs for a in ex.step_progress)
-        )
         ever = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
         return {
             **act,
@@ -307,11 +324,19 @@ class Truth:
         for wf in self.data.workflows:
             execs = self.executions(wf.id)
             cohorts: dict[datetime, list[SimExecution]] = defaultdict(list)
+            outside = 0
             for ex in execs:
                 k = day_key(ex.enrolled_at)
-                if k is not None:
+                if k is None:
+                    outside += 1
+                else:
                     cohorts[k].append(ex)
             activity = self._activity_grouped(execs, day_key, True)
+            all_actions = self._all_actions(wf.id)
+            totals = self._totals(wf.id, all_actions)
+            # every attempt and event lies in [enrolled_at, now]: if both ends are
+            # inside the range, the range values are the all-time ones
+            covered = outside == 0 and now < stop
             workflows[wf.id] = {
                 "name": wf.name,
                 "tenant_id": wf.tenant_id,
@@ -325,10 +350,14 @@ class Truth:
                     }
                     for day in day_starts
                 ],
-                "actions": self.actions(wf.id, first, stop),
-                "time_to_complete": self.time_to_complete(wf.id, first, stop),
-                "time_to_convert": self.time_to_convert(wf.id, first, stop),
-                "totals": self.totals(wf.id),
+                "actions": all_actions if covered else self.actions(wf.id, first, stop),
+                "time_to_complete": totals["time_to_complete"]
+                if covered
+                else self.time_to_complete(wf.id, first, stop),
+                "time_to_convert": totals["time_to_convert"]
+                if covered
+                else self.time_to_convert(wf.id, first, stop),
+                "totals": totals,
             }
         window = self.conversion_window
         return {

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any
 
 import asyncpg
 
-from exporter.simulate.model import SimData, SimExecution, SimWorkflow, iso
+from exporter.simulate.model import SimAttempt, SimData, SimExecution, SimWorkflow, iso
 from exporter.source.reader import quote_ident
 
 EXECUTIONS_TABLE = "workflow_executions"
@@ -65,33 +66,79 @@ def workflow_record(wf: SimWorkflow) -> tuple[Any, ...]:
     return (wf.id, wf.tenant_id, wf.name, json.dumps(wf.steps_json(), **_JSON), wf.updated_at)
 
 
+class RecordEncoder:
+    """Turns executions into rows, with `step_progress` JSON built by hand (the hot path)."""
+
+    def __init__(self) -> None:
+        self._minutes: dict[int, str] = {}
+        self._texts: dict[str, str] = {}
+
+    def timestamp(self, t: datetime) -> str:
+        """ISO-8601 text with milliseconds and offset, like `model.iso`."""
+        if t.tzinfo is not UTC:
+            return t.isoformat(timespec="milliseconds")
+        key = t.toordinal() * 1440 + t.hour * 60 + t.minute
+        prefix = self._minutes.get(key)
+        if prefix is None:
+            prefix = t.replace(second=0, microsecond=0, tzinfo=None).isoformat()[:-2]
+            self._minutes[key] = prefix
+        return f"{prefix}{t.second:02d}.{t.microsecond // 1000:03d}+00:00"
+
+    def text(self, value: str | None) -> str:
+        """A JSON string literal (or null)."""
+        if value is None:
+            return "null"
+        out = self._texts.get(value)
+        if out is None:
+            out = self._texts[value] = encode_basestring_ascii(value)
+        return out
+
+    def progress(self, attempts: Sequence[SimAttempt]) -> str:
+        """The `step_progress` JSON text."""
+        parts = []
+        last: datetime | None = None
+        last_text = ""
+        text, timestamp = self.text, self.timestamp
+        for a in attempts:
+            entered = a.entered_at
+            if entered is not last:
+                last, last_text = entered, timestamp(entered)
+            entered_text = last_text
+            if a.finished_at is None:
+                finished_text = "null"
+            else:
+                if a.finished_at is not last:
+                    last, last_text = a.finished_at, timestamp(a.finished_at)
+                finished_text = f'"{last_text}"'
+            parts.append(
+                f'{{"step_id":{text(a.step_id)},"entered_at":"{entered_text}",'
+                f'"finished_at":{finished_text},"status":{text(a.status)},'
+                f'"error":{text(a.error)}}}'
+            )
+        return "[" + ",".join(parts) + "]"
+
+    def execution(self, ex: SimExecution) -> tuple[Any, ...]:
+        """An execution as a row in EXECUTION_COLUMNS order (step_progress as JSON text)."""
+        return (
+            ex.id,
+            ex.tenant_id,
+            ex.workflow_id,
+            ex.contact_id,
+            ex.status,
+            ex.enrolled_at,
+            ex.completed_at,
+            ex.converted_at,
+            ex.exited_at,
+            ex.exit_reason,
+            ex.current_step_id,
+            self.progress(ex.step_progress),
+            ex.updated_at,
+        )
+
+
 def execution_record(ex: SimExecution) -> tuple[Any, ...]:
     """An execution as a row in EXECUTION_COLUMNS order (step_progress as JSON text)."""
-    progress = [
-        {
-            "step_id": a.step_id,
-            "entered_at": iso(a.entered_at),
-            "finished_at": iso(a.finished_at),
-            "status": a.status,
-            "error": a.error,
-        }
-        for a in ex.step_progress
-    ]
-    return (
-        ex.id,
-        ex.tenant_id,
-        ex.workflow_id,
-        ex.contact_id,
-        ex.status,
-        ex.enrolled_at,
-        ex.completed_at,
-        ex.converted_at,
-        ex.exited_at,
-        ex.exit_reason,
-        ex.current_step_id,
-        json.dumps(progress, **_JSON),
-        ex.updated_at,
-    )
+    return RecordEncoder().execution(ex)
 
 
 def _chunks(items: Sequence[SimExecution], size: int) -> Iterator[Sequence[SimExecution]]:
@@ -135,12 +182,13 @@ async def write(
     n_wf = await upsert_workflows(conn, workflows, workflows_table=workflows_table)
     ordered = sorted(executions, key=attrgetter("updated_at", "id"))
     schema, name = _split(executions_table)
+    encoder = RecordEncoder()
     for chunk in _chunks(ordered, batch_size):
         await conn.copy_records_to_table(
             name,
             schema_name=schema,
             columns=EXECUTION_COLUMNS,
-            records=[execution_record(ex) for ex in chunk],
+            records=[encoder.execution(ex) for ex in chunk],
         )
     return n_wf, len(ordered)
 
@@ -152,7 +200,8 @@ async def upsert_executions(
     executions_table: str = EXECUTIONS_TABLE,
 ) -> int:
     """Insert or update executions (COPY into a temp table, then INSERT … ON CONFLICT)."""
-    records = [execution_record(ex) for ex in executions]
+    encoder = RecordEncoder()
+    records = [encoder.execution(ex) for ex in executions]
     if not records:
         return 0
     table = quote_ident(executions_table)
