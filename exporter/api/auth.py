@@ -14,8 +14,6 @@ from exporter.api.errors import ProblemError
 from exporter.config.schema import ApiToken
 
 TOKEN_PREFIX = "wfa_"
-PRINCIPAL = "principal"
-"""Key of the authenticated principal in the request's mapping."""
 
 _MAX_TOKEN_CHARS = 256
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="wfa"'}
@@ -28,6 +26,10 @@ class Principal:
     name: str
     tenant: str
     scopes: frozenset[str]
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Key of the authenticated principal in the request's mapping."""
 
 
 def token_digest(token: str) -> str:

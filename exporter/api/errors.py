@@ -18,7 +18,7 @@ access_log = logging.getLogger("exporter.api.access")
 
 PROBLEM_TYPE = "application/problem+json"
 REQUEST_ID_HEADER = "X-Request-Id"
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 """Key of the request id in the request's mapping."""
 
 MAX_QUERY_BYTES = 2048

@@ -38,7 +38,7 @@ RANGES: dict[str, timedelta] = {
 MAX_ID_CHARS = 256
 """Longest workflow id accepted in a path."""
 
-MAX_BUCKETS = 10_000
+MAX_BUCKETS = 5_000
 """Most series buckets one request may ask for."""
 
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,10 +143,10 @@ def _model_error(exc: ValidationError, prefix: str = "") -> ProblemError:
 def parse_query(query: MultiMapping[str], model: type[M]) -> M:
     """Validate a query string against `model`; 400 naming the parameter on any problem."""
     values: dict[str, str] = {}
-    for key in query:
+    for key, value in query.items():
         if key in values:
             raise _bad(key, "given more than once")
-        values[key] = query[key]
+        values[key] = value
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -268,9 +268,10 @@ def resolve_time(
         end = now
         start = end - RANGES[q.range]
     else:
+        given = parse_time(q.from_, "from", now, zone, False) if q.from_ is not None else None
         end = parse_time(q.to, "to", now, zone, True) if q.to is not None else now
-        if q.from_ is not None:
-            start = parse_time(q.from_, "from", now, zone, False)
+        if given is not None:
+            start = given
         else:
             start = end - default_range
             if start < MIN_TIME:
