@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,6 @@ import aiohttp
 import asyncpg
 import pytest
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import config_from_dict
 from exporter.histogram import cumulative
@@ -34,19 +34,36 @@ WINDOWS = (timedelta(hours=1), timedelta(hours=24), timedelta(days=7))
 Samples = dict[tuple[str, frozenset], float]
 
 
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
 def parse(body: bytes | str) -> Samples:
-    """Every sample of a text exposition keyed by (name, labels)."""
+    """Every sample of a text exposition keyed by (name, labels); promtool checks the syntax."""
     text = body.decode() if isinstance(body, bytes) else body
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        assert m, line
+        labels = frozenset(_LABEL.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
 
 
-def get(
-    samples: Samples, metric: str, default: float | None = None, /, **labels: str
-) -> float:
+def bucket_index(samples: Samples) -> dict[tuple[str, frozenset], dict[float, float]]:
+    """Histogram buckets grouped by series: {(name, labels without le): {le: count}}."""
+    out: dict[tuple[str, frozenset], dict[float, float]] = {}
+    for (name, labels), v in samples.items():
+        if name.endswith("_bucket"):
+            le = dict(labels)["le"]
+            rest = frozenset(kv for kv in labels if kv[0] != "le")
+            out.setdefault((name, rest), {})[float(le)] = v
+    return out
+
+
+def get(samples: Samples, metric: str, default: float | None = None, /, **labels: str) -> float:
     """One sample's value; `default` when absent (KeyError when no default)."""
     key = (metric, frozenset(labels.items()))
     if default is None:
@@ -111,23 +128,19 @@ def counters_of(samples: Samples) -> Samples:
     }
 
 
-def check_histogram(samples: Samples, name: str, labels: dict, buckets: dict, sum_ms: int):
+def check_histogram(samples: Samples, index, name: str, labels: dict, buckets: dict, sum_ms: int):
     """A histogram's cumulative buckets, _count and _sum equal the truth."""
     count = sum(buckets.values())
     assert get(samples, f"{name}_count", **labels) == count, (name, labels)
     assert math.isclose(get(samples, f"{name}_sum", **labels), sum_ms / 1000), (name, labels)
-    want = set(labels.items())
-    served = {
-        float(dict(key)["le"]): v
-        for (n, key), v in samples.items()
-        if n == f"{name}_bucket" and want <= key
-    }
+    served = index[(f"{name}_bucket", frozenset(labels.items()))]
     assert served == dict(cumulative(buckets)), (name, labels)
 
 
 def check_truth(samples: Samples, data: SimData, now: datetime, windows=WINDOWS) -> None:
     """Every workflow counter, histogram and gauge equals the simulator's truth."""
     truth = Truth(data)
+    index = bucket_index(samples)
     for wf in data.workflows:
         t = truth.totals(wf.id)
         base = {"workflow": wf.id, "tenant": wf.tenant_id}
@@ -151,6 +164,7 @@ def check_truth(samples: Samples, data: SimData, now: datetime, windows=WINDOWS)
             if row["duration_count"]:
                 check_histogram(
                     samples,
+                    index,
                     "wfa_step_duration_seconds",
                     labels,
                     row["duration_buckets"],
@@ -160,7 +174,7 @@ def check_truth(samples: Samples, data: SimData, now: datetime, windows=WINDOWS)
             h = t[name]
             if h["count"]:
                 check_histogram(
-                    samples, f"wfa_workflow_{name}_seconds", base, h["buckets"], h["sum_ms"]
+                    samples, index, f"wfa_workflow_{name}_seconds", base, h["buckets"], h["sum_ms"]
                 )
         active = [e for e in truth.executions(wf.id) if e.status == "active"]
         assert get(samples, "wfa_workflow_active_executions", **base) == len(active)
