@@ -10,6 +10,7 @@ from exporter import __version__
 
 COMMAND_MODULES = (
     "exporter.commands.core",
+    "exporter.commands.api",
     "exporter.commands.simulate",
 )
 

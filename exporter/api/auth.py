@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,8 +47,8 @@ def config_entry(name: str, tenant: str, scopes: Iterable[str], token: str) -> s
     """The YAML list item for `api.tokens` that accepts `token`."""
     scope_list = ", ".join(sorted(set(scopes)))
     return (
-        f"- {{name: {name!r}, sha256: {token_digest(token)}, tenant: {tenant!r},"
-        f" scopes: [{scope_list}]}}"
+        f"- {{name: {json.dumps(name)}, sha256: {token_digest(token)},"
+        f" tenant: {json.dumps(tenant)}, scopes: [{scope_list}]}}"
     )
 
 
