@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from exporter.histogram import bucket_le
+from exporter.histogram import BOUNDS, bucket_le
 from exporter.store.partitions import hour_floor
 
 EXECUTION_STATUSES = frozenset({"active", "completed", "exited", "failed"})
@@ -35,6 +35,9 @@ def le_label(le: float) -> str:
     return "+Inf" if math.isinf(le) else repr(float(le))
 
 
+LE_LABELS = {b: le_label(b) for b in BOUNDS}
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowInfo:
     """What ingestion needs to know of a workflow definition."""
@@ -44,7 +47,7 @@ class WorkflowInfo:
     action_types: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """One attempt of a step, parsed from `step_progress`."""
 
@@ -146,7 +149,9 @@ def parse_time(value: object, what: str) -> datetime:
         t = datetime.fromisoformat(value)
     except ValueError:
         raise Rejected("invalid_step_progress", f"{what} {value!r} is not ISO 8601") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+    if t.tzinfo is UTC:
+        return t
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def parse_progress(text: str | None) -> list[Attempt]:
@@ -276,39 +281,31 @@ def apply_execution(
             oa = OldAttempt.parse(sig)
             old_by_key[(oa.step_id, oa.entered_at)] = oa
     new_keys = set()
+    c = batch.counters
+    invalid = batch.invalid
     for a, sig in zip(attempts, new_sigs, strict=True):
         key = (a.step_id, a.entered_at)
         new_keys.add(key)
-        oa = old_by_key.get(key)
+        oa = old_by_key.get(key) if old_by_key else None
         if oa is not None and oa.signature == sig:
             continue
         action = wf.action_types.get(a.step_id, "unknown")
         dur = a.duration_ms
         le = None if dur is None else bucket_le(dur / 1000)
-        rec = (
-            eid,
-            a.step_id,
-            a.entered_at,
-            tenant,
-            wfid,
-            action,
-            a.status,
-            a.finished_at,
-            dur,
-            le,
-            a.error,
-        )
+        rec = (eid, a.step_id, a.entered_at, tenant, wfid, action, a.status, a.finished_at,
+               dur, le, a.error)
         (batch.runs_upd if oa is not None else batch.runs_new).append(rec)
-        batch.invalid.add(("step_runs", hour_floor(a.entered_at)))
-        batch.span("step_runs", a.entered_at)
-        c = batch.counters
+        invalid.add(("step_runs", hour_floor(a.entered_at)))
         if oa is None:
             c[("step_runs", tenant, wfid, a.step_id, action, "")] += 1
         if a.status in TERMINAL and (oa is None or oa.status != a.status):
             c[("step_outcomes", tenant, wfid, a.step_id, action, a.status)] += 1
         if dur is not None and (oa is None or not oa.finished):
-            c[("step_duration_bucket", tenant, wfid, a.step_id, action, le_label(le))] += 1
+            c[("step_duration_bucket", tenant, wfid, a.step_id, action, LE_LABELS[le])] += 1
             c[("step_duration_sum_ms", tenant, wfid, a.step_id, action, "")] += dur
+    if attempts:
+        batch.span("step_runs", min(a.entered_at for a in attempts))
+        batch.span("step_runs", max(a.entered_at for a in attempts))
     for key, oa in old_by_key.items():
         if key not in new_keys:
             batch.runs_del.append((eid, oa.step_id, oa.entered_at))
@@ -375,5 +372,5 @@ def _count_event(
     c[(metric, tenant, wfid, "", "", label)] += 1
     if dur is not None and le is not None:
         name = "time_to_complete" if event == "completed" else "time_to_convert"
-        c[(f"{name}_bucket", tenant, wfid, "", "", le_label(le))] += 1
+        c[(f"{name}_bucket", tenant, wfid, "", "", LE_LABELS[le])] += 1
         c[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur

@@ -30,7 +30,8 @@ def partition_name(table: str, start: datetime) -> str:
 
 def hour_floor(t: datetime) -> datetime:
     """The hour bucket holding `t` (UTC)."""
-    t = t.astimezone(UTC)
+    if t.tzinfo is not UTC:
+        t = t.astimezone(UTC)
     return t.replace(minute=0, second=0, microsecond=0)
 
 
