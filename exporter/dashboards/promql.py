@@ -1,0 +1,49 @@
+"""PromQL fragments shared by the dashboards: selectors and joins with the info metrics."""
+
+from __future__ import annotations
+
+WF = 'workflow=~"$workflow"'
+"""Matcher for the selected workflows (ids; the tenant variable narrows the workflow list)."""
+WF_STEP = 'workflow=~"$workflow", step=~"$step"'
+"""Matcher for the selected workflows and steps."""
+
+
+def step_names(expr: str, by: str = "workflow, step") -> str:
+    """`expr` (labelled by workflow and step) with a `step_name` label from wfa_step_info."""
+    return (
+        f"({expr})\n* on ({by}) group_left (step_name)\n"
+        f"  max by ({by}, step_name) (label_replace(wfa_step_info{{{WF}}}, "
+        '"step_name", "$1", "name", "(.*)"))'
+    )
+
+
+def workflow_names(expr: str) -> str:
+    """`expr` (labelled by workflow) with a `workflow_name` label from wfa_workflow_info."""
+    return (
+        f"({expr})\n* on (workflow) group_left (workflow_name)\n"
+        f"  max by (workflow, workflow_name) (label_replace(wfa_workflow_info{{{WF}}}, "
+        '"workflow_name", "$1", "name", "(.*)"))'
+    )
+
+
+def all_names(expr: str) -> str:
+    """`expr` (labelled by workflow and step) with both `workflow_name` and `step_name`."""
+    return workflow_names(step_names(expr))
+
+
+def increase(metric: str, matchers: str, window: str = "$__range") -> str:
+    """`increase(metric{matchers}[window])`."""
+    return f"increase({metric}{{{matchers}}}[{window}])"
+
+
+def rate(metric: str, matchers: str, window: str = "$__rate_interval") -> str:
+    """`rate(metric{matchers}[window])`."""
+    return f"rate({metric}{{{matchers}}}[{window}])"
+
+
+def quantile(q: float, by: str, metric: str, matchers: str, window: str) -> str:
+    """`histogram_quantile(q, sum by (by, le) (rate|increase(metric_bucket[window])))`."""
+    fn = "increase" if window == "$__range" else "rate"
+    sel = f"{fn}({metric}_bucket{{{matchers}}}[{window}])"
+    group = f"{by}, le" if by else "le"
+    return f"histogram_quantile({q}, sum by ({group}) ({sel}))"
