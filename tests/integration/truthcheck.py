@@ -11,8 +11,12 @@ from exporter.simulate.truth import Truth
 
 
 async def check_workflow(
-    conn: asyncpg.Connection, truth: Truth, tenant: str, workflow_id: str,
-    start: datetime, end: datetime,
+    conn: asyncpg.Connection,
+    truth: Truth,
+    tenant: str,
+    workflow_id: str,
+    start: datetime,
+    end: datetime,
 ) -> None:
     """Assert cohort funnel, activity, activity funnel and actions equal the truth on a range."""
     wf = await queries.get_workflow(conn, tenant, workflow_id)
@@ -37,9 +41,13 @@ async def check_workflow(
     af = await queries.activity_funnel(conn, tenant, wf, start, end)
     want_af = truth.activity_funnel(workflow_id, start, end)
     for s in af["steps"]:
-        assert s["reached"] == want_af.get(s["step_id"], 0), f"activity funnel {s['step_id']} {where}"
+        assert s["reached"] == want_af.get(s["step_id"], 0), (
+            f"activity funnel {s['step_id']} {where}"
+        )
 
-    got_actions = {a["step_id"]: a for a in (await queries.actions(conn, tenant, wf, start, end))["actions"]}
+    got_actions = {
+        a["step_id"]: a for a in (await queries.actions(conn, tenant, wf, start, end))["actions"]
+    }
     for step_id, w in truth.actions(workflow_id, start, end).items():
         if not w["executions"]:
             continue
@@ -61,8 +69,14 @@ async def check_workflow(
 
 
 async def check_series(
-    conn: asyncpg.Connection, truth: Truth, tenant: str, workflow_id: str,
-    start: datetime, end: datetime, granularity: str, tz: str,
+    conn: asyncpg.Connection,
+    truth: Truth,
+    tenant: str,
+    workflow_id: str,
+    start: datetime,
+    end: datetime,
+    granularity: str,
+    tz: str,
 ) -> None:
     """Assert the summary series equals the truth bucket by bucket."""
     wf = await queries.get_workflow(conn, tenant, workflow_id)
