@@ -83,11 +83,17 @@ async def fill_store(
     days: float = 40,
     workflows: int = 6,
     seed: int = 11,
+    now: datetime | None = None,
     **api: Any,
 ) -> Store:
     """Write simulated source rows into `dsn`, open an exporter on it and ingest once."""
     data = generate(
-        executions=executions, days=days, workflows=workflows, tenants=2, seed=seed, now=data_now()
+        executions=executions,
+        days=days,
+        workflows=workflows,
+        tenants=2,
+        seed=seed,
+        now=now or data_now(),
     )
     conn = await asyncpg.connect(dsn)
     try:
