@@ -221,7 +221,11 @@ class PostgresBackend(Backend):
         h_cut = cutoffs.get("rollups_1h", datetime.min.replace(tzinfo=UTC))
         days = sorted({day_floor(h) for h in hours if h_cut <= day_floor(h) < old_d})
         if days or new_d > old_d:
-            day_match = f"date_bin('1 day', bucket, {ORIGIN}) = ANY($1::timestamptz[])"
+            lo_d, hi_d = (days[0], days[-1] + timedelta(days=1)) if days else (new_d, new_d)
+            day_match = (
+                f"(bucket >= $4 AND bucket < $5 "
+                f"AND date_bin('1 day', bucket, {ORIGIN}) = ANY($1::timestamptz[]))"
+            )
             await conn.execute(
                 f"DELETE FROM wfa.{r.name}_1d_mat WHERE bucket = ANY($1::timestamptz[])", days
             )
@@ -236,6 +240,8 @@ class PostgresBackend(Backend):
                 days,
                 old_d,
                 new_d,
+                lo_d,
+                hi_d,
             )
             await conn.execute(
                 "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1d", new_d
