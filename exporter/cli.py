@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "exporter.commands.core",
     "exporter.commands.api",
     "exporter.commands.simulate",
+    "exporter.commands.backfill",
 )
 
 

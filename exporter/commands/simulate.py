@@ -1,8 +1,10 @@
-"""Subcommand: simulate — write a deterministic workload into the source tables."""
+"""Subcommand: simulate — write a deterministic workload into the source tables, once or live."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import time
 from datetime import UTC, datetime
 
@@ -15,7 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the `simulate` subcommand."""
     p = sub.add_parser("simulate", help="write simulated workflow executions to the source")
     add_config_arg(p)
-    p.add_argument("--executions", type=int, default=10_000, help="executions to generate")
+    p.add_argument(
+        "--executions",
+        type=int,
+        default=None,
+        help="executions to generate (default 10000; with --live, 0: no history)",
+    )
     p.add_argument("--days", type=float, default=30.0, help="history length in days")
     p.add_argument("--workflows", type=int, default=5)
     p.add_argument("--tenants", type=int, default=2)
@@ -28,7 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--truth", metavar="FILE", help="write the exact expected numbers here")
     p.add_argument("--no-init", action="store_true", help="do not create the source tables")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="then keep enrolling contacts and advancing executions until interrupted",
+    )
+    p.add_argument(
+        "--rate", type=_rate, default=20.0, help="live enrollments: 20/s, 300/m, 5000/h"
+    )
+    p.add_argument("--tick", type=float, default=1.0, help="live: seconds between writes")
+    p.add_argument("--duration", type=float, default=None, help="live: stop after N seconds")
     p.set_defaults(func=cmd_simulate)
+
+
+def _rate(text: str) -> float:
+    from exporter.simulate.live import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
@@ -39,9 +65,14 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
     now = args.now or datetime.now(UTC).replace(microsecond=0)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
+    executions = args.executions
+    if executions is None:
+        executions = 0 if args.live else 10_000
+    if executions == 0 and args.live:
+        return await _live(cfg, args)
     started = time.perf_counter()
     data = generate(
-        executions=args.executions,
+        executions=executions,
         days=args.days,
         workflows=args.workflows,
         tenants=args.tenants,
@@ -67,8 +98,53 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     print(
         f"wrote {len(data.workflows)} workflows and {len(data.executions)} executions "
-        f"in {took:.1f}s"
+        f"in {took:.1f}s",
+        flush=True,
     )
+    if args.live:
+        return await _live(cfg, args)
+    return 0
+
+
+async def _live(cfg: Config, args: argparse.Namespace) -> int:
+    """Run the live workload until SIGINT/SIGTERM or `--duration`."""
+    from exporter.simulate.live import open_live, run_live
+    from exporter.simulate.writer import create_source_schema
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    conn = await connect(cfg.source.dsn)
+    try:
+        if not args.no_init:
+            await create_source_schema(
+                conn, cfg.source.executions_table, cfg.source.workflows_table
+            )
+        live = await open_live(
+            conn,
+            rate=args.rate,
+            seed=args.seed,
+            start=datetime.now(UTC),
+            executions_table=cfg.source.executions_table,
+            workflows_table=cfg.source.workflows_table,
+        )
+        print(
+            f"live: {len(live.workflows)} workflows, {live.active} active executions resumed, "
+            f"{args.rate:g} enrollments/s; Ctrl-C stops",
+            flush=True,
+        )
+        written = await run_live(
+            conn,
+            live,
+            tick=args.tick,
+            stop=stop,
+            duration=args.duration,
+            executions_table=cfg.source.executions_table,
+        )
+    finally:
+        await conn.close()
+    print(f"live: {live.enrolled} enrolled, {written} rows written in {live.ticks} ticks")
     return 0
 
 
