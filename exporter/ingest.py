@@ -12,7 +12,13 @@ from typing import Any
 
 import asyncpg
 
-from exporter.source.reader import KeysetQuery, execution_query, workflow_query
+from exporter.source.reader import (
+    EXECUTION_COLUMNS,
+    WORKFLOW_FIELDS,
+    KeysetQuery,
+    execution_query,
+    workflow_query,
+)
 from exporter.store.backend import Backend
 from exporter.store.sqlfiles import named
 from exporter.transform import (
@@ -121,28 +127,14 @@ class Ingestor:
         self.s = settings
         self.backend = backend
         ex_cols = _cols(
-            (
-                "id",
-                "tenant_id",
-                "workflow_id",
-                "contact_id",
-                "status",
-                "enrolled_at",
-                "completed_at",
-                "converted_at",
-                "exited_at",
-                "exit_reason",
-                "current_step_id",
-                "step_progress",
-                "updated_at",
-            ),
+            EXECUTION_COLUMNS,
             settings.columns,
         )
         ex_cols.setdefault("failed_at", None)
         self.executions: KeysetQuery = execution_query(settings.executions_table, ex_cols)
         self.workflow_q: KeysetQuery = workflow_query(
             settings.workflows_table,
-            _cols(("id", "tenant_id", "name", "steps", "updated_at"), settings.workflow_columns),
+            _cols(WORKFLOW_FIELDS, settings.workflow_columns),
         )
         self.workflows: dict[str, WorkflowInfo] = {}
 

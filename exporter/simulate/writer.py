@@ -13,26 +13,11 @@ from typing import Any
 import asyncpg
 
 from exporter.simulate.model import SimAttempt, SimData, SimExecution, SimWorkflow, iso
-from exporter.source.reader import quote_ident
+from exporter.source.reader import EXECUTION_COLUMNS, WORKFLOW_FIELDS, quote_ident
 
 EXECUTIONS_TABLE = "workflow_executions"
 WORKFLOWS_TABLE = "workflows"
-EXECUTION_COLUMNS = (
-    "id",
-    "tenant_id",
-    "workflow_id",
-    "contact_id",
-    "status",
-    "enrolled_at",
-    "completed_at",
-    "converted_at",
-    "exited_at",
-    "exit_reason",
-    "current_step_id",
-    "step_progress",
-    "updated_at",
-)
-WORKFLOW_COLUMNS = ("id", "tenant_id", "name", "steps", "updated_at")
+WORKFLOW_COLUMNS = WORKFLOW_FIELDS
 _JSON = {"separators": (",", ":")}
 
 

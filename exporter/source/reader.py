@@ -8,6 +8,22 @@ from typing import Any
 
 import asyncpg
 
+EXECUTION_COLUMNS = (
+    "id",
+    "tenant_id",
+    "workflow_id",
+    "contact_id",
+    "status",
+    "enrolled_at",
+    "completed_at",
+    "converted_at",
+    "exited_at",
+    "exit_reason",
+    "current_step_id",
+    "step_progress",
+    "updated_at",
+)
+"""Columns of the default source executions table (DESIGN §2), in order."""
 EXECUTION_FIELDS = (
     "id",
     "tenant_id",
