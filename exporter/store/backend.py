@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from exporter.store.rollups import Rollup, range_function
+
 # Raw tables and the time column each is partitioned (or chunked) by.
 RAW_TABLES: dict[str, str] = {
     "executions": "enrolled_at",
@@ -76,6 +78,10 @@ class Backend(ABC):
     @abstractmethod
     def migration(self, version: int) -> list[str]:
         """Backend-specific statements of schema `version`, run after the common ones."""
+
+    def range_function(self, r: Rollup) -> str:
+        """DDL of the `wfa.<rollup>_range` read function (the shared SQL definition)."""
+        return range_function(r)
 
     @abstractmethod
     async def prepare_write(

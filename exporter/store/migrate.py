@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from exporter.store.backend import Backend
-from exporter.store.rollups import ROLLUPS, range_function
+from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATE_LOCK = 727_273
-_COMMON = {1: ["common/001_base.sql"]}
+_COMMON = {1: ["common/001_base.sql"], 2: ["common/002_exports_retention.sql"]}
 
 
 class SchemaError(RuntimeError):
@@ -59,7 +59,7 @@ async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
                 for stmt in backend.migration(version):
                     await conn.execute(stmt)
                 for r in ROLLUPS:
-                    await conn.execute(range_function(r))
+                    await conn.execute(backend.range_function(r))
                 await conn.execute(
                     "INSERT INTO wfa.meta VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
                     backend.name,
