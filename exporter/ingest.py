@@ -29,6 +29,7 @@ from exporter.transform import (
     SourceExecution,
     WorkflowInfo,
     apply_execution,
+    hour_start,
 )
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,8 @@ class Ingestor:
         await _unnest(store, "upsert_executions", upd_exec, len(_EXEC_COLS))
         await _unnest(store, "upsert_events", b.events_upd, len(_EVENT_COLS))
         await _unnest(store, "upsert_step_runs", b.runs_upd, len(_RUN_COLS))
-        await _unnest(store, "invalidate", sorted(b.invalid), 2)
+        invalid = [(name, hour_start(h)) for name, h in sorted(b.invalid)]
+        await _unnest(store, "invalidate", invalid, 2)
         res.add_rows("executions", len(b.executions))
         res.add_rows("execution_steps", len(b.steps_new))
         res.add_rows("workflow_events", len(b.events_new) + len(b.events_upd))

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from exporter.histogram import BOUNDS, bucket_le
-from exporter.store.partitions import hour_floor
 
 EXECUTION_STATUSES = frozenset({"active", "completed", "exited", "failed"})
 ATTEMPT_STATUSES = frozenset({"running", "succeeded", "failed", "skipped"})
@@ -62,11 +61,11 @@ class Attempt:
         """Whole milliseconds from entered to finished."""
         return None if self.finished_at is None else (self.finished_at - self.entered_at) // _MS
 
-    def signature(self) -> str:
+    def signature(self, entered_us: int) -> str:
         """Compact text kept in the store to diff the next version of this attempt against."""
         fin = "" if self.finished_at is None else str(_us(self.finished_at))
         err = "" if self.error is None else str(zlib.crc32(self.error.encode()))
-        return _SEP.join((self.step_id, str(_us(self.entered_at)), self.status, fin, err))
+        return _SEP.join((self.step_id, str(entered_us), self.status, fin, err))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +111,7 @@ class Batch:
     runs_new: list[tuple] = field(default_factory=list)
     runs_upd: list[tuple] = field(default_factory=list)
     runs_del: list[tuple] = field(default_factory=list)
-    invalid: set[tuple[str, datetime]] = field(default_factory=set)
+    invalid: set[tuple[str, int]] = field(default_factory=set)
     counters: Counter = field(default_factory=Counter)
     spans: dict[str, list[datetime]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
@@ -131,7 +130,21 @@ class Batch:
 
 
 def _us(t: datetime) -> int:
-    return (t - _EPOCH) // timedelta(microseconds=1)
+    return (t - _EPOCH) // _US
+
+
+_US = timedelta(microseconds=1)
+_US_PER_HOUR = 3_600_000_000
+
+
+def hour_of(t: datetime) -> int:
+    """Hours since the epoch of the hour bucket holding `t` (cheap to hash)."""
+    return _us(t) // _US_PER_HOUR
+
+
+def hour_start(hour: int) -> datetime:
+    """The bucket start of an hour from `hour_of`."""
+    return _EPOCH + timedelta(hours=hour)
 
 
 def _from_us(us: int) -> datetime:
@@ -246,7 +259,8 @@ def apply_execution(
         return
     eid, tenant, wfid, enrolled = row.id, wf.tenant_id, wf.workflow_id, row.enrolled_at
     times = _event_times(row, attempts, old)
-    new_sigs = [a.signature() for a in attempts]
+    entered_us = [_us(a.entered_at) for a in attempts]
+    new_sigs = [a.signature(us) for a, us in zip(attempts, entered_us, strict=True)]
     batch.touched.add(wfid)
 
     # events
@@ -260,7 +274,7 @@ def apply_execution(
             continue
         if t_old is not None and t_old != t_new:
             batch.events_del.append((eid, event, t_old))
-            batch.invalid.add(("events", hour_floor(t_old)))
+            batch.invalid.add(("events", hour_of(t_old)))
         if t_new is None:
             continue
         dur = le = None
@@ -269,7 +283,7 @@ def apply_execution(
             le = bucket_le(dur / 1000)
         rec = (eid, event, t_new, tenant, wfid, ev_reason, dur, le)
         (batch.events_upd if old is not None else batch.events_new).append(rec)
-        batch.invalid.add(("events", hour_floor(t_new)))
+        batch.invalid.add(("events", hour_of(t_new)))
         batch.span("workflow_events", t_new)
         if t_old is None:
             _count_event(batch, tenant, wfid, event, ev_reason, dur, le)
@@ -283,19 +297,21 @@ def apply_execution(
     new_keys = set()
     c = batch.counters
     invalid = batch.invalid
-    for a, sig in zip(attempts, new_sigs, strict=True):
-        key = (a.step_id, a.entered_at)
-        new_keys.add(key)
-        oa = old_by_key.get(key) if old_by_key else None
-        if oa is not None and oa.signature == sig:
-            continue
+    for a, sig, us in zip(attempts, new_sigs, entered_us, strict=True):
+        oa = None
+        if old_by_key:
+            key = (a.step_id, a.entered_at)
+            new_keys.add(key)
+            oa = old_by_key.get(key)
+            if oa is not None and oa.signature == sig:
+                continue
         action = wf.action_types.get(a.step_id, "unknown")
         dur = a.duration_ms
         le = None if dur is None else bucket_le(dur / 1000)
         rec = (eid, a.step_id, a.entered_at, tenant, wfid, action, a.status, a.finished_at,
                dur, le, a.error)
         (batch.runs_upd if oa is not None else batch.runs_new).append(rec)
-        invalid.add(("step_runs", hour_floor(a.entered_at)))
+        invalid.add(("step_runs", us // _US_PER_HOUR))
         if oa is None:
             c[("step_runs", tenant, wfid, a.step_id, action, "")] += 1
         if a.status in TERMINAL and (oa is None or oa.status != a.status):
@@ -309,7 +325,7 @@ def apply_execution(
     for key, oa in old_by_key.items():
         if key not in new_keys:
             batch.runs_del.append((eid, oa.step_id, oa.entered_at))
-            batch.invalid.add(("step_runs", hour_floor(oa.entered_at)))
+            batch.invalid.add(("step_runs", hour_of(oa.entered_at)))
 
     # reached steps (cohort)
     reached = {a.step_id for a in attempts}
@@ -347,8 +363,9 @@ def apply_execution(
     if old is None:
         batch.executions_new.add(eid)
     batch.span("executions", enrolled)
-    batch.invalid.add(("cohort", hour_floor(enrolled)))
-    batch.invalid.add(("cohort_steps", hour_floor(enrolled)))
+    h = hour_of(enrolled)
+    batch.invalid.add(("cohort", h))
+    batch.invalid.add(("cohort_steps", h))
 
 
 def _count_event(
