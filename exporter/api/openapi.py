@@ -6,7 +6,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.api.app import API_PREFIX
-from exporter.api.params import MAX_BUCKETS, MAX_ID_CHARS, RANGES
+from exporter.api.params import MAX_BUCKETS, MAX_ID_CHARS, RANGES, TIME_PATTERN, time_zones
 from exporter.timerange import GRANULARITIES
 
 J = dict[str, Any]
@@ -202,14 +202,14 @@ PARAMETERS: J = {
         "in": "query",
         "description": "Inclusive start: RFC 3339, epoch milliseconds, or relative (now-7d, "
         "now/d, now-1d/d). Default: `to` minus the configured default range (7 days).",
-        "schema": _TEXT_PARAM,
+        "schema": {**_TEXT_PARAM, "pattern": TIME_PATTERN},
     },
     "to": {
         "name": "to",
         "in": "query",
         "description": "Exclusive end, same forms as `from` (a rounding goes to the start "
         "of the next unit). Default: now.",
-        "schema": _TEXT_PARAM,
+        "schema": {**_TEXT_PARAM, "pattern": TIME_PATTERN},
     },
     "range": {
         "name": "range",
@@ -228,7 +228,7 @@ PARAMETERS: J = {
         "name": "tz",
         "in": "query",
         "description": "IANA time zone of day/week/month buckets and calendar rounding.",
-        "schema": {**_TEXT_PARAM, "default": "UTC"},
+        "schema": {"type": "string", "enum": sorted(time_zones()), "default": "UTC"},
     },
     "mode": {
         "name": "mode",

@@ -44,6 +44,14 @@ MAX_BUCKETS = 5_000
 MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
+TIME_PATTERN = (
+    r"^(now([+-][0-9]{1,6}[smhdwMy]|/[smhdwMy])*"
+    r"|[0-9]{1,14}"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]{1,6})?)?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?)$"
+)
+"""What `from` and `to` accept (then checked for real dates and times)."""
+_TIME_MSG = "must be an RFC 3339 time, epoch milliseconds or a relative time like now-7d"
 _RELATIVE_RE = re.compile(r"now((?:[+-]\d{1,6}[smhdwMy]|/[smhdwMy])*)")
 _OP_RE = re.compile(r"([+-])(\d{1,6})([smhdwMy])|/([smhdwMy])")
 _EPOCH_MS_RE = re.compile(r"\d{1,14}")
@@ -69,8 +77,8 @@ class NoQuery(QueryModel):
 class TimeQuery(QueryModel):
     """The time filter every analytics endpoint accepts."""
 
-    from_: str | None = Field(None, alias="from", max_length=_MAX_TEXT)
-    to: str | None = Field(None, max_length=_MAX_TEXT)
+    from_: str | None = Field(None, alias="from", max_length=_MAX_TEXT, pattern=TIME_PATTERN)
+    to: str | None = Field(None, max_length=_MAX_TEXT, pattern=TIME_PATTERN)
     range: RangeName | None = None
     granularity: Granularity | None = None
     tz: str = Field("UTC", max_length=_MAX_TEXT)
@@ -131,6 +139,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return f"must be at most {err['ctx']['max_length']} characters"
     if kind == "missing":
         return "is required"
+    if kind == "string_pattern_mismatch":
+        return _TIME_MSG
     return str(err["msg"]).removeprefix("Value error, ")
 
 
@@ -171,13 +181,14 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 @lru_cache(maxsize=1)
-def _zones() -> frozenset[str]:
+def time_zones() -> frozenset[str]:
+    """The IANA zone names `tz` accepts."""
     return frozenset(available_timezones() | {"UTC"})
 
 
 def parse_tz(name: str) -> ZoneInfo:
     """An IANA zone by name; 400 on `tz` otherwise."""
-    if name not in _zones():
+    if name not in time_zones():
         raise _bad("tz", f"unknown time zone {name!r}: use an IANA name such as Europe/Paris")
     return ZoneInfo(name)
 
@@ -218,7 +229,6 @@ def _add(t: datetime, n: int, unit: str, zone: ZoneInfo) -> datetime:
 
 def parse_time(text: str, param: str, now: datetime, zone: ZoneInfo, round_up: bool) -> datetime:
     """One `from`/`to` value: RFC 3339, epoch milliseconds or a Grafana relative expression."""
-    text = text.strip()
     try:
         m = _RELATIVE_RE.fullmatch(text)
         if m:
@@ -235,9 +245,7 @@ def parse_time(text: str, param: str, now: datetime, zone: ZoneInfo, round_up: b
             t = datetime.fromisoformat(text)
             t = (t.replace(tzinfo=zone) if t.tzinfo is None else t).astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _bad(
-            param, "must be an RFC 3339 time, epoch milliseconds or a relative time like now-7d"
-        ) from None
+        raise _bad(param, _TIME_MSG) from None
     if not MIN_TIME <= t < MAX_TIME:
         raise _bad(param, "is outside the supported years 1970 to 8999")
     return t
