@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -148,29 +150,67 @@ class Ingestor:
                 steps[r["step_id"]] = r["action_type"]
         self.workflows = {k: WorkflowInfo(k, t, s) for k, (t, s) in acc.items()}
 
-    async def poll(self, source: asyncpg.Connection, store: asyncpg.Connection) -> PollResult:
-        """One cycle: workflows, then executions until a short page; each batch one transaction."""
+    async def poll(
+        self,
+        source: asyncpg.Connection,
+        store: asyncpg.Connection,
+        lookup: asyncpg.Connection | None = None,
+    ) -> PollResult:
+        """One cycle: workflows, then executions until a short page; each batch one transaction.
+
+        With a second store connection `lookup`, batch N+1 is read and transformed while batch N
+        is being written, so Python and the database work at the same time.
+        """
         started = time.perf_counter()
         res = PollResult()
         if not self.workflows:
             await self.load_workflows(store)
-        await self._cycle(source, store, "workflows", self.workflow_q, self._write_workflows, res)
-        await self._cycle(source, store, "executions", self.executions, self._write_executions, res)
+        since, limit = await self._since(store, "workflows"), self.s.batch_size
+        rows = await self.workflow_q.first(source, since, limit)
+        while rows:
+            await self._write_workflows(store, rows, res)
+            if len(rows) < limit:
+                break
+            rows = await self.workflow_q.after(source, *_key(rows[-1]), limit)
+        await self._execution_cycle(source, store, lookup, res)
         res.seconds = time.perf_counter() - started
         return res
 
-    async def _cycle(self, source, store, name, query: KeysetQuery, write, res: PollResult) -> None:
+    async def _since(self, store: asyncpg.Connection, name: str) -> datetime:
         cur = await store.fetchrow(Q["get_cursor"], name)
-        since = (cur["updated_at"] - self.s.overlap) if cur else _MIN_TIME
-        limit = self.s.batch_size
-        rows = await query.first(source, since, limit)
-        while rows:
-            await write(store, rows, res)
-            last = rows[-1]
-            res.newest = max(res.newest or last["updated_at"], last["updated_at"])
-            if len(rows) < limit:
-                break
-            rows = await query.after(source, last["updated_at"], last["_key"], limit)
+        return (cur["updated_at"] - self.s.overlap) if cur else _MIN_TIME
+
+    async def _execution_cycle(self, source, store, lookup, res: PollResult) -> None:
+        since, limit = await self._since(store, "executions"), self.s.batch_size
+        rows = await self.executions.first(source, since, limit)
+        pending: asyncio.Task | None = None
+        pending_ids: set[str] = set()
+        try:
+            while rows:
+                ids = {r["id"] for r in rows}
+                if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
+                    await pending
+                    pending = None
+                olds = await self._old_states(lookup or store, rows)
+                batch, rejected = self._transform(rows, olds)
+                res.read += len(rows)
+                if pending:
+                    await pending
+                pending = asyncio.create_task(self._commit(store, rows, batch, rejected, res))
+                pending_ids = ids
+                last = rows[-1]
+                res.newest = max(res.newest or last["updated_at"], last["updated_at"])
+                if len(rows) < limit:
+                    break
+                rows = await self.executions.after(source, *_key(last), limit)
+            if pending:
+                await pending
+                pending = None
+        finally:
+            if pending and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
 
     # workflows -----------------------------------------------------------------------------
 
@@ -210,35 +250,38 @@ class Ingestor:
 
     # executions ----------------------------------------------------------------------------
 
-    async def _write_executions(self, store: asyncpg.Connection, rows, res: PollResult) -> None:
-        res.read += len(rows)
-        async with store.transaction():
-            olds = await self._old_states(store, rows)
-            batch = Batch()
-            rejected: list[tuple] = []
-            for r in rows:
-                try:
-                    srow = SourceExecution(*(r[i] for i in range(14)))
-                    if srow.enrolled_at is None or srow.updated_at is None:
-                        raise Rejected("invalid_row", "enrolled_at and updated_at are required")
-                    window = self.s.conversion_windows.get(
-                        srow.workflow_id, self.s.conversion_window
-                    )
-                    apply_execution(
-                        batch, srow, self.workflows.get(srow.workflow_id), olds.get(srow.id), window
-                    )
-                except Rejected as exc:
-                    rejected.append(_reject_rec("executions", r, exc))
-            res.skipped += batch.skipped
-            if batch.spans:
-                await self.backend.prepare_write(
-                    store, {k: (v[0], v[1]) for k, v in batch.spans.items()}
+    def _transform(self, rows, olds: dict[str, OldExecution]) -> tuple[Batch, list[tuple]]:
+        batch = Batch()
+        rejected: list[tuple] = []
+        windows, default_window = self.s.conversion_windows, self.s.conversion_window
+        for r in rows:
+            try:
+                srow = SourceExecution(*tuple(r)[:14])
+                if srow.enrolled_at is None or srow.updated_at is None:
+                    raise Rejected("invalid_row", "enrolled_at and updated_at are required")
+                apply_execution(
+                    batch,
+                    srow,
+                    self.workflows.get(srow.workflow_id),
+                    olds.get(srow.id),
+                    windows.get(srow.workflow_id, default_window),
                 )
+            except Rejected as exc:
+                rejected.append(_reject_rec("executions", r, exc))
+        return batch, rejected
+
+    async def _commit(self, store, rows, batch: Batch, rejected: list[tuple], res) -> None:
+        res.skipped += batch.skipped
+        if batch.spans:
+            await self.backend.prepare_write(
+                store, {k: (v[0], v[1]) for k, v in batch.spans.items()}
+            )
+        async with store.transaction():
             await self._write_batch(store, batch, res)
-            res.touched |= batch.touched
             await self._finish(
                 store, "executions", rows, rejected, batch.counters, res, batch.touched
             )
+        res.touched |= batch.touched
 
     async def _old_states(self, store: asyncpg.Connection, rows) -> dict[str, OldExecution]:
         ids = [r["id"] for r in rows if r["enrolled_at"] is not None]
@@ -336,6 +379,10 @@ async def _notify(store: asyncpg.Connection, workflow_ids: list[str]) -> None:
         size += len(wid) + 4
     if chunk:
         await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
+
+
+def _key(row: Mapping[str, Any]) -> tuple[datetime, Any]:
+    return row["updated_at"], row["_key"]
 
 
 def _parse_steps(raw: str | None) -> list[tuple[str, str, str]]:

@@ -132,8 +132,13 @@ class ExporterService:
         try:
             if not await self._leader():
                 return None
-            async with self.store.acquire() as st, self.source.acquire() as src:
-                result = await self.ingestor.poll(src, st)
+            async with contextlib.AsyncExitStack() as stack:
+                st = await stack.enter_async_context(self.store.acquire())
+                src = await stack.enter_async_context(self.source.acquire())
+                lookup = None
+                if self.cfg.store.pool_max_size > 1:
+                    lookup = await stack.enter_async_context(self.store.acquire())
+                result = await self.ingestor.poll(src, st, lookup)
                 due = time.monotonic() - self._last_refresh
                 every = self.cfg.exporter.refresh_interval.total_seconds()
                 if refresh and (result.written or result.rejected or due >= every):
