@@ -71,7 +71,6 @@ def sql_var(name: str, label: str, sql: str, description: str, *, multi: bool = 
         "type": "query",
         "datasource": STORE,
         "query": sql,
-        "definition": sql,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]}
         if multi
         else {"selected": False, "text": "", "value": ""},
@@ -94,7 +93,6 @@ def prom_var(name: str, label: str, query: str, description: str, all_value: str
         "type": "query",
         "datasource": PROM,
         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
-        "definition": query,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "includeAll": True,
         "allValue": all_value,
@@ -321,6 +319,7 @@ def stat(
         "textMode": "auto",
         "wideLayout": True,
         "showPercentChange": False,
+        "percentChangeColorMode": "standard",
     }
     return _panel("stat", title, description, size, targets, defaults, options)
 
@@ -342,12 +341,18 @@ def table(
         unit,
         thresholds,
         color={"mode": "thresholds"},
-        custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True},
+        custom={
+            "align": "auto",
+            "cellOptions": {"type": "auto"},
+            "filterable": True,
+            "inspect": False,
+        },
     )
     options = {
         "showHeader": True,
+        "frameIndex": 0,
         "cellHeight": "sm",
-        "footer": {"show": False, "reducer": ["sum"], "fields": "", "countRows": False},
+        "footer": {"show": False, "reducer": ["sum"], "fields": [], "countRows": False},
         "sortBy": sort_by or [],
     }
     extra = {"transformations": transformations} if transformations else {}
