@@ -140,12 +140,14 @@ class Ingestor:
             _cols(WORKFLOW_FIELDS, settings.workflow_columns),
         )
         self.workflows: dict[str, WorkflowInfo] = {}
+        self._versions: dict[str, datetime] = {}
 
     async def load_workflows(self, store: asyncpg.Connection) -> None:
         """Read the mirrored workflow definitions into memory."""
         acc: dict[str, tuple[str, dict[str, str]]] = {}
         for r in await store.fetch(Q["load_workflows"]):
             _tenant, steps = acc.setdefault(r["workflow_id"], (r["tenant_id"], {}))
+            self._versions[r["workflow_id"]] = r["source_updated_at"]
             if r["step_id"] is not None:
                 steps[r["step_id"]] = r["action_type"]
         self.workflows = {k: WorkflowInfo(k, t, s) for k, (t, s) in acc.items()}
@@ -216,8 +218,11 @@ class Ingestor:
 
     async def _write_workflows(self, store: asyncpg.Connection, rows, res: PollResult) -> None:
         rejected: list[tuple] = []
+        rows_changed = [r for r in rows if self._versions.get(r["id"]) != r["updated_at"]]
+        if not rows_changed:
+            return
         async with store.transaction():
-            for r in rows:
+            for r in rows_changed:
                 try:
                     steps = _parse_steps(r["steps"])
                 except Rejected as exc:
@@ -246,6 +251,8 @@ class Ingestor:
                 known.update({s[0]: s[2] for s in steps})
                 self.workflows[r["id"]] = WorkflowInfo(r["id"], r["tenant_id"], known)
                 res.workflows += 1
+            for r in rows_changed:
+                self._versions[r["id"]] = r["updated_at"]
             await self._finish(store, "workflows", rows, rejected, {}, res)
 
     # executions ----------------------------------------------------------------------------
@@ -272,6 +279,8 @@ class Ingestor:
 
     async def _commit(self, store, rows, batch: Batch, rejected: list[tuple], res) -> None:
         res.skipped += batch.skipped
+        if not batch.executions and not rejected:
+            return
         if batch.spans:
             await self.backend.prepare_write(
                 store, {k: (v[0], v[1]) for k, v in batch.spans.items()}

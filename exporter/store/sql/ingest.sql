@@ -92,7 +92,7 @@ ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, id = excluded
 SELECT updated_at, id FROM wfa.cursors WHERE name = $1;
 
 -- name: load_workflows
-SELECT w.workflow_id, w.tenant_id, s.step_id, s.action_type
+SELECT w.workflow_id, w.tenant_id, w.source_updated_at, s.step_id, s.action_type
   FROM wfa.workflows w LEFT JOIN wfa.workflow_steps s USING (workflow_id);
 
 -- name: upsert_workflow
