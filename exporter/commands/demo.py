@@ -464,6 +464,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             run_live(live_conn, live, stop=live_stop), name="wfa-demo-live"
         )
         scheduler.start()
+        if history:
+            print(f"ingesting {history:,} executions of history ...", flush=True)
+        await _wait(stop, _first_poll(service))
 
         prom = _prometheus(args, root, metrics_at)
         if prom is not None:
@@ -508,6 +511,12 @@ async def run_demo(args: argparse.Namespace) -> int:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         print(f"stopped; data kept in {root}", flush=True)
+
+
+async def _first_poll(service: ExporterService) -> None:
+    """Return once a poll has caught up with the source (the API then answers)."""
+    while service.state.last_success is None:
+        await asyncio.sleep(0.2)
 
 
 async def _wait_any(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:

@@ -1,0 +1,149 @@
+"""`make demo` end to end: serves a funnel with its token, the numbers move, SIGINT stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.devdb import DevCluster
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_S = 120
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _enrollments(metrics_url: str) -> float:
+    _, body = _get(metrics_url)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith("wfa_workflow_enrollments_total{")
+    )
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes still in the demo's session (what a terminal's Ctrl-C would reach)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    """A state directory the unprivileged PostgreSQL user can reach."""
+    base = Path(tempfile.mkdtemp(prefix="wfa-demo-test-"))
+    base.chmod(0o755)
+    try:
+        yield base / "state"
+    finally:
+        if (base / "state" / "pgdata").exists():
+            DevCluster(base / "state" / "pgdata").stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_make_demo(demo_dir: Path) -> None:
+    """Started in the background it serves a funnel within its startup time; SIGINT stops all."""
+    args = (
+        f"--dir {demo_dir} --executions 2000 --rate 20/s --poll-interval 1s "
+        "--api-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0"
+    )
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "-C", str(REPO), "demo", f"DEMO_ARGS={args}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    output = ""
+    try:
+        started = time.monotonic()
+        for line in proc.stdout:
+            output += line
+            if line.startswith("ready in") or time.monotonic() - started > STARTUP_S:
+                break
+        assert "ready in" in output, output
+        token = re.search(r"export TOKEN=(\S+)", output).group(1)
+        funnel = re.search(r"'(http://\S+/analytics/funnel\?range=7d)'", output).group(1)
+        metrics = re.search(r"(http://\S+/metrics)", output).group(1)
+
+        status, _ = _get(funnel)
+        assert status == 401
+        deadline = time.monotonic() + 60
+        enrolled = 0
+        while time.monotonic() < deadline and not enrolled:
+            status, body = _get(funnel, token)
+            assert status == 200, body
+            enrolled = json.loads(body)["enrolled"]
+            time.sleep(0.5)
+        assert enrolled > 0
+        assert time.monotonic() - started < STARTUP_S
+
+        first = 0.0
+        while time.monotonic() < deadline and not first:
+            first = _enrollments(metrics)
+            time.sleep(0.5)
+        moved = first
+        while time.monotonic() < deadline and moved <= first:
+            time.sleep(1)
+            moved = _enrollments(metrics)
+        assert moved > first > 0, "the live workload did not move the enrollment counters"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rest, _ = proc.communicate()
+        output += rest
+    assert "stopped; data kept in" in output, output
+    assert _session_pids(proc.pid) == []
+    assert not (demo_dir / "pgdata" / "postmaster.pid").exists()
+    assert _pids_mentioning(str(demo_dir)) == []
+    assert (demo_dir / "pgdata" / "PG_VERSION").exists()
