@@ -64,19 +64,21 @@ def _interval(d: timedelta) -> str:
     return f"INTERVAL '{int(d.total_seconds())} seconds'"
 
 
-def _cagg_ddl(r: Rollup) -> list[str]:
+def _cagg_ddl(r: Rollup, chunk_interval: timedelta) -> list[str]:
     opts = (
         "timescaledb.continuous, timescaledb.materialized_only = false, "
         "timescaledb.create_group_indexes = false"
     )
     out = []
-    for level, select in (
-        ("1h", hourly_select(r, "time_bucket")),
-        ("1d", daily_select(r, r.relation("1h"), "time_bucket")),
+    # Hourly chunks as long as the raw ones, so hourly retention is as fine-grained.
+    for level, select, chunk in (
+        ("1h", hourly_select(r, "time_bucket"), chunk_interval),
+        ("1d", daily_select(r, r.relation("1h"), "time_bucket"), 10 * chunk_interval),
     ):
         rel = r.relation(level)
         out += [
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {rel} WITH ({opts}) AS {select} WITH NO DATA",
+            f"SELECT set_chunk_time_interval('{rel}', {_interval(chunk)})",
             f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_workflow_idx "
             f"ON {rel} (workflow_id, bucket)",
         ]
@@ -162,7 +164,7 @@ class TimescaleBackend(Backend):
                 "if_not_exists => true)"
             )
         for r in ROLLUPS:
-            out += _cagg_ddl(r)
+            out += _cagg_ddl(r, self.chunk_interval)
         return out
 
     def range_function(self, r: Rollup) -> str:

@@ -46,6 +46,17 @@ class Store:
         """Poll this database's source into its store and refresh."""
         return await ingest(self.dsn, self.backend, **store)
 
+    async def poll_without_refresh(self) -> int:
+        """Poll this database's source into its store, no refresh; executions written."""
+        svc = ExporterService(make_config(self.dsn, self.backend))
+        await svc.open()
+        try:
+            result = await svc.poll_once(refresh=False)
+            assert result is not None
+            return result.written
+        finally:
+            await svc.close()
+
 
 async def fill(
     stores: list[Store], executions: int, days: float, seed: int, recent: int = 0

@@ -8,11 +8,10 @@ import asyncpg
 import pytest
 
 from exporter import queries
-from exporter.service import ExporterService
 from exporter.simulate.generate import advance, generate
 from exporter.simulate.writer import insert_bad_rows, upsert_executions, write
 
-from .conftest import NOW, Store, fill, make_config
+from .conftest import NOW, Store, fill
 from .parity import answers, assert_same, everything
 
 pytestmark = pytest.mark.timescale
@@ -106,7 +105,7 @@ async def test_real_time_rows_before_any_refresh(pair: tuple[Store, Store]) -> N
         ex.id = f"new-{i}"
     for s in pair:
         await write(s.conn, (data.workflows, more))
-        assert await _poll_without_refresh(s) == len(more)
+        assert await s.poll_without_refresh() == len(more)
     start, end = NOW - timedelta(days=5), live_hour + timedelta(hours=1)
     for wf in await queries.list_workflows(ts.conn, None):
         got = await queries.cohort_funnel(ts.conn, wf.tenant_id, wf, start, end)
@@ -114,17 +113,6 @@ async def test_real_time_rows_before_any_refresh(pair: tuple[Store, Store]) -> N
         assert got["enrolled"] == sum(
             1 for e in [*data.executions, *more] if e.workflow_id == wf.workflow_id
         )
-
-
-async def _poll_without_refresh(s: Store) -> int:
-    svc = ExporterService(make_config(s.dsn, s.backend))
-    await svc.open()
-    try:
-        result = await svc.poll_once(refresh=False)
-        assert result is not None
-        return result.written
-    finally:
-        await svc.close()
 
 
 async def test_time_bucket_equals_date_bin(timescale_dsn: str) -> None:
