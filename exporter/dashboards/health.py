@@ -60,7 +60,7 @@ def panels() -> list[Json]:
             color_mode="background",
         ),
         stat(
-            "Ingest lag",
+            "Ingest lag now",
             "Now minus the newest source updated_at ingested (grows when the source is idle).",
             [prom(f"max(wfa_exporter_ingest_lag_seconds{{{INST}}})", "lag")],
             unit="s",
@@ -79,7 +79,7 @@ def panels() -> list[Json]:
             thresholds=high_is_bad(60, 300),
         ),
         stat(
-            "Snapshot age",
+            "Snapshot age now",
             "Age of the metrics snapshot served on /metrics.",
             [prom(f"max(wfa_exporter_snapshot_age_seconds{{{INST}}})", "age")],
             unit="s",
