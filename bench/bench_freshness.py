@@ -1,0 +1,238 @@
+"""Freshness: time from a source commit to the SSE event and to the changed value on /metrics.
+
+`wfa run` (exporter, API and /metrics in one process) polls a filled source every
+second and builds its metrics snapshot every second. One client holds an SSE stream on a
+workflow and reads /metrics in a tight loop; each sample commits one new enrollment of that
+workflow to the source and times both. The physical limit is the poll interval: a change
+waits for the next poll (half an interval on average) before anything can see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from bench.common import Figure, cluster, markdown, percentile
+from exporter.api.auth import token_digest
+from exporter.devdb import free_port
+from exporter.simulate.generate import generate, simulate_execution
+from exporter.simulate.model import SimWorkflow
+from exporter.simulate.writer import create_source_schema, upsert_executions, write
+
+POLL_S = 1.0
+SNAPSHOT_S = 1.0
+TOKEN = "wfa_bench_freshness_token"
+TENANT = "tenant-1"
+SAMPLE_TIMEOUT_S = 30.0
+
+
+async def _fill(dsn: str, executions: int) -> list[SimWorkflow]:
+    now = datetime.now(UTC).replace(microsecond=0)
+    data = generate(executions=executions, days=30, workflows=5, tenants=2, seed=3, now=now)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_source_schema(conn)
+        await write(conn, data)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return [w for w in data.workflows if w.tenant_id == TENANT]
+
+
+def _config(dsn: str, port: int, metrics_port: int, path: Path) -> None:
+    cfg = {
+        "source": {"dsn": dsn},
+        "store": {"backend": "postgres"},
+        "exporter": {"poll_interval": f"{POLL_S:g}s", "refresh_interval": "30s"},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}", "snapshot_interval": f"{SNAPSHOT_S:g}s"},
+        "api": {
+            "listen": f"127.0.0.1:{port}",
+            "tokens": [
+                {"name": "bench", "sha256": token_digest(TOKEN), "tenant": TENANT,
+                 "scopes": ["read"]}
+            ],
+        },
+    }
+    path.write_text(json.dumps(cfg))
+
+
+def _ingest(config: Path) -> None:
+    """Catch up once (`wfa exporter --once`) so the server starts on a full store."""
+    subprocess.run(
+        [sys.executable, "-m", "exporter", "exporter", "--once", "--config", str(config)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+@contextlib.contextmanager
+def _server(config: Path, port: int) -> Iterator[subprocess.Popen[str]]:
+    """`wfa run` until the block ends (SIGTERM, bounded wait)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"wfa run exited: {proc.stderr.read()[-2000:]}")
+            url = f"http://127.0.0.1:{port}/readyz"
+            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("wfa run did not become ready")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _metric(session: aiohttp.ClientSession, url: str, pattern: re.Pattern[str]) -> float:
+    async with session.get(url) as resp:
+        text = await resp.text()
+    m = pattern.search(text)
+    return float(m.group(1)) if m else 0.0
+
+
+async def _stream(session: aiohttp.ClientSession, url: str, events: asyncio.Queue[float]) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout()) as resp:
+        resp.raise_for_status()
+        async for line in resp.content:
+            if line.startswith(b"event: analytics"):
+                events.put_nowait(time.monotonic())
+
+
+async def _measure(
+    api: str, metrics_url: str, dsn: str, wf: SimWorkflow, samples: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from commit to the SSE event and to the new /metrics value, per sample."""
+    pattern = re.compile(
+        r'^wfa_workflow_enrollments_total\{[^}]*workflow="' + re.escape(wf.id) + r'"[^}]*\} (\S+)',
+        re.M,
+    )
+    rng = random.Random(7)
+    events: asyncio.Queue[float] = asyncio.Queue()
+    sse: list[float] = []
+    scraped: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        stream = asyncio.create_task(
+            _stream(session, f"{api}/api/v1/workflows/{wf.id}/analytics/stream", events)
+        )
+        conn = await asyncpg.connect(dsn)
+        try:
+            await asyncio.wait_for(events.get(), SAMPLE_TIMEOUT_S)  # the initial snapshot
+            for i in range(samples):
+                await asyncio.sleep(1.2 + rng.uniform(0, POLL_S))
+                while not events.empty():
+                    events.get_nowait()
+                before = await _metric(session, metrics_url, pattern)
+                now = datetime.now(UTC)
+                ex = simulate_execution(
+                    rng, wf, now, now, execution_id=f"fresh-{time.time_ns()}-{i}",
+                    contact_id=f"contact-fresh-{i}",
+                )
+                await upsert_executions(conn, [ex])
+                t0 = time.monotonic()
+                got_sse = got_metric = None
+                while (got_sse is None or got_metric is None) and (
+                    time.monotonic() - t0 < SAMPLE_TIMEOUT_S
+                ):
+                    if got_sse is None:
+                        with contextlib.suppress(TimeoutError):
+                            t = await asyncio.wait_for(events.get(), 0.01)
+                            if t >= t0:
+                                got_sse = t
+                    if got_metric is None:
+                        if await _metric(session, metrics_url, pattern) > before:
+                            got_metric = time.monotonic()
+                        else:
+                            await asyncio.sleep(0.01)
+                if got_sse is None or got_metric is None:
+                    raise RuntimeError(f"sample {i}: no change seen in {SAMPLE_TIMEOUT_S:.0f} s")
+                sse.append((got_sse - t0) * 1000)
+                scraped.append((got_metric - t0) * 1000)
+        finally:
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await stream
+            await conn.close()
+    return sse, scraped
+
+
+def run(executions: int, *, quick: bool = False, samples: int | None = None) -> list[Figure]:
+    """Freshness with `executions` rows of history in the source and store."""
+    samples = samples or (3 if quick else 12)
+    scale = f"{executions:,} executions"
+    with cluster() as c, tempfile.TemporaryDirectory() as tmp:
+        c.create_database("wfa")
+        dsn = c.dsn("wfa")
+        workflows = asyncio.run(_fill(dsn, executions))
+        port, mport = free_port(), free_port()
+        config = Path(tmp) / "wfa.json"
+        _config(dsn, port, mport, config)
+        _ingest(config)
+        with _server(config, port):
+            sse, scraped = asyncio.run(
+                _measure(
+                    f"http://127.0.0.1:{port}",
+                    f"http://127.0.0.1:{mport}/metrics",
+                    dsn,
+                    workflows[0],
+                    samples,
+                )
+            )
+    poll = f"poll interval {POLL_S:g} s"
+    limit = POLL_S * 1000
+    return [
+        Figure("freshness", scale, f"commit → SSE event p50 ({poll})", percentile(sse, 50),
+               "ms", "physical limit: mean wait for the next poll", limit / 2),
+        Figure("freshness", scale, f"commit → SSE event p95 ({poll})", percentile(sse, 95),
+               "ms", "physical limit: one poll interval", limit, f"≤ {limit + 1000:,.0f} ms"),
+        Figure("freshness", scale,
+               f"commit → new /metrics value p50 ({poll}, snapshot {SNAPSHOT_S:g} s)",
+               percentile(scraped, 50), "ms", "physical limit: mean wait for the next poll",
+               limit / 2),
+        Figure("freshness", scale,
+               f"commit → new /metrics value p95 ({poll}, snapshot {SNAPSHOT_S:g} s)",
+               percentile(scraped, 95), "ms", "physical limit: poll + snapshot interval",
+               limit + SNAPSHOT_S * 1000, f"≤ {limit + SNAPSHOT_S * 1000 + 1000:,.0f} ms"),
+    ]
+
+
+def main() -> None:
+    """Command line: `python -m bench.bench_freshness --executions 100000`."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--executions", type=int, nargs="+", default=[100_000])
+    p.add_argument("--samples", type=int, default=12)
+    args = p.parse_args()
+    figures = [f for n in args.executions for f in run(n, samples=args.samples)]
+    print(markdown(figures))
+
+
+if __name__ == "__main__":
+    main()

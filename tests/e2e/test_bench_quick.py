@@ -1,0 +1,54 @@
+"""`make bench` in quick mode: every benchmark runs and the one table comes out."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def test_make_bench_quick(tmp_path: Path) -> None:
+    """Quick mode prints one Markdown table with ingest and freshness figures, exit 0."""
+    report = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(REPO),
+            "bench",
+            f"BENCH_ARGS=--quick --timeout 300 --out {report}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| benchmark | scale | metric | ours | beside it | target |" in out
+    assert out.count("| benchmark |") == 1
+    assert "Machine: " in out
+    assert report.read_text() in out
+
+    data = json.loads(report.with_suffix(".json").read_text())
+    assert data["scales"] == [2000]
+    figures = data["figures"]
+    by_bench = {f["benchmark"] for f in figures}
+    assert {"ingest", "freshness"} <= by_bench
+    for f in figures:
+        assert math.isfinite(f["ours"]), f
+        assert f["scale"].startswith("2,000 executions"), f
+    ingest = {f["metric"]: f for f in figures if f["benchmark"] == "ingest"}
+    copy = ingest["execution changes/s (first ingest, incl. rollup refresh)"]
+    assert copy["ours"] > 0 and copy["peer_value"] > 0
+    fresh = [f for f in figures if f["benchmark"] == "freshness"]
+    assert len(fresh) == 4
+    assert all(0 < f["ours"] < 30_000 for f in fresh)
