@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -315,7 +314,7 @@ class Prometheus:
 
 def banner(
     api: str, metrics: str, token: str, workflow: str, root: Path, prom: Prometheus | None,
-    database: str, history: int, live: str,
+    database: str, history: int, live: str, exports: bool = False,
 ) -> str:
     """What the demo prints once everything listens."""
     base = f"http://{api}/api/v1"
@@ -346,9 +345,8 @@ def banner(
         f"  curl -s {auth} '{wf}/actions?range=24h'",
         f"  curl -s {auth} '{wf}?range=30d&granularity=day'",
     ]
-    export = export_example(base, workflow)
-    if export:
-        lines.append(f"  curl -s {auth} {export}")
+    if exports:
+        lines.append(f"  curl -s {auth} '{wf}/export?format=csv&dataset=actions&range=7d'")
     lines += [
         f"  curl -N {auth} '{wf}/stream'",
         f"  curl -s http://{metrics}/metrics | grep wfa_workflow_enrollments_total",
@@ -357,14 +355,12 @@ def banner(
     return "\n".join(lines)
 
 
-def export_example(base: str, workflow: str) -> str | None:
-    """A curl argument list that exports the workflow's analytics as CSV, when exports exist."""
-    try:
-        from exporter.api import exports  # noqa: F401
-    except ImportError:
-        return None
-    body = json.dumps({"workflow_id": workflow, "format": "csv", "range": "7d"})
-    return f"-X POST -H 'Content-Type: application/json' -d '{body}' '{base}/exports'"
+def has_exports(app: web.Application) -> bool:
+    """Whether the API serves streamed exports."""
+    from exporter.api import API_PREFIX
+
+    route = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics/export"
+    return any(r.canonical == route for r in app.router.resources())
 
 
 def _prometheus(args: argparse.Namespace, root: Path, metrics: str) -> Prometheus | None:
@@ -454,7 +450,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         metrics = attach_metrics(service, scheduler, cfg)
         await metrics.start(metrics_listen)
         metrics_at = f"{metrics_listen.rsplit(':', 1)[0]}:{metrics.port}"
-        runner = web.AppRunner(api_app(cfg, service), access_log=None, shutdown_timeout=3.0)
+        app = api_app(cfg, service)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
         await runner.setup()
         await web.SockSite(runner, api_sock).start()
 
@@ -478,7 +475,10 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"{rate:g} enrollments/s, {live.active:,} running executions resumed"
         )
         print(
-            banner(api, metrics_at, token, workflow, root, prom, database, history, live_text),
+            banner(
+                api, metrics_at, token, workflow, root, prom, database, history, live_text,
+                has_exports(app),
+            ),
             flush=True,
         )
         print(f"ready in {time.monotonic() - started:.1f}s", flush=True)

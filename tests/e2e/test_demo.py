@@ -125,6 +125,20 @@ def test_make_demo(demo_dir: Path) -> None:
         assert enrolled > 0
         assert time.monotonic() - started < STARTUP_S
 
+        stream = re.search(r"'(http://\S+/analytics/stream)'", output).group(1)
+        req = urllib.request.Request(stream, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            head = b""
+            while b"event: analytics" not in head:
+                head += resp.readline()
+            assert json.loads(resp.readline().removeprefix(b"data: "))["workflow_id"]
+        export = re.search(r"'(http://\S+/analytics/export\?\S+)'", output)
+        if export:
+            status, body = _get(export.group(1), token)
+            assert status == 200, body
+            assert body.count(b"\n") > 1 and b"," in body.splitlines()[0]
+
         first = 0.0
         while time.monotonic() < deadline and not first:
             first = _enrollments(metrics)
