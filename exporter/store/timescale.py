@@ -90,7 +90,10 @@ def plpgsql_range_function(r: Rollup) -> str:
 
     An inlined SQL function hides the caggs from TimescaleDB's planner hook, so their
     watermark stays a per-row function call and the real-time part cannot be excluded
-    at plan time; as `RETURN QUERY` in PL/pgSQL the watermark is constified.
+    at plan time; as `RETURN QUERY` in PL/pgSQL the watermark is constified. The plan
+    is generic and cached per session (chunks excluded at executor startup): planning
+    over every chunk costs far more than running the query. TimescaleDB invalidates the
+    cached plan when a refresh moves the watermark.
     """
     sql_fn = range_function(r)
     head, sep, body = sql_fn.partition("LANGUAGE sql STABLE AS $fn$")
@@ -98,7 +101,8 @@ def plpgsql_range_function(r: Rollup) -> str:
         raise ValueError(f"unexpected shape of the {r.name} range function")
     query = body.rstrip()[: -len("$fn$;")].rstrip()
     return (
-        f"{head}LANGUAGE plpgsql STABLE AS $fn$\n#variable_conflict use_column\n"
+        f"{head}LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $fn$\n"
+        "#variable_conflict use_column\n"
         f"BEGIN\nRETURN QUERY{query};\nEND\n$fn$;"
     )
 
