@@ -100,7 +100,7 @@ class EmbeddedCluster:
             print("no PostgreSQL server binaries: installing pgserver from PyPI", flush=True)
             subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pgserver"], check=True)
             import pgserver  # type: ignore[import-not-found]
-        self.server = pgserver.get_server(str(pgdata), cleanup_mode=None)
+        self.server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq URL for `dbname`."""
