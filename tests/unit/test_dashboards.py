@@ -145,6 +145,15 @@ def test_dashboards_validate_against_grafana_schema() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_schema_rejects_misspelt_keys() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    d = json.loads(rendered()["overview.json"])
+    d["panels"][1]["titel"] = d["panels"][1].pop("title")
+    assert _errors(_validator(schema["dashboard"]), d)
+    options = dict(d["panels"][1]["options"], graphMode="sparkline")
+    assert _errors(_validator(schema["panels"]["stat"]["options"]), options)
+
+
 def test_panel_options_validate_against_plugin_schemas() -> None:
     schema = json.loads(SCHEMA.read_text())
     problems = []
