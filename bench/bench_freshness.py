@@ -30,6 +30,7 @@ import asyncpg
 from bench.common import Figure, cluster, markdown, percentile
 from exporter.api.auth import token_digest
 from exporter.devdb import free_port
+from exporter.ingest import NOTIFY_CHANNEL
 from exporter.simulate.generate import generate, simulate_execution
 from exporter.simulate.model import SimWorkflow
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
@@ -129,27 +130,37 @@ async def _stream(session: aiohttp.ClientSession, url: str, events: asyncio.Queu
 
 async def _measure(
     api: str, metrics_url: str, dsn: str, wf: SimWorkflow, samples: int
-) -> tuple[list[float], list[float]]:
-    """Milliseconds from commit to the SSE event and to the new /metrics value, per sample."""
+) -> tuple[list[float], list[float], list[float]]:
+    """Milliseconds from commit to the ingest NOTIFY, the SSE event and the new /metrics value."""
     pattern = re.compile(
         r'^wfa_workflow_enrollments_total\{[^}]*workflow="' + re.escape(wf.id) + r'"[^}]*\} (\S+)',
         re.M,
     )
     rng = random.Random(7)
     events: asyncio.Queue[float] = asyncio.Queue()
+    notified: asyncio.Queue[float] = asyncio.Queue()
     sse: list[float] = []
     scraped: list[float] = []
+    ingested: list[float] = []
+
+    def on_notify(_c: object, _pid: int, _channel: str, payload: str) -> None:
+        if wf.id in payload:
+            notified.put_nowait(time.monotonic())
+
     async with aiohttp.ClientSession() as session:
         stream = asyncio.create_task(
             _stream(session, f"{api}/api/v1/workflows/{wf.id}/analytics/stream", events)
         )
         conn = await asyncpg.connect(dsn)
+        listener = await asyncpg.connect(dsn)
+        await listener.add_listener(NOTIFY_CHANNEL, on_notify)
         try:
             await asyncio.wait_for(events.get(), SAMPLE_TIMEOUT_S)  # the initial snapshot
             for i in range(samples):
                 await asyncio.sleep(1.2 + rng.uniform(0, POLL_S))
-                while not events.empty():
-                    events.get_nowait()
+                for q in (events, notified):
+                    while not q.empty():
+                        q.get_nowait()
                 before = await _metric(session, metrics_url, pattern)
                 now = datetime.now(UTC)
                 ex = simulate_execution(
@@ -176,12 +187,19 @@ async def _measure(
                     raise RuntimeError(f"sample {i}: no change seen in {SAMPLE_TIMEOUT_S:.0f} s")
                 sse.append((got_sse - t0) * 1000)
                 scraped.append((got_metric - t0) * 1000)
+                notes = []
+                while not notified.empty():
+                    notes.append(notified.get_nowait())
+                after = [t for t in notes if t >= t0]
+                if after:
+                    ingested.append((min(after) - t0) * 1000)
         finally:
+            await listener.close()
             stream.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream
             await conn.close()
-    return sse, scraped
+    return ingested, sse, scraped
 
 
 def run(executions: int, *, quick: bool = False, samples: int | None = None) -> list[Figure]:
@@ -197,7 +215,7 @@ def run(executions: int, *, quick: bool = False, samples: int | None = None) -> 
         _config(dsn, port, mport, config)
         _ingest(config)
         with _server(config, port):
-            sse, scraped = asyncio.run(
+            ingested, sse, scraped = asyncio.run(
                 _measure(
                     f"http://127.0.0.1:{port}",
                     f"http://127.0.0.1:{mport}/metrics",
@@ -209,6 +227,9 @@ def run(executions: int, *, quick: bool = False, samples: int | None = None) -> 
     poll = f"poll interval {POLL_S:g} s"
     limit = POLL_S * 1000
     return [
+        Figure("freshness", scale, f"commit → ingested (NOTIFY) p50 ({poll})",
+               percentile(ingested, 50), "ms", "physical limit: mean wait for the next poll",
+               limit / 2),
         Figure("freshness", scale, f"commit → SSE event p50 ({poll})", percentile(sse, 50),
                "ms", "physical limit: mean wait for the next poll", limit / 2),
         Figure("freshness", scale, f"commit → SSE event p95 ({poll})", percentile(sse, 95),

@@ -50,5 +50,5 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     copy = ingest["execution changes/s (first ingest, incl. rollup refresh)"]
     assert copy["ours"] > 0 and copy["peer_value"] > 0
     fresh = [f for f in figures if f["benchmark"] == "freshness"]
-    assert len(fresh) == 4
+    assert len(fresh) == 5
     assert all(0 < f["ours"] < 30_000 for f in fresh)
