@@ -8,11 +8,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter import retention
 from exporter.config import Config
 from exporter.db import CONNECT_ERRORS, connect, create_pool
 from exporter.ingest import Ingestor, IngestSettings, PollResult
@@ -20,6 +21,9 @@ from exporter.store import Backend, RefreshResult, make_backend
 from exporter.store.migrate import migrate
 
 log = logging.getLogger(__name__)
+
+RETENTION_FIRST_RUN = timedelta(minutes=5)
+"""Delay of the first scheduled retention run after start; then every retention.run_interval."""
 
 
 def ingest_settings(cfg: Config) -> IngestSettings:
@@ -180,6 +184,23 @@ class ExporterService:
         except Exception as exc:
             log.error("maintenance failed: %s", exc)
 
+    async def _retention_job(self) -> None:
+        assert self.store and self.backend
+        try:
+            async with self.store.acquire() as conn:
+                await retention.run(
+                    conn,
+                    self.cfg,
+                    self.backend,
+                    dry_run=False,
+                    trigger="scheduler",
+                    actor="scheduler",
+                )
+        except retention.RetentionBusy:
+            log.info("retention skipped: another run is in progress")
+        except Exception as exc:
+            log.error("retention failed: %s", exc)
+
     def start(self, scheduler: AsyncIOScheduler) -> None:
         """Add the exporter's jobs to `scheduler`."""
         self.scheduler = scheduler
@@ -196,6 +217,15 @@ class ExporterService:
         )
         scheduler.add_job(
             self._maintain_job, "interval", hours=1, max_instances=1, coalesce=True, id="maintain"
+        )
+        scheduler.add_job(
+            self._retention_job,
+            "interval",
+            seconds=self.cfg.retention.run_interval.total_seconds(),
+            next_run_time=now + RETENTION_FIRST_RUN,
+            max_instances=1,
+            coalesce=True,
+            id="retention",
         )
 
     async def close(self) -> None:

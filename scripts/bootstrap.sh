@@ -14,6 +14,7 @@ declare -A PROVIDES=(
   [prometheus]="/usr/bin/promtool"
   [poppler-utils]="/usr/bin/pdftoppm"
   [wrk]="/usr/bin/wrk"
+  [fonts-dejavu-core]="/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 )
 # Services that Debian starts on install; the project never relies on them.
 declare -A SERVICES=(
@@ -50,7 +51,7 @@ stop_service() {
 
 install_system_packages() {
   local missing=() pkg
-  for pkg in postgresql prometheus poppler-utils wrk; do
+  for pkg in postgresql prometheus poppler-utils wrk fonts-dejavu-core; do
     is_installed "$pkg" || missing+=("$pkg")
   done
   if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -24,7 +24,11 @@ from exporter.config import Config
 from exporter.service import ExporterService
 
 API_PREFIX = "/api/v1"
-ROUTE_MODULES: tuple[str, ...] = ("exporter.api.routes",)
+ROUTE_MODULES: tuple[str, ...] = (
+    "exporter.api.routes",
+    "exporter.api.exports",
+    "exporter.api.retention",
+)
 """Modules whose `register(app)` adds routes; later issues append theirs here."""
 
 MAX_REQUEST_LINE = 4096

@@ -1,0 +1,330 @@
+"""Export jobs: stored in the store, run as tracked tasks, resumed or failed after a restart.
+
+Each process running jobs holds an advisory lock keyed by a random owner number on a
+connection of its own. A job whose owner holds no such lock any more belonged to a process
+that stopped or crashed: the next process to look adopts it and runs it again from scratch
+(up to MAX_ATTEMPTS starts), or marks it failed with the reason. Files are written under
+the configured directory as `<job uuid>.<ext>` (a `.part` name until complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from exporter import queries
+from exporter.config.schema import ExportsConfig
+from exporter.db import connect
+from exporter.exports.datasets import ExportSpec
+from exporter.exports.formats import FORMATS
+from exporter.exports.render import Progress, render
+from exporter.store.sqlfiles import named
+
+log = logging.getLogger(__name__)
+
+Q = named("exports.sql")
+OWNER_LOCK_CLASS = 727_280
+"""First key of the owner advisory locks (the second is the owner number)."""
+MAX_ATTEMPTS = 3
+"""Starts of one job before a restart during it marks it failed."""
+HOUSEKEEPING_S = 30.0
+"""Seconds between adopting orphaned jobs and removing expired files."""
+STRAY_PART_AGE = timedelta(hours=1)
+_FILE_RE = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.([a-z]+)")
+
+
+class TooManyJobs(Exception):
+    """The tenant already has its maximum of unfinished jobs."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"at most {limit} unfinished export jobs per tenant")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """Knobs of the job runner that are not in the config file (tests shorten them)."""
+
+    housekeeping_s: float = HOUSEKEEPING_S
+    max_attempts: int = MAX_ATTEMPTS
+
+
+def file_name(job_id: uuid.UUID, fmt: str) -> str:
+    """The server-chosen file name of a job."""
+    return f"{job_id}.{FORMATS[fmt][1]}"
+
+
+class ExportJobs:
+    """Submits, runs, adopts and cleans up export jobs of one process."""
+
+    def __init__(
+        self,
+        cfg: ExportsConfig,
+        pool: asyncpg.Pool,
+        dsn: str,
+        settings: JobSettings | None = None,
+        on_change: Callable[[uuid.UUID], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.dsn = dsn
+        self.settings = settings or JobSettings()
+        self.directory = Path(cfg.directory)
+        self.owner = secrets.randbelow(2**31 - 2) + 1
+        self.on_change = on_change
+        self._lock_conn: asyncpg.Connection | None = None
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> list[uuid.UUID]:
+        """Take the owner lock, adopt orphaned jobs, start housekeeping; the jobs resumed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await self._ensure_lock()
+        resumed = await self.adopt()
+        self._housekeeper = asyncio.create_task(self._housekeeping(), name="export-housekeeping")
+        return resumed
+
+    async def _ensure_lock(self) -> None:
+        if self._lock_conn is not None and not self._lock_conn.is_closed():
+            return
+        conn = await connect(self.dsn, application_name="wfa-export-owner")
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", OWNER_LOCK_CLASS, self.owner)
+        self._lock_conn = conn
+
+    async def close(self, grace: float) -> None:
+        """Stop housekeeping, interrupt running jobs (they resume on a later start), unlock."""
+        self._closing = True
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            if pending:
+                log.warning("%d export jobs did not stop within %.0f s", len(pending), grace)
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._lock_conn.close(timeout=grace)
+            self._lock_conn = None
+
+    @property
+    def running(self) -> int:
+        """Jobs this process is running now."""
+        return len(self._tasks)
+
+    # submit and read ------------------------------------------------------------------------
+
+    async def submit(self, spec: ExportSpec, requested_by: str) -> asyncpg.Record:
+        """Store a new job for `spec` and start it; TooManyJobs past the tenant's limit."""
+        job_id = uuid.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(Q["job_lock_tenant"], OWNER_LOCK_CLASS, spec.tenant)
+            active = await conn.fetchval(Q["job_active_count"], spec.tenant)
+            if active >= self.cfg.max_concurrent_per_tenant:
+                raise TooManyJobs(self.cfg.max_concurrent_per_tenant)
+            job = await conn.fetchrow(
+                Q["job_insert"],
+                job_id,
+                spec.tenant,
+                spec.workflow_id,
+                spec.dataset,
+                spec.format,
+                json.dumps(spec.params()),
+                requested_by,
+                self.owner,
+                self.cfg.max_age,
+            )
+        self._spawn(job_id, spec)
+        return job
+
+    async def get(self, tenant: str, job_id: uuid.UUID) -> asyncpg.Record | None:
+        """The job if it belongs to `tenant`."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(Q["job_get"], job_id, tenant)
+
+    def path(self, job: Any) -> Path:
+        """Where the finished file of a job is."""
+        return self.directory / file_name(job["job_id"], job["format"])
+
+    async def wait(self, job_id: uuid.UUID, timeout: float) -> None:
+        """Wait until this process's task of a job ends (for tests and benchmarks)."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+
+    # running --------------------------------------------------------------------------------
+
+    def _spawn(self, job_id: uuid.UUID, spec: ExportSpec) -> None:
+        task = asyncio.create_task(self._run(job_id, spec), name=f"export-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
+
+    async def _run(self, job_id: uuid.UUID, spec: ExportSpec) -> None:
+        final = self.directory / file_name(job_id, spec.format)
+        part = final.with_name(f"{final.name}.{self.owner}.part")
+        progress = Progress()
+        for stale in self.directory.glob(f"{final.name}.*.part"):
+            stale.unlink(missing_ok=True)  # left by an owner that died: this run replaces it
+        try:
+            async with self.pool.acquire() as conn:
+                wf = await queries.get_workflow(conn, spec.tenant, spec.workflow_id)
+                if wf is not None:
+                    with part.open("wb") as f:
+                        async for chunk in render(conn, wf, spec, progress, datetime.now(UTC)):
+                            f.write(chunk)
+                        f.flush()
+                        await asyncio.to_thread(os.fsync, f.fileno())
+            if wf is None:
+                await self._finish(job_id, "the workflow no longer exists")
+                return
+            os.replace(part, final)
+            async with self.pool.acquire() as conn:
+                done = await conn.fetchval(
+                    Q["job_succeeded"],
+                    job_id,
+                    self.owner,
+                    progress.rows,
+                    progress.bytes,
+                    self.cfg.max_age,
+                )
+            if done is None:
+                log.warning("export %s was taken over by another process", job_id)
+            self._changed(job_id)
+        except asyncio.CancelledError:
+            part.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0), self.pool.acquire() as conn:
+                    await conn.execute(
+                        Q["job_release"], job_id, self.owner, "interrupted by a shutdown"
+                    )
+            raise
+        except Exception as exc:
+            part.unlink(missing_ok=True)
+            log.exception("export %s failed", job_id)
+            await self._finish(job_id, f"export failed: {_reason(exc)}")
+
+    async def _finish(self, job_id: uuid.UUID, error: str) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await conn.execute(Q["job_failed"], job_id, self.owner, error)
+        except Exception as exc:
+            log.error("could not record the failure of export %s: %s", job_id, exc)
+        self._changed(job_id)
+
+    def _changed(self, job_id: uuid.UUID) -> None:
+        if self.on_change is not None:
+            self.on_change(job_id)
+
+    # restart handling and cleanup -----------------------------------------------------------
+
+    async def adopt(self) -> list[uuid.UUID]:
+        """Resume unfinished jobs no live process owns, or fail them with the reason."""
+        if self._closing:
+            return []
+        await self._ensure_lock()
+        resumed: list[tuple[uuid.UUID, ExportSpec]] = []
+        failed: list[uuid.UUID] = []
+        now = datetime.now(UTC)
+        async with self.pool.acquire() as conn, conn.transaction():
+            for row in await conn.fetch(Q["job_orphans"], OWNER_LOCK_CLASS, self.owner):
+                job_id = row["job_id"]
+                if job_id in self._tasks:
+                    continue
+                if row["attempts"] >= self.settings.max_attempts:
+                    reason = (
+                        f"interrupted {row['attempts']} times by restarts; not tried again"
+                    )
+                elif row["expires_at"] <= now:
+                    reason = "interrupted by a restart and expired before it could resume"
+                else:
+                    job = await conn.fetchrow(Q["job_adopt"], job_id, self.owner)
+                    resumed.append((job_id, ExportSpec.from_job(job, json.loads(job["params"]))))
+                    continue
+                await conn.execute(Q["job_give_up"], job_id, reason)
+                failed.append(job_id)
+        for job_id, spec in resumed:
+            log.info("resuming export %s (started again from scratch)", job_id)
+            self._spawn(job_id, spec)
+        for job_id in failed:
+            log.warning("export %s marked failed after restarts", job_id)
+        return [j for j, _ in resumed]
+
+    async def cleanup(self) -> int:
+        """Expire finished jobs past their age, delete their files and stray ones; how many."""
+        async with self.pool.acquire() as conn:
+            expired = await conn.fetch(Q["job_expire"])
+            await conn.execute(Q["job_purge"], self.cfg.max_age)
+        removed = 0
+        for row in expired:
+            path = self.directory / file_name(row["job_id"], row["format"])
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+        removed += await self._remove_strays()
+        return removed
+
+    async def _remove_strays(self) -> int:
+        """Delete files whose job is gone or no longer succeeded, and old partial files."""
+        now = time.time()
+        found: dict[uuid.UUID, list[Path]] = {}
+        removed = 0
+        for path in self.directory.iterdir():
+            m = _FILE_RE.match(path.name)
+            if m is None:
+                continue
+            age = now - path.stat().st_mtime
+            if path.name.endswith(".part"):
+                if age > STRAY_PART_AGE.total_seconds():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+                continue
+            if age > 60:
+                found.setdefault(uuid.UUID(m.group(1)), []).append(path)
+        if not found:
+            return 0
+        async with self.pool.acquire() as conn:
+            live = {
+                r["job_id"]
+                for r in await conn.fetch(Q["job_files"], list(found))
+                if r["status"] in ("succeeded", "running", "queued")
+            }
+        for job_id, paths in found.items():
+            if job_id not in live:
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.housekeeping_s)
+            try:
+                await self.adopt()
+                await self.cleanup()
+            except Exception as exc:
+                log.warning("export housekeeping failed: %s", exc)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

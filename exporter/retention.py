@@ -1,0 +1,524 @@
+"""Retention policies and runs, shared by the API and the scheduler.
+
+A dataset's period comes from the store when one was set over the API, else from the
+config; a workflow may have its own period (config `retention.workflows` or the store).
+A run drops whole partitions or chunks older than the longest period in force for the
+dataset (the backend's `drop_before`, which never drops what the rollups above have not
+materialized), then deletes by row what shorter per-workflow periods, or the dataset
+period when some workflow keeps data longer, allow. A dry run does exactly the same in a
+transaction that is rolled back, so it reports what the real run would do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from exporter.config import Config
+from exporter.config.config import MIN_RAW_RETENTION
+from exporter.config.durations import format_duration
+from exporter.config.schema import DATASETS, RAW_DATASETS
+from exporter.store.backend import (
+    RAW_TABLES,
+    RETENTION_RAW,
+    Backend,
+    dataset_of,
+    retention_cutoffs,
+)
+from exporter.store.postgres import REFRESH_LOCK
+from exporter.store.rollups import ROLLUPS
+from exporter.store.sqlfiles import named
+
+log = logging.getLogger(__name__)
+
+Q = named("retention.sql")
+RETENTION_LOCK = 727_281
+"""Advisory lock held for the whole of a run: one run at a time per store."""
+POLICY_LOCK = 727_282
+LOCK_TIMEOUT = "5s"
+"""How long a run waits for a table lock (an export reading old rows) before giving up."""
+STATEMENT_TIMEOUT = "10min"
+REFRESH_BOUND = (*RAW_DATASETS, "rollups_1h")
+"""Datasets a rollup refresh reads: their period must outlast the refresh window."""
+_FAR = datetime.max.replace(tzinfo=UTC)
+
+
+class PolicyError(ValueError):
+    """A policy change that is refused; `param` names the offending input."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class RetentionBusy(RuntimeError):
+    """Another retention run holds the lock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The period of a dataset, for one workflow or all, and where it comes from."""
+
+    dataset: str
+    workflow_id: str | None
+    period: timedelta
+    source: str
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as the API shows it."""
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "period": format_duration(self.period),
+            "period_seconds": int(self.period.total_seconds()),
+            "source": self.source,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+        }
+        if self.workflow_id is not None:
+            out = {"workflow_id": self.workflow_id, **out}
+        return out
+
+
+@dataclass(slots=True)
+class Policies:
+    """Every policy in force: per dataset, and per dataset and workflow."""
+
+    datasets: dict[str, Policy]
+    workflows: dict[str, dict[str, Policy]] = field(default_factory=dict)
+
+    def period(self, dataset: str, workflow_id: str | None = None) -> timedelta:
+        """The period in force for a dataset (of one workflow when it has its own)."""
+        own = self.workflows.get(dataset, {}).get(workflow_id or "")
+        return (own or self.datasets[dataset]).period
+
+
+def minimum_period(cfg: Config, backend: Backend | None = None) -> timedelta:
+    """The shortest period of a dataset a refresh reads: longer than the refresh window."""
+    minimum = max(2 * cfg.exporter.refresh_interval, MIN_RAW_RETENTION)
+    if backend is not None and getattr(backend, "use_policies", False):
+        minimum = max(minimum, getattr(backend, "policy_lookback", minimum))
+    return minimum
+
+
+def check_period(dataset: str, period: timedelta, minimum: timedelta) -> None:
+    """PolicyError unless `period` may be set for `dataset`."""
+    if period <= timedelta(0):
+        raise PolicyError("must be a positive duration such as 90d", "period")
+    if dataset in REFRESH_BOUND and period < minimum:
+        raise PolicyError(
+            f"must be at least {format_duration(minimum)}: {dataset} is read by the rollup "
+            f"refresh, whose window reaches {format_duration(minimum)} back; a shorter "
+            "retention would drop rows before they are rolled up and empty the rollups",
+            "period",
+        )
+
+
+async def load(conn: asyncpg.Connection, cfg: Config) -> Policies:
+    """The policies in force: stored ones over the config's."""
+    r = cfg.retention
+    out = Policies({d: Policy(d, None, getattr(r, d), "config") for d in DATASETS})
+    for wid, override in r.workflows.items():
+        for d in DATASETS:
+            value = getattr(override, d)
+            if value is not None:
+                out.workflows.setdefault(d, {})[wid] = Policy(d, wid, value, "config")
+    for row in await conn.fetch(Q["policies"]):
+        d, wid = row["dataset"], row["workflow_id"]
+        if d not in DATASETS:
+            continue
+        p = Policy(d, wid or None, row["period"], "store", row["updated_at"], row["updated_by"])
+        if wid:
+            out.workflows.setdefault(d, {})[wid] = p
+        else:
+            out.datasets[d] = p
+    return out
+
+
+def _config_policy(cfg: Config, dataset: str, workflow_id: str | None) -> Policy | None:
+    r = cfg.retention
+    if workflow_id is None:
+        return Policy(dataset, None, getattr(r, dataset), "config")
+    override = r.workflows.get(workflow_id)
+    value = getattr(override, dataset) if override is not None else None
+    return Policy(dataset, workflow_id, value, "config") if value is not None else None
+
+
+async def set_policy(
+    conn: asyncpg.Connection,
+    cfg: Config,
+    backend: Backend | None,
+    *,
+    dataset: str,
+    workflow_id: str | None,
+    period: timedelta | None,
+    actor: str,
+    tenant: str,
+) -> dict[str, Any]:
+    """Store (or with None, remove) a policy and record the change; the audit entry."""
+    if period is not None:
+        check_period(dataset, period, minimum_period(cfg, backend))
+    key = workflow_id or ""
+    async with conn.transaction():
+        await conn.execute(Q["policy_lock"], POLICY_LOCK)
+        current = await load(conn, cfg)
+        old = (
+            current.workflows.get(dataset, {}).get(key)
+            if workflow_id
+            else current.datasets[dataset]
+        )
+        if period is None:
+            await conn.execute(Q["policy_delete"], dataset, key)
+            new = _config_policy(cfg, dataset, workflow_id)
+        else:
+            await conn.execute(Q["policy_upsert"], dataset, key, period, actor)
+            new = Policy(dataset, workflow_id, period, "store")
+        return dict(
+            await conn.fetchrow(
+                Q["audit_insert"],
+                actor,
+                tenant,
+                dataset,
+                key,
+                old.period if old else None,
+                new.period if new else None,
+                old.source if old else "none",
+                new.source if new else "none",
+            )
+        )
+
+
+async def audit(conn: asyncpg.Connection, tenant: str, limit: int) -> list[dict[str, Any]]:
+    """Newest policy changes first: dataset-wide ones and those of the tenant's workflows."""
+    return [dict(r) for r in await conn.fetch(Q["audit_list"], tenant, limit)]
+
+
+async def last_run(conn: asyncpg.Connection) -> dict[str, Any] | None:
+    """The latest real run, if any."""
+    row = await conn.fetchrow(Q["last_run"])
+    return dict(row) if row is not None else None
+
+
+async def workflow_tenants(conn: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
+    """Tenant of each known workflow id."""
+    return {r["workflow_id"]: r["tenant_id"] for r in await conn.fetch(Q["workflow_tenants"], ids)}
+
+
+# runs ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DatasetRun:
+    """What a run did (or would do) to one dataset."""
+
+    dataset: str
+    period: timedelta
+    cutoff: datetime
+    applied_cutoff: datetime | None = None
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows dropped and deleted."""
+        return sum(p["rows"] for p in self.dropped) + sum(d["rows"] for d in self.deleted)
+
+    def to_json(self) -> dict[str, Any]:
+        """The dataset's part of a run result."""
+        return {
+            "dataset": self.dataset,
+            "period": format_duration(self.period),
+            "cutoff": self.cutoff,
+            "applied_cutoff": self.applied_cutoff,
+            "held": self.applied_cutoff is not None and self.applied_cutoff < self.cutoff,
+            "dropped": self.dropped,
+            "deleted": self.deleted,
+            "rows": self.rows,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A whole run over every dataset."""
+
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None = None
+    datasets: list[DatasetRun] = field(default_factory=list)
+    run_id: int | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows dropped and deleted over all datasets."""
+        return sum(d.rows for d in self.datasets)
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as the API shows it."""
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "rows": self.rows,
+            "datasets": [d.to_json() for d in self.datasets],
+        }
+
+
+def _timescale(backend: Backend) -> bool:
+    return backend.name == "timescaledb"
+
+
+def _level(dataset: str) -> str:
+    return dataset.removeprefix("rollups_")
+
+
+async def _tables(
+    conn: asyncpg.Connection, backend: Backend, dataset: str
+) -> list[tuple[str, str]]:
+    """(table, time column) holding the rows of a dataset."""
+    if dataset in RETENTION_RAW:
+        return [(f"wfa.{t}", RAW_TABLES[t]) for t in RETENTION_RAW[dataset]]
+    level = _level(dataset)
+    if not _timescale(backend):
+        return [(f"wfa.{r.name}_{level}_mat", "bucket") for r in ROLLUPS]
+    mats = {r["view"]: r for r in await conn.fetch(Q["ts_materializations"])}
+    out = []
+    for r in ROLLUPS:
+        m = mats.get(r.relation(level))
+        if m is not None:
+            out.append((f'"{m["schema"]}"."{m["name"]}"', "bucket"))
+    return out
+
+
+async def _pieces(
+    conn: asyncpg.Connection, backend: Backend, dataset: str, cutoff: datetime
+) -> dict[str, dict[str, Any]]:
+    """Partitions or chunks of a dataset ending by `cutoff`, with row counts, by name."""
+    if dataset in RETENTION_RAW:
+        names = list(RETENTION_RAW[dataset])
+        if _timescale(backend):
+            rows = await conn.fetch(Q["ts_chunks"], "wfa", names)
+        else:
+            rows = await conn.fetch(Q["pg_partitions"], names)
+    elif _timescale(backend):
+        mats = {r["view"]: r for r in await conn.fetch(Q["ts_materializations"])}
+        level = _level(dataset)
+        found = [mats[r.relation(level)] for r in ROLLUPS if r.relation(level) in mats]
+        rows = []
+        for schema in {m["schema"] for m in found}:
+            rows += await conn.fetch(
+                Q["ts_chunks"], schema, [m["name"] for m in found if m["schema"] == schema]
+            )
+    else:
+        return {}
+    out = {}
+    for r in rows:
+        if r["range_end"] is None or r["range_end"] > cutoff:
+            continue
+        n = r["estimate"]
+        if n is None or n < 0 or r["compressed"]:
+            n = await conn.fetchval(f"SELECT count(*) FROM {r['relation']}")
+        out[r["relation"]] = {
+            "relation": r["relation"],
+            "table": r["tbl"],
+            "from": r["range_start"],
+            "to": r["range_end"],
+            "rows": int(n),
+        }
+    return out
+
+
+async def _bucket_rows(
+    conn: asyncpg.Connection, tables: list[tuple[str, str]], cutoff: datetime
+) -> dict[str, tuple[int, datetime | None]]:
+    out = {}
+    for table, col in tables:
+        row = await conn.fetchrow(
+            f"SELECT count(*) AS n, min({col}) AS lo FROM {table} WHERE {col} < $1", cutoff
+        )
+        out[table] = (row["n"], row["lo"])
+    return out
+
+
+async def _rolled_up_until(
+    conn: asyncpg.Connection, backend: Backend, dataset: str
+) -> datetime | None:
+    """Rows of `dataset` before this time are materialized one level up (None: nothing is)."""
+    if dataset == "rollups_1d":
+        return _FAR
+    level = "1d" if dataset == "rollups_1h" else "1h"
+    rollups = [r for r in ROLLUPS if level == "1d" or dataset_of(r.raw) == dataset]
+    if _timescale(backend):
+        marks: dict[str, datetime | None] = await backend.watermarks(conn)  # type: ignore[attr-defined]
+        values = [marks.get(r.relation(level)) for r in rollups]
+    else:
+        pg = dict(await conn.fetch(Q["pg_watermarks"]))
+        values = [pg.get(f"{r.name}_{level}") for r in rollups]
+    if not values or any(v is None for v in values):
+        return None
+    return min(v for v in values if v is not None)
+
+
+async def _delete_rows(
+    conn: asyncpg.Connection,
+    backend: Backend,
+    dataset: str,
+    now: datetime,
+    policies: Policies,
+    longest: timedelta,
+) -> list[dict[str, Any]]:
+    """Row deletes for periods shorter than the longest one (partitions hold every workflow)."""
+    own = policies.workflows.get(dataset, {})
+    default = policies.datasets[dataset].period
+    jobs: list[tuple[str | None, timedelta]] = []
+    if default < longest:
+        jobs.append((None, default))
+    jobs += [(wid, p.period) for wid, p in sorted(own.items()) if p.period < longest]
+    if not jobs:
+        return []
+    safe = await _rolled_up_until(conn, backend, dataset)
+    if safe is None:
+        log.warning("row retention of %s skipped: nothing is rolled up from it yet", dataset)
+        return []
+    tables = await _tables(conn, backend, dataset)
+    out = []
+    for wid, period in jobs:
+        before = min(now - period, safe)
+        rows = 0
+        for table, col in tables:
+            if wid is None:
+                status = await conn.execute(
+                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id <> ALL($2::text[])",
+                    before,
+                    list(own),
+                )
+            else:
+                status = await conn.execute(
+                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id = $2", before, wid
+                )
+            rows += int(status.split()[-1])
+        out.append(
+            {
+                "workflow_id": wid,
+                "period": format_duration(period),
+                "before": before,
+                "rows": rows,
+            }
+        )
+    return out
+
+
+async def _run_dataset(
+    conn: asyncpg.Connection,
+    backend: Backend,
+    dataset: str,
+    policies: Policies,
+    now: datetime,
+    dry_run: bool,
+) -> DatasetRun:
+    own = policies.workflows.get(dataset, {})
+    longest = max([policies.datasets[dataset].period, *(p.period for p in own.values())])
+    result = DatasetRun(dataset, policies.datasets[dataset].period, now - longest)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+        if _timescale(backend):
+            # Rows leave the raw tables only after the aggregates hold them: no invalidation.
+            await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+        tables = [] if _timescale(backend) or dataset in RETENTION_RAW else await _tables(
+            conn, backend, dataset
+        )
+        pieces = await _pieces(conn, backend, dataset, result.cutoff)
+        counted = await _bucket_rows(conn, tables, result.cutoff)
+        names = await backend.drop_before(conn, dataset, result.cutoff)
+        result.applied_cutoff = (await retention_cutoffs(conn)).get(dataset)
+        if tables:
+            after = await _bucket_rows(conn, tables, result.cutoff)
+            for table, (n, lo) in counted.items():
+                if n > after[table][0]:
+                    result.dropped.append(
+                        {
+                            "relation": table,
+                            "table": table.removeprefix("wfa."),
+                            "from": lo,
+                            "to": result.applied_cutoff,
+                            "rows": n - after[table][0],
+                        }
+                    )
+        else:
+            result.dropped = [pieces[n] for n in names if n in pieces]
+            result.dropped += [
+                {"relation": n, "table": None, "from": None, "to": None, "rows": 0}
+                for n in names
+                if n not in pieces
+            ]
+        result.deleted = await _delete_rows(conn, backend, dataset, now, policies, longest)
+    except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+        await tx.rollback()
+        result.error = f"skipped: {exc.__class__.__name__} (tables busy); tried again next run"
+        result.dropped, result.deleted = [], []
+        return result
+    except BaseException:
+        await tx.rollback()
+        raise
+    if dry_run:
+        await tx.rollback()
+    else:
+        await tx.commit()
+    return result
+
+
+async def run(
+    conn: asyncpg.Connection,
+    cfg: Config,
+    backend: Backend,
+    *,
+    dry_run: bool,
+    trigger: str,
+    actor: str,
+    now: datetime | None = None,
+) -> RunResult:
+    """Apply (or with `dry_run`, report) every dataset's retention; RetentionBusy if running."""
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
+        raise RetentionBusy("a retention run is already in progress")
+    try:
+        now = (now or datetime.now(UTC)).replace(microsecond=0)
+        result = RunResult(dry_run, datetime.now(UTC))
+        policies = await load(conn, cfg)
+        for dataset in DATASETS:
+            result.datasets.append(
+                await _run_dataset(conn, backend, dataset, policies, now, dry_run)
+            )
+        result.finished_at = datetime.now(UTC)
+        result.run_id = await conn.fetchval(
+            Q["run_insert"],
+            result.started_at,
+            result.finished_at,
+            trigger,
+            actor,
+            dry_run,
+            result.rows,
+            json.dumps(result.to_json(), default=_json_default),
+        )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+    if not dry_run:
+        log.info("retention run %s removed %d rows", result.run_id, result.rows)
+    return result
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
