@@ -325,9 +325,13 @@ class Ingestor:
         await _copy(store, "execution_steps", _STEP_COLS, b.steps_new)
         await _copy(store, "workflow_events", _EVENT_COLS, b.events_new)
         await _copy(store, "step_runs", _RUN_COLS, b.runs_new)
-        await _unnest(store, "delete_events", b.events_del, 3)
-        await _unnest(store, "delete_step_runs", b.runs_del, 3)
-        await _unnest(store, "delete_execution_steps", b.steps_del, 3)
+        for name, recs in (
+            ("delete_events", b.events_del),
+            ("delete_step_runs", b.runs_del),
+            ("delete_execution_steps", b.steps_del),
+        ):
+            if recs:
+                await store.executemany(Q[name], recs)
         await _unnest(store, "upsert_executions", upd_exec, len(_EXEC_COLS))
         await _unnest(store, "upsert_events", b.events_upd, len(_EVENT_COLS))
         await _unnest(store, "upsert_step_runs", b.runs_upd, len(_RUN_COLS))

@@ -1,10 +1,16 @@
 -- Statements of one ingest batch. Arrays are bound as parameters, never interpolated.
 
 -- name: old_executions
-SELECT e.execution_id, e.enrolled_at, e.source_updated_at, e.enrolled_at AS t_enrolled,
-       e.completed_at, e.converted_at, e.exited_at, e.failed_at, e.exit_reason, e.attempts
+-- LATERAL with LIMIT keeps this a nested loop of primary-key probes, each pruned to one
+-- partition or chunk at run time, instead of a scan of the whole mirror.
+SELECT e.*
   FROM unnest($1::text[], $2::timestamptz[]) AS k(execution_id, enrolled_at)
-  JOIN wfa.executions e ON e.execution_id = k.execution_id AND e.enrolled_at = k.enrolled_at;
+ CROSS JOIN LATERAL (
+       SELECT x.execution_id, x.enrolled_at, x.source_updated_at, x.completed_at,
+              x.converted_at, x.exited_at, x.failed_at, x.exit_reason, x.attempts
+         FROM wfa.executions x
+        WHERE x.execution_id = k.execution_id AND x.enrolled_at = k.enrolled_at
+        LIMIT 1) AS e;
 
 -- name: upsert_executions
 INSERT INTO wfa.executions AS e (execution_id, enrolled_at, tenant_id, workflow_id, contact_id,
@@ -38,9 +44,7 @@ ON CONFLICT (execution_id, event, occurred_at) DO UPDATE SET
        duration_le = excluded.duration_le;
 
 -- name: delete_events
-DELETE FROM wfa.workflow_events w
- USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, event, occurred_at)
- WHERE w.execution_id = d.execution_id AND w.event = d.event AND w.occurred_at = d.occurred_at;
+DELETE FROM wfa.workflow_events WHERE execution_id = $1 AND event = $2 AND occurred_at = $3;
 
 -- name: upsert_step_runs
 INSERT INTO wfa.step_runs (execution_id, step_id, entered_at, tenant_id, workflow_id,
@@ -54,14 +58,10 @@ ON CONFLICT (execution_id, step_id, entered_at) DO UPDATE SET
        duration_le = excluded.duration_le, error = excluded.error;
 
 -- name: delete_step_runs
-DELETE FROM wfa.step_runs s
- USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, step_id, entered_at)
- WHERE s.execution_id = d.execution_id AND s.step_id = d.step_id AND s.entered_at = d.entered_at;
+DELETE FROM wfa.step_runs WHERE execution_id = $1 AND step_id = $2 AND entered_at = $3;
 
 -- name: delete_execution_steps
-DELETE FROM wfa.execution_steps s
- USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS d(execution_id, step_id, enrolled_at)
- WHERE s.execution_id = d.execution_id AND s.step_id = d.step_id AND s.enrolled_at = d.enrolled_at;
+DELETE FROM wfa.execution_steps WHERE execution_id = $1 AND step_id = $2 AND enrolled_at = $3;
 
 -- name: invalidate
 INSERT INTO wfa.invalidations (rollup, bucket)
