@@ -489,11 +489,15 @@ async def run(
     actor: str,
     now: datetime | None = None,
 ) -> RunResult:
-    """Apply (or with `dry_run`, report) every dataset's retention; RetentionBusy if running."""
+    """Apply (or with `dry_run`, report) every dataset's retention; RetentionBusy if running.
+
+    Cutoffs are counted from `now` rounded down to the hour, so a dry run and the real run
+    that follows within the hour compute the same plan.
+    """
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
         raise RetentionBusy("a retention run is already in progress")
     try:
-        now = (now or datetime.now(UTC)).replace(microsecond=0)
+        now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
         result = RunResult(dry_run, datetime.now(UTC))
         policies = await load(conn, cfg)
         for dataset in DATASETS:
