@@ -95,7 +95,13 @@ def run_isolated(name: str, executions: int, quick: bool, timeout: float | None)
 
 
 def report(figures: list[Figure], notes: list[str], took: float, scales: list[int]) -> str:
-    """The Markdown report: machine, table, notes."""
+    """The Markdown report: machine, table (grouped by benchmark, then scale), notes."""
+
+    def rank(f: Figure) -> int:
+        word = f.benchmark.split()[0] if f.benchmark else ""
+        return ORDER.index(word) if word in ORDER else len(ORDER)
+
+    figures = sorted(figures, key=rank)
     done = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Machine: {machine()}; {done}; scales {', '.join(f'{s:,}' for s in scales)} "
@@ -106,6 +112,20 @@ def report(figures: list[Figure], notes: list[str], took: float, scales: list[in
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+def save(
+    out: Path, text: str, figures: list[Figure], notes: list[str], scales: list[int]
+) -> None:
+    """Write the report and the raw figures (JSON beside it); rewritten after every run."""
+    out.write_text(text)
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"machine": machine(), "scales": scales, "notes": notes,
+             "figures": [dataclasses.asdict(f) for f in figures]},
+            indent=1,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown benchmarks: {', '.join(unknown)} (have {', '.join(names)})")
         names = [n for n in names if n in args.only]
 
+    out = args.out
+    if out is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = RESULTS / f"bench-{'quick-' if args.quick else ''}{stamp}.md"
     started = time.monotonic()
     figures: list[Figure] = []
     notes: list[str] = []
@@ -160,21 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 notes.append(f"{name} at {scale:,}: failed: {res['error'].strip()}")
                 print(f"bench: {name} failed:\n{res['error']}", file=sys.stderr, flush=True)
+            save(out, report(figures, notes, time.monotonic() - started, scales), figures,
+                 notes, scales)
     text = report(figures, notes, time.monotonic() - started, scales)
+    save(out, text, figures, notes, scales)
     print(text)
-    out = args.out
-    if out is None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS / f"bench-{'quick-' if args.quick else ''}{stamp}.md"
-    out.write_text(text)
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {"machine": machine(), "scales": scales, "notes": notes,
-             "figures": [dataclasses.asdict(f) for f in figures]},
-            indent=1,
-        )
-    )
     return 1 if failed else 0
 
 
