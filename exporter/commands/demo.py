@@ -468,6 +468,10 @@ async def run_demo(args: argparse.Namespace) -> int:
         prom = _prometheus(args, root, metrics_at)
         if prom is not None:
             prom.start()
+            await asyncio.sleep(0.5)
+            if prom.proc is not None and prom.proc.poll() is not None:
+                print(f"Prometheus exited at start; see {prom.log_path}", file=sys.stderr)
+                prom = None
         workflow = next(
             (w.id for w in live.workflows if w.tenant_id == TENANT), live.workflows[0].id
         )
