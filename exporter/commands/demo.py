@@ -471,6 +471,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             await asyncio.sleep(0.5)
             if prom.proc is not None and prom.proc.poll() is not None:
                 print(f"Prometheus exited at start; see {prom.log_path}", file=sys.stderr)
+                prom.stop()
                 prom = None
         workflow = next(
             (w.id for w in live.workflows if w.tenant_id == TENANT), live.workflows[0].id
