@@ -317,6 +317,374 @@ def _probe(op_id: str, summary: str, ready: bool) -> J:
     }
 
 
+# exports and retention -----------------------------------------------------------------------
+
+_EXPORT_FORMATS = ["csv", "json", "ndjson", "pdf"]
+_EXPORT_DATASETS = ["summary", "funnel", "actions", "executions"]
+_RETENTION_DATASETS = ["executions", "step_runs", "workflow_events", "rollups_1h", "rollups_1d"]
+_NTIME = {"type": ["string", "null"], "format": "date-time"}
+_NSTR = {"type": ["string", "null"]}
+_NINT = {"type": ["integer", "null"], "minimum": 0}
+_DURATION = {"type": "string", "description": "A duration such as 90d, 400d, 2w or 36h."}
+
+
+def _or_null(name: str) -> J:
+    return {"oneOf": [_ref(name), {"type": "null"}]}
+
+
+_POLICY = {
+    "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
+    "period": _DURATION,
+    "period_seconds": _int(),
+    "source": {"type": "string", "enum": ["config", "store"]},
+    "updated_at": _NTIME,
+    "updated_by": _NSTR,
+}
+SCHEMAS.update(
+    {
+        "ExportRequest": _obj(
+            {
+                "format": {"type": "string", "enum": _EXPORT_FORMATS, "default": "csv"},
+                "dataset": {"type": "string", "enum": _EXPORT_DATASETS, "default": "summary"},
+                "mode": {"type": "string", "enum": ["cohort", "activity"], "default": "cohort"},
+                "from": _STR,
+                "to": _STR,
+                "range": {"type": "string", "enum": list(RANGES)},
+                "granularity": {"type": "string", "enum": list(GRANULARITIES)},
+                "tz": _STR,
+            },
+            required=[],
+            description="The same parameters as the query string (give one or the other).",
+        ),
+        "ExportJob": _obj(
+            {
+                "job_id": {"type": "string", "format": "uuid"},
+                "status": {
+                    "type": "string",
+                    "enum": ["queued", "running", "succeeded", "failed", "expired"],
+                },
+                "workflow_id": _STR,
+                "dataset": {"type": "string", "enum": _EXPORT_DATASETS},
+                "format": {"type": "string", "enum": _EXPORT_FORMATS},
+                "mode": {"type": "string", "enum": ["cohort", "activity"]},
+                "range": _ref("Range"),
+                "created_at": _TIME,
+                "started_at": _NTIME,
+                "finished_at": _NTIME,
+                "expires_at": {**_TIME, "description": "When the file is deleted."},
+                "attempts": {**_int(), "description": "Starts; a restart mid-job starts again."},
+                "rows": _NINT,
+                "bytes": _NINT,
+                "error": {**_NSTR, "description": "Why the job failed."},
+                "status_url": _STR,
+                "download_url": {**_NSTR, "description": "Set once the job succeeded."},
+            },
+            required=[
+                "job_id", "status", "workflow_id", "dataset", "format", "range", "created_at",
+                "started_at", "finished_at", "expires_at", "attempts", "rows", "bytes",
+                "error", "status_url", "download_url",
+            ],
+        ),
+        "RetentionPolicy": _obj(
+            {"workflow_id": _STR, **_POLICY},
+            required=list(_POLICY),
+            description="A period in force; `source` store means set over the API.",
+        ),
+        "RetentionDataset": _obj(
+            {
+                **_POLICY,
+                "dropped_before": {
+                    **_NTIME,
+                    "description": "Rows before this time were dropped by a run.",
+                },
+                "workflows": {"type": "array", "items": _ref("RetentionPolicy")},
+            }
+        ),
+        "RetentionRunSummary": _obj(
+            {
+                "id": _int(),
+                "started_at": _TIME,
+                "finished_at": _TIME,
+                "trigger": {"type": "string", "enum": ["api", "scheduler"]},
+                "actor": _STR,
+                "dry_run": {"type": "boolean"},
+                "rows": _int(),
+            }
+        ),
+        "RetentionOverview": _obj(
+            {
+                "backend": {"type": "string", "enum": ["postgres", "timescaledb"]},
+                "minimum_period": _DURATION,
+                "minimum_applies_to": {"type": "array", "items": _STR},
+                "run_interval": _DURATION,
+                "datasets": {"type": "array", "items": _ref("RetentionDataset")},
+                "last_run": _or_null("RetentionRunSummary"),
+            }
+        ),
+        "RetentionPolicyRequest": _obj(
+            {
+                "period": {
+                    "type": ["string", "null"],
+                    "maxLength": 32,
+                    "description": "New period; null goes back to the configured one.",
+                },
+                "workflow_id": {**_STR, "description": "Only this workflow (own tenant)."},
+            },
+            required=["period"],
+        ),
+        "RetentionChange": _obj(
+            {
+                "id": _int(),
+                "changed_at": _TIME,
+                "actor": _STR,
+                "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
+                "workflow_id": _NSTR,
+                "old_period": _NSTR,
+                "new_period": _NSTR,
+                "old_source": {"type": "string", "enum": ["config", "store", "none"]},
+                "new_source": {"type": "string", "enum": ["config", "store", "none"]},
+            }
+        ),
+        "RetentionPolicyResult": _obj(
+            {"policy": _or_null("RetentionPolicy"), "change": _ref("RetentionChange")}
+        ),
+        "RetentionAudit": _obj(
+            {"changes": {"type": "array", "items": _ref("RetentionChange")}}
+        ),
+        "RetentionPiece": _obj(
+            {
+                "relation": _STR,
+                "table": _NSTR,
+                "from": _NTIME,
+                "to": _NTIME,
+                "rows": {**_int(), "description": "Row estimate from the catalog or a count."},
+            },
+            description="A partition or chunk dropped, or rollup rows deleted.",
+        ),
+        "RetentionDelete": _obj(
+            {
+                "workflow_id": {
+                    **_NSTR,
+                    "description": "null: every workflow without a period of its own.",
+                },
+                "period": _DURATION,
+                "before": _TIME,
+                "rows": _int(),
+            },
+            description="Rows deleted one by one for a period shorter than the longest.",
+        ),
+        "RetentionDatasetRun": _obj(
+            {
+                "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
+                "period": _DURATION,
+                "cutoff": _TIME,
+                "applied_cutoff": {
+                    **_NTIME,
+                    "description": "Held below `cutoff` where the rollups above end.",
+                },
+                "held": {"type": "boolean"},
+                "dropped": {"type": "array", "items": _ref("RetentionPiece")},
+                "deleted": {"type": "array", "items": _ref("RetentionDelete")},
+                "rows": _int(),
+                "other_tenants_rows": _int(),
+                "error": _NSTR,
+            }
+        ),
+        "RetentionRun": _obj(
+            {
+                "run_id": _int(),
+                "dry_run": {"type": "boolean"},
+                "started_at": _TIME,
+                "finished_at": _TIME,
+                "rows": _int(),
+                "datasets": {"type": "array", "items": _ref("RetentionDatasetRun")},
+            }
+        ),
+    }
+)
+PARAMETERS.update(
+    {
+        "format": {
+            "name": "format",
+            "in": "query",
+            "schema": {"type": "string", "enum": _EXPORT_FORMATS, "default": "csv"},
+        },
+        "dataset": {
+            "name": "dataset",
+            "in": "query",
+            "description": "summary: the series; funnel and actions: per step; executions: "
+            "the raw executions enrolled in the range. A PDF is the full report.",
+            "schema": {"type": "string", "enum": _EXPORT_DATASETS, "default": "summary"},
+        },
+        "job_id": {
+            "name": "job_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        },
+        "retention_dataset": {
+            "name": "dataset",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "enum": _RETENTION_DATASETS},
+        },
+        "dry_run": {
+            "name": "dry_run",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["true", "false"], "default": "true"},
+        },
+        "limit": {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        },
+    }
+)
+RESPONSES.update(
+    {
+        "Conflict": _problem("Not possible in the current state.", _RETRY_AFTER),
+        "Gone": _problem("The export file has expired."),
+        "NoJob": _problem("No such export job for the token's tenant."),
+    }
+)
+_FILES = {
+    "text/csv": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "object"}},
+    "application/x-ndjson": {"schema": {"type": "string"}},
+    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+}
+_COMMON_ERRORS = {"400": _resp("BadRequest"), **_AUTH_ERRORS, "414": _resp("UriTooLong")}
+
+
+def _export_paths() -> J:
+    wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics/export"
+    job = f"{API_PREFIX}/exports/{{job_id}}"
+    params = _params("workflow_id", "format", "dataset", *_TIME_PARAMS, "mode")
+    return {
+        wf: {
+            "get": {
+                "operationId": "streamExport",
+                "summary": "Stream the export in the response (scope `export`); rows come "
+                "from a cursor, so memory stays flat however many there are.",
+                "tags": ["exports"],
+                "parameters": params,
+                "responses": {
+                    "200": {"description": "The file, as an attachment.", "content": _FILES},
+                    **_COMMON_ERRORS,
+                    "404": _resp("NotFound"),
+                    "429": _resp("TooMany"),
+                },
+            },
+            "post": {
+                "operationId": "createExport",
+                "summary": "Start an export job (scope `export`); parameters in the query or "
+                "as a JSON body. Unfinished jobs per tenant are limited.",
+                "tags": ["exports"],
+                "parameters": params,
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("ExportRequest")}},
+                },
+                "responses": {
+                    "202": {
+                        **_json("ExportJob", "Accepted; poll `status_url`."),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    **_COMMON_ERRORS,
+                    "404": _resp("NotFound"),
+                    "413": _problem("The body is too large."),
+                    "429": _resp("TooMany"),
+                },
+            },
+        },
+        job: {
+            "get": {
+                "operationId": "getExport",
+                "summary": "Status, row count and size of an export job.",
+                "tags": ["exports"],
+                "parameters": _params("job_id"),
+                "responses": {
+                    "200": _json("ExportJob"),
+                    **_COMMON_ERRORS,
+                    "404": _resp("NoJob"),
+                },
+            }
+        },
+        f"{job}/download": {
+            "get": {
+                "operationId": "downloadExport",
+                "summary": "The finished file.",
+                "tags": ["exports"],
+                "parameters": _params("job_id"),
+                "responses": {
+                    "200": {"description": "The file, as an attachment.", "content": _FILES},
+                    **_COMMON_ERRORS,
+                    "404": _resp("NoJob"),
+                    "409": _resp("Conflict"),
+                    "410": _resp("Gone"),
+                },
+            }
+        },
+    }
+
+
+def _retention_paths() -> J:
+    p = f"{API_PREFIX}/retention"
+    return {
+        p: {
+            "get": {
+                "operationId": "getRetention",
+                "summary": "Each dataset's retention in force, the tenant's per-workflow "
+                "periods, and the last run (scope `admin`).",
+                "tags": ["retention"],
+                "responses": {"200": _json("RetentionOverview"), **_COMMON_ERRORS},
+            }
+        },
+        f"{p}/audit": {
+            "get": {
+                "operationId": "getRetentionAudit",
+                "summary": "Policy changes, newest first: who, when, old and new.",
+                "tags": ["retention"],
+                "parameters": _params("limit"),
+                "responses": {"200": _json("RetentionAudit"), **_COMMON_ERRORS},
+            }
+        },
+        f"{p}/run": {
+            "post": {
+                "operationId": "runRetention",
+                "summary": "Apply every policy now, or with dry_run=true (the default) report "
+                "what would be dropped: ranges and row estimates.",
+                "tags": ["retention"],
+                "parameters": _params("dry_run"),
+                "responses": {
+                    "200": _json("RetentionRun"),
+                    **_COMMON_ERRORS,
+                    "409": _resp("Conflict"),
+                },
+            }
+        },
+        f"{p}/{{dataset}}": {
+            "put": {
+                "operationId": "putRetention",
+                "summary": "Set a dataset's period, or one workflow's; refused when shorter "
+                "than the rollup refresh window for data the refresh reads.",
+                "tags": ["retention"],
+                "parameters": _params("retention_dataset"),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RetentionPolicyRequest")}},
+                },
+                "responses": {
+                    "200": _json("RetentionPolicyResult"),
+                    **_COMMON_ERRORS,
+                    "404": _problem("No such dataset, or workflow of the token's tenant."),
+                    "413": _problem("The body is too large."),
+                },
+            }
+        },
+    }
+
+
 def openapi_document() -> J:
     """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
     wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics"
@@ -410,6 +778,8 @@ def openapi_document() -> J:
         paths[f"{prefix}/readyz"] = _probe(
             f"readyz{tag}", "The store is reachable and its schema current.", True
         )
+    paths.update(_export_paths())
+    paths.update(_retention_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -33,7 +33,7 @@ from exporter.exports import ExportJobs, JobSettings
 from exporter.exports.datasets import ACTIONS_COLUMNS, COLUMNS, EXECUTIONS_COLUMNS
 from exporter.exports.jobs import OWNER_LOCK_CLASS
 from tests.conftest import PgServer
-from tests.integration.test_api_common import TOKENS, Store, parse_ts, store_db
+from tests.integration.test_api_common import TOKENS, OpenApi, Store, parse_ts, store_db
 
 P = "/api/v1"
 EXPORT_TOKENS = {
@@ -713,3 +713,24 @@ async def test_executions_stream_memory_is_bounded(client: TestClient, store: St
     assert rows == n + 1
     assert size > 50 * 1024 * 1024
     assert peak - before < 40, f"RSS grew {peak - before:.0f} MiB for a {size >> 20} MiB export"
+
+
+async def test_responses_match_the_openapi_document(client: TestClient, store: Store) -> None:
+    spec = OpenApi(await (await client.get(f"{P}/openapi.json")).json())
+    wid = _workflow(store)
+    path = f"{P}/workflows/{wid}/analytics/export"
+    resp = await client.post(path, params={"dataset": "funnel"}, headers=auth("a_export"))
+    body = await resp.read()
+    spec.validate("POST", path, resp.status, resp.content_type, body)
+    job = await _wait_done(client, json.loads(body))
+    for url, token in (
+        (job["status_url"], "a_export"),
+        (job["status_url"], "b_export"),
+        (job["status_url"], "a_read"),
+        (f"{P}/exports/{uuid.uuid4()}/download", "a_export"),
+        (f"{path}?format=xlsx", "a_export"),
+    ):
+        resp = await client.get(url, headers=auth(token))
+        spec.validate("GET", url.split("?")[0], resp.status, resp.content_type, await resp.read())
+    resp = await client.get(job["download_url"], headers=auth("a_export"))
+    assert resp.status == 200 and resp.content_type == "text/csv"

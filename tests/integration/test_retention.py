@@ -25,6 +25,7 @@ from exporter.simulate.model import SimData
 from exporter.simulate.writer import create_source_schema, write
 from exporter.store.partitions import day_floor
 from exporter.store.rollups import ROLLUPS
+from tests.integration.test_api_common import OpenApi
 
 P = "/api/v1"
 TOKENS = {
@@ -71,12 +72,20 @@ class Env:
         """Workflow ids of a tenant."""
         return sorted(w.id for w in self.data.workflows if w.tenant_id == tenant)
 
+    spec: OpenApi | None = None
+
     async def call(
         self, method: str, path: str, token: str = "a_admin", **kw: Any
     ) -> tuple[int, Any]:
-        """Request; (status, parsed JSON)."""
+        """Request, check the answer against the OpenAPI document; (status, parsed JSON)."""
+        if self.spec is None:
+            doc = await (await self.client.get(f"{P}/openapi.json")).json()
+            self.spec = OpenApi(doc)
         resp = await self.client.request(method, P + path, headers=auth(token), **kw)
-        return resp.status, json.loads(await resp.read())
+        body = await resp.read()
+        url = (P + path).split("?")[0]
+        self.spec.validate(method, url, resp.status, resp.content_type, body)
+        return resp.status, json.loads(body)
 
 
 @pytest.fixture
