@@ -69,6 +69,7 @@ async def _stop_streams(app: web.Application) -> None:
 
 async def _close_hub(app: web.Application) -> None:
     await app[HUB].close()
+    await app[CACHE].close()
 
 
 def create_app(

@@ -106,6 +106,7 @@ class TimeRange:
     end: datetime
     granularity: str
     tz: str
+    relative: bool = False
 
     def to_json(self) -> dict[str, str]:
         """The resolved range as it appears in responses."""
@@ -296,4 +297,9 @@ def resolve_time(
     approx = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 28 * 86400}[granularity]
     if (end - start).total_seconds() / approx > MAX_BUCKETS:
         raise _bad("granularity", f"would give more than {MAX_BUCKETS} buckets")
-    return TimeRange(start, end, granularity, q.tz)
+    relative = (
+        q.range is not None
+        or q.to is None
+        or any(t is not None and t.startswith("now") for t in (q.from_, q.to))
+    )
+    return TimeRange(start, end, granularity, q.tz, relative)

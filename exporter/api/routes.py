@@ -174,27 +174,69 @@ async def actions_body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[s
     }
 
 
+class WorkflowCache:
+    """Workflow definitions per (tenant, id) for a few seconds; misses are not kept."""
+
+    def __init__(self, ttl: float = 30.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[float, queries.Workflow]] = {}
+
+    async def get(self, conn: Any, tenant: str, workflow_id: str) -> queries.Workflow | None:
+        """The tenant's workflow, or None when it has no such workflow."""
+        hit = self._entries.get((tenant, workflow_id))
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        wf = await queries.get_workflow(conn, tenant, workflow_id)
+        if wf is not None:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[(tenant, workflow_id)] = (now + self.ttl, wf)
+        return wf
+
+
+WORKFLOWS = web.AppKey("wfa_workflow_cache", WorkflowCache)
+_BODIES: dict[str, Body] = {
+    "summary": summary_body,
+    "funnel:cohort": _funnel_body("cohort"),
+    "funnel:activity": _funnel_body("activity"),
+    "actions": actions_body,
+}
+
+
 async def analytics_bytes(
-    app: web.Application, principal: Principal, workflow_id: str, tr: TimeRange, kind: str
+    app: web.Application,
+    principal: Principal,
+    workflow_id: str,
+    tr: TimeRange,
+    kind: str,
+    question: tuple = (),
 ) -> bytes:
-    """One analytics document as JSON bytes, from the cache when it is fresh."""
-    body_fn: Body = {
-        "summary": summary_body,
-        "funnel:cohort": _funnel_body("cohort"),
-        "funnel:activity": _funnel_body("activity"),
-        "actions": actions_body,
-    }[kind]
-    key = (kind, principal.tenant, workflow_id, tr.start, tr.end, tr.granularity, tr.tz)
+    """One analytics document as JSON bytes, from the cache when it is fresh.
+
+    `question` identifies the request's own wording of a relative range (its query
+    parameters), so an answer a second old can stand in while the new one is computed.
+    """
+    body_fn = _BODIES[kind]
+    scope = (kind, principal.tenant, workflow_id)
+    key = (*scope, tr.start, tr.end, tr.granularity, tr.tz)
+    family = (*scope, question) if tr.relative else None
 
     async def compute() -> bytes:
         async with app[POOL].acquire() as conn:
-            wf = await queries.get_workflow(conn, principal.tenant, workflow_id)
+            wf = await app[WORKFLOWS].get(conn, principal.tenant, workflow_id)
             if wf is None:
                 raise not_found()
             doc = await body_fn(conn, wf, tr)
         return dumps({"workflow_id": workflow_id, "range": tr.to_json(), **doc})
 
-    return await app[CACHE].get(key, workflow_id, compute)
+    return await app[CACHE].get(key, workflow_id, compute, family)
+
+
+def question_of(q: TimeQuery) -> tuple:
+    """The query parameters as given, a hashable key."""
+    return tuple(sorted((k, v) for k, v in q.model_dump().items() if v is not None))
 
 
 # handlers --------------------------------------------------------------------------------
@@ -209,31 +251,32 @@ async def list_workflows(request: web.Request) -> web.Response:
     return json_body(dumps({"workflows": [_workflow_json(w) for w in wfs]}))
 
 
-async def _analytics(request: web.Request, kind: str, tr: TimeRange) -> web.Response:
+async def _analytics(request: web.Request, kind: str, q: TimeQuery) -> web.Response:
     principal = require_scope(request, "read")
-    body = await analytics_bytes(request.app, principal, workflow_id_of(request), tr, kind)
+    tr = time_range(request, q)
+    body = await analytics_bytes(
+        request.app, principal, workflow_id_of(request), tr, kind, question_of(q)
+    )
     return json_body(body)
 
 
 async def get_summary(request: web.Request) -> web.Response:
     """GET /workflows/{id}/analytics: activity counts, cohort rates, times, series."""
     require_scope(request, "read")
-    tr = time_range(request, parse_query(request.query, TimeQuery))
-    return await _analytics(request, "summary", tr)
+    return await _analytics(request, "summary", parse_query(request.query, TimeQuery))
 
 
 async def get_funnel(request: web.Request) -> web.Response:
     """GET /workflows/{id}/analytics/funnel: cohort or activity funnel."""
     require_scope(request, "read")
     q = parse_query(request.query, FunnelQuery)
-    return await _analytics(request, f"funnel:{q.mode}", time_range(request, q))
+    return await _analytics(request, f"funnel:{q.mode}", q)
 
 
 async def get_actions(request: web.Request) -> web.Response:
     """GET /workflows/{id}/analytics/actions: performance per step and per action type."""
     require_scope(request, "read")
-    tr = time_range(request, parse_query(request.query, TimeQuery))
-    return await _analytics(request, "actions", tr)
+    return await _analytics(request, "actions", parse_query(request.query, TimeQuery))
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -255,7 +298,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         )
 
     async def snapshot() -> bytes:
-        return await analytics_bytes(app, principal, wid, time_range(request, q), "summary")
+        tr = time_range(request, q)
+        return await analytics_bytes(app, principal, wid, tr, "summary", question_of(q))
 
     return await run_stream(
         request, hub, wid, principal.name, snapshot, heartbeat=app[SETTINGS].heartbeat
@@ -375,6 +419,7 @@ OPENAPI = web.AppKey("wfa_openapi", bytes)
 
 def register(app: web.Application) -> None:
     """Add the analytics, health and OpenAPI routes."""
+    app[WORKFLOWS] = WorkflowCache(app[SETTINGS].cache_ttl)
     app[REFRESHER] = Refresher(app[CONFIG].api.refresh_min_interval.total_seconds())
     app[OPENAPI] = dumps(openapi_document())
     p = API_PREFIX

@@ -207,6 +207,7 @@ class _Entry:
     version: tuple[int, int]
     expires: float
     body: bytes
+    computed_at: float = 0.0
 
 
 class ResultCache:
@@ -215,24 +216,76 @@ class ResultCache:
     Values are only kept while the hub listens; identical concurrent misses share
     one computation. A TTL bounds staleness from changes that send no notification
     (workflow definitions).
+
+    Requests for a relative range ("the last 90 days") pass a `family`: the same
+    question whatever `now` resolved to. When the answer for the new second is not
+    ready, the family's latest answer is served if no ingestion happened since and
+    it is at most `lag` seconds old (it states the range it was computed for), and
+    the new one is computed in the background.
     """
 
-    def __init__(self, hub: IngestHub, max_entries: int = 4096, ttl: float = 30.0) -> None:
+    def __init__(
+        self, hub: IngestHub, max_entries: int = 4096, ttl: float = 30.0, lag: float = 2.0
+    ) -> None:
         self.hub = hub
         self.max_entries = max_entries
         self.ttl = ttl
+        self.lag = lag
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
-        self._inflight: dict[tuple, tuple[tuple[int, int], asyncio.Future[bytes]]] = {}
+        self._latest: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._inflight: dict[tuple, tuple[tuple[int, int], asyncio.Task[bytes]]] = {}
         hub.on_change(self._invalidate)
 
     def _invalidate(self, ids: list[str] | None) -> None:
         if ids is None:
             self._entries.clear()
+            self._latest.clear()
+
+    def _store(self, into: OrderedDict[tuple, _Entry], key: tuple, entry: _Entry) -> None:
+        into[key] = entry
+        into.move_to_end(key)
+        while len(into) > self.max_entries:
+            into.popitem(last=False)
+
+    def _launch(
+        self,
+        key: tuple,
+        family: tuple | None,
+        workflow_id: str,
+        version: tuple[int, int],
+        compute: Callable[[], Awaitable[bytes]],
+    ) -> asyncio.Task[bytes]:
+        running = self._inflight.get(key)
+        if running is not None and running[0] == version:
+            return running[1]
+        started = time.monotonic()
+
+        async def run() -> bytes:
+            try:
+                body = await compute()
+            finally:
+                if self._inflight.get(key, (None, None))[1] is task:
+                    del self._inflight[key]
+            if self.hub.connected and self.hub.version(workflow_id) == version:
+                entry = _Entry(version, started + self.ttl, body, started)
+                self._store(self._entries, key, entry)
+                if family is not None:
+                    self._store(self._latest, family, entry)
+            return body
+
+        task = asyncio.create_task(run())
+        task.add_done_callback(_consume)
+        self._inflight[key] = (version, task)
+        return task
 
     async def get(
-        self, key: tuple, workflow_id: str, compute: Callable[[], Awaitable[bytes]]
+        self,
+        key: tuple,
+        workflow_id: str,
+        compute: Callable[[], Awaitable[bytes]],
+        family: tuple | None = None,
     ) -> bytes:
         """The cached body for `key`, or compute it (once for concurrent callers)."""
         if not self.hub.connected or self.max_entries <= 0:
@@ -245,24 +298,28 @@ class ResultCache:
             self._entries.move_to_end(key)
             self.hits += 1
             return entry.body
-        running = self._inflight.get(key)
-        if running is not None and running[0] == version:
-            self.hits += 1
-            return await asyncio.shield(running[1])
+        task = self._launch(key, family, workflow_id, version, compute)
+        if family is not None:
+            prev = self._latest.get(family)
+            if prev is not None and prev.version == version and now - prev.computed_at <= self.lag:
+                self.hits += 1
+                return prev.body
         self.misses += 1
-        fut: asyncio.Future[bytes] = asyncio.ensure_future(compute())
-        self._inflight[key] = (version, fut)
-        try:
-            body = await asyncio.shield(fut)
-        finally:
-            if self._inflight.get(key, (None, None))[1] is fut:
-                del self._inflight[key]
-        if self.hub.connected and self.hub.version(workflow_id) == version:
-            self._entries[key] = _Entry(version, now + self.ttl, body)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return body
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Cancel background computations."""
+        tasks = [t for _, t in self._inflight.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._inflight.clear()
+
+
+def _consume(task: asyncio.Task[bytes]) -> None:
+    """Retrieve a background computation's outcome so no error goes unobserved."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def run_stream(

@@ -529,7 +529,9 @@ async def test_refresh_without_exporter_is_503_and_readyz_without_schema(
         assert "wfa run" in (await resp.json())["detail"]
     pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
     try:
-        app = create_app(api_config(db_dsn), pool, settings=ApiSettings())
+        app = create_app(
+            api_config(db_dsn), pool, settings=ApiSettings(), route_modules=["exporter.api.routes"]
+        )
         async with TestClient(TestServer(app)) as c:
             resp = await c.get("/readyz")
             assert resp.status == 503
