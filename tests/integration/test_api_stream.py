@@ -259,11 +259,23 @@ async def test_refresh_ingests_and_cache_follows(
     assert again == old
     await source.write()
     resp = await client.post(f"{url}/refresh", headers=auth(token))
+    version = client.app[HUB].version(wid)
     body = await resp.json()
     assert resp.status == 200 and body["workflow_changed"] is True, body
     new = await (await client.get(url, params=q, headers=auth(token))).json()
     assert new != old
     _check_truth(store, wid, new)
+    rel = await (await client.get(url, params={"range": "30d"}, headers=auth(token))).json()
+    _check_truth(store, wid, rel)
+    source.advance()
+    await source.write()
+    await store.svc.poll_once()
+    for _ in range(30):
+        if client.app[HUB].version(wid) != version:
+            break
+        await asyncio.sleep(0.1)
+    fresh = await (await client.get(url, params={"range": "30d"}, headers=auth(token))).json()
+    _check_truth(store, wid, fresh)
 
 
 async def test_shutdown_closes_streams_cleanly(store: Store) -> None:
