@@ -1,0 +1,276 @@
+"""TimescaleDB backend: schema, refresh windows, plans, policies and compression."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from exporter.simulate.generate import advance
+from exporter.simulate.writer import upsert_executions
+from exporter.store import make_backend
+from exporter.store.migrate import SchemaError, migrate
+from exporter.store.postgres import PostgresBackend
+from exporter.store.rollups import ROLLUPS, hourly_select
+from exporter.store.timescale import MAX_WINDOWS, TimescaleBackend, merge_windows
+
+from .conftest import NOW, Store, fill
+from .parity import assert_same, everything
+
+H = timedelta(hours=1)
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_merge_windows_joins_neighbours_and_bounds_the_count() -> None:
+    hours = [T0 + k * H for k in (0, 1, 2, 5, 6, 30, 31, 100, 200, 201, 202, 300)]
+    assert merge_windows([(h, h + H) for h in hours], limit=100) == [
+        (T0, T0 + 3 * H),
+        (T0 + 5 * H, T0 + 7 * H),
+        (T0 + 30 * H, T0 + 32 * H),
+        (T0 + 100 * H, T0 + 101 * H),
+        (T0 + 200 * H, T0 + 203 * H),
+        (T0 + 300 * H, T0 + 301 * H),
+    ]
+    bounded = merge_windows([(h, h + H) for h in hours], limit=3)
+    assert len(bounded) == 3
+    assert all(any(lo <= h < hi for lo, hi in bounded) for h in hours)
+    assert bounded[0][0] == T0 and bounded[-1][1] == T0 + 301 * H
+    assert merge_windows([], limit=3) == []
+    assert merge_windows([(T0, T0)], limit=3) == []
+
+
+async def test_auto_picks_the_backend(db_dsn: str, timescale_dsn: str) -> None:
+    for dsn, kind in ((db_dsn, PostgresBackend), (timescale_dsn, TimescaleBackend)):
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert isinstance(await make_backend(conn, "auto"), kind)
+        finally:
+            await conn.close()
+    conn = await asyncpg.connect(timescale_dsn)
+    try:
+        b = await make_backend(
+            conn, "timescaledb", timedelta(days=3), use_policies=True, compress_after=H * 24
+        )
+        assert isinstance(b, TimescaleBackend)
+        assert (b.chunk_interval, b.use_policies, b.compress_after) == (
+            timedelta(days=3),
+            True,
+            timedelta(days=1),
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timescale
+async def test_schema_hypertables_and_hierarchical_caggs(ts_store: Store) -> None:
+    conn = ts_store.conn
+    backend = TimescaleBackend(chunk_interval=timedelta(days=3))
+    assert await migrate(conn, backend) == await migrate(conn, backend), "idempotent"
+    dims = {
+        r["hypertable_name"]: (r["column_name"], r["time_interval"])
+        for r in await conn.fetch(
+            "SELECT hypertable_name, column_name, time_interval FROM "
+            "timescaledb_information.dimensions WHERE hypertable_schema = 'wfa'"
+        )
+    }
+    assert dims == {
+        "executions": ("enrolled_at", timedelta(days=3)),
+        "execution_steps": ("enrolled_at", timedelta(days=3)),
+        "workflow_events": ("occurred_at", timedelta(days=3)),
+        "step_runs": ("entered_at", timedelta(days=3)),
+    }
+    caggs = {
+        r["view_name"]: (r["hypertable_name"], r["materialized_only"])
+        for r in await conn.fetch(
+            "SELECT view_name, hypertable_name, materialized_only "
+            "FROM timescaledb_information.continuous_aggregates WHERE view_schema = 'wfa'"
+        )
+    }
+    mats = {
+        r["view_name"]: r["materialization_hypertable_name"]
+        for r in await conn.fetch(
+            "SELECT view_name, materialization_hypertable_name "
+            "FROM timescaledb_information.continuous_aggregates"
+        )
+    }
+    for r in ROLLUPS:
+        assert caggs[f"{r.name}_1h"] == (r.raw.removeprefix("wfa."), False)
+        assert caggs[f"{r.name}_1d"] == (mats[f"{r.name}_1h"], False), "1d is built on 1h"
+    assert await conn.fetchval("SELECT to_regclass('wfa.watermarks')") is None
+    with pytest.raises(SchemaError):
+        await migrate(conn, PostgresBackend())
+
+
+@pytest.mark.timescale
+async def test_refresh_outside_a_transaction_only(ts_store: Store) -> None:
+    backend = TimescaleBackend()
+    await migrate(ts_store.conn, backend)
+    async with ts_store.conn.transaction():
+        with pytest.raises(RuntimeError, match="transaction"):
+            await backend.refresh(ts_store.conn)
+
+
+class _Recording(TimescaleBackend):
+    """The backend, remembering each refresh window it asks TimescaleDB for."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls: list[tuple[str, datetime, datetime]] = []
+
+    async def _refresh_window(self, conn, cagg, lo, hi) -> None:
+        self.calls.append((cagg, lo, hi))
+        await super()._refresh_window(conn, cagg, lo, hi)
+
+
+@pytest.mark.timescale
+async def test_refresh_recomputes_scattered_hours_in_few_calls(ts_store: Store) -> None:
+    conn = ts_store.conn
+    await fill([ts_store], executions=2000, days=25, seed=31)
+    await ts_store.ingest()
+    # change raw rows in many scattered materialized hours, and log them as ingest does
+    hours = [
+        r["h"]
+        for r in await conn.fetch(
+            "SELECT DISTINCT date_bin('1 hour', entered_at, '2000-01-03') AS h FROM wfa.step_runs "
+            "WHERE entered_at < $1 ORDER BY 1 LIMIT 40",
+            NOW - timedelta(days=1),
+        )
+    ][::2]
+    await conn.execute(
+        "UPDATE wfa.step_runs SET error = 'changed', status = 'failed' "
+        "WHERE date_bin('1 hour', entered_at, '2000-01-03') = ANY($1::timestamptz[])",
+        hours,
+    )
+    await conn.execute(
+        "INSERT INTO wfa.invalidations SELECT 'step_runs', unnest($1::timestamptz[])", hours
+    )
+    backend = _Recording(max_windows=4)
+    result = await backend.refresh(conn)
+    assert result.buckets["step_runs"] == len(hours) + len({h.date() for h in hours})
+    hourly = [c for c in backend.calls if c[0] == "wfa.step_runs_1h"]
+    daily = [c for c in backend.calls if c[0] == "wfa.step_runs_1d"]
+    assert 1 <= len(hourly) <= 4 + 1 and 1 <= len(daily) <= 4 + 1, backend.calls
+    assert all(any(lo <= h < hi for _, lo, hi in hourly) for h in hours)
+    assert not await conn.fetchval("SELECT count(*) FROM wfa.invalidations")
+    # the materialized hours equal a fresh aggregate of the raw rows
+    r = next(x for x in ROLLUPS if x.name == "step_runs")
+    wm = result.watermarks["step_runs"]
+    fresh = await conn.fetch(hourly_select(r, "date_bin", f"{r.time} < $1"), wm)
+    stored = await conn.fetch(f"SELECT * FROM {r.relation('1h')} WHERE bucket < $1", wm)
+    assert sorted(map(tuple, fresh), key=repr) == sorted(map(tuple, stored), key=repr)
+    assert MAX_WINDOWS >= 4
+
+
+@pytest.mark.timescale
+async def test_range_functions_read_caggs_with_a_constant_watermark(ts_store: Store) -> None:
+    """The read path sees each cagg's watermark as a constant and excludes chunks."""
+    conn = ts_store.conn
+    await fill([ts_store], executions=500, days=20, seed=3)
+    await ts_store.ingest()
+    plans: list[str] = []
+    conn.add_log_listener(lambda _c, msg: plans.append(msg.message))
+    await conn.execute("LOAD 'auto_explain'")
+    await conn.execute(
+        "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on; "
+        "SET client_min_messages = log"
+    )
+    wfs = [r[0] for r in await conn.fetch("SELECT workflow_id FROM wfa.workflows")]
+    start = NOW - timedelta(days=15, minutes=7)
+    h1 = start.replace(minute=0) + H
+    d1 = (h1 + timedelta(days=1)).replace(hour=0)
+    h2 = NOW.replace(minute=0)
+    d2 = h2.replace(hour=0)
+    for r in ROLLUPS:
+        plans.clear()
+        await conn.fetch(
+            f"SELECT * FROM wfa.{r.name}_range(NULL, $1, $2, $3, $4, $5, $6, $7)",
+            wfs,
+            start,
+            h1,
+            d1,
+            d2,
+            h2,
+            NOW,
+        )
+        inner = [p for p in plans if f"FROM {r.relation('1d')}" in p]
+        assert inner, f"no plan logged for the body of {r.name}_range"
+        assert "cagg_watermark" not in inner[0], inner[0]
+
+
+async def _run_job(conn: asyncpg.Connection, job: int) -> None:
+    """Run a job in this session, waiting out a run the background scheduler had started."""
+    for _ in range(120):
+        try:
+            await conn.execute(f"CALL run_job({job})")
+            return
+        except asyncpg.LockNotAvailableError:
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"job {job} stayed locked")
+
+
+@pytest.mark.timescale
+async def test_policies_registered_runnable_and_removed(ts_store: Store) -> None:
+    conn = ts_store.conn
+    await fill([ts_store], executions=300, days=5, seed=9)
+    assert await ts_store.poll_without_refresh() == 300
+    backend = TimescaleBackend(use_policies=True, compress_after=timedelta(days=30))
+    await backend.maintain(conn, datetime.now(UTC))
+    await backend.maintain(conn, datetime.now(UTC))
+    # run them here, not in the background scheduler
+    jobs = await conn.fetch(
+        "SELECT job_id, proc_name, alter_job(job_id, scheduled => false) "
+        "FROM timescaledb_information.jobs WHERE job_id >= 1000"
+    )
+    procs = [j["proc_name"] for j in jobs]
+    assert procs.count("policy_refresh_continuous_aggregate") == 2 * len(ROLLUPS)
+    assert procs.count("policy_compression") == 4
+    # with policies the exporter's refresh only clears its log; running the jobs materializes
+    assert (await backend.refresh(conn)).buckets == {r.name: 0 for r in ROLLUPS}
+    assert not await conn.fetchval("SELECT count(*) FROM wfa.invalidations")
+    for job in sorted(j["job_id"] for j in jobs if j["proc_name"].startswith("policy_refresh")):
+        await _run_job(conn, job)
+    assert all(v is not None for v in (await backend.watermarks(conn)).values())
+    await TimescaleBackend().maintain(conn, datetime.now(UTC))
+    assert not await conn.fetchval(
+        "SELECT count(*) FROM timescaledb_information.jobs WHERE job_id >= 1000"
+    )
+
+
+@pytest.mark.timescale
+async def test_compression_of_settled_chunks_keeps_every_read(
+    pair: tuple[Store, Store],
+) -> None:
+    pg, ts = pair
+    data = await fill([pg, ts], executions=1500, days=40, seed=17, recent=300)
+    for s in pair:
+        await s.ingest()
+    backend = TimescaleBackend(compress_after=timedelta(days=10))
+    now = datetime.now(UTC)
+    await backend.maintain(ts.conn, now)
+    chunks = await ts.conn.fetch(
+        "SELECT hypertable_name, range_end, is_compressed FROM timescaledb_information.chunks "
+        "WHERE hypertable_schema = 'wfa' AND hypertable_name IN "
+        "('executions', 'step_runs', 'workflow_events', 'execution_steps')"
+    )
+    assert any(c["is_compressed"] for c in chunks)
+    assert not any(c["is_compressed"] for c in chunks if c["range_end"] > now - timedelta(days=10))
+    active = await ts.conn.fetch(
+        "SELECT c.is_compressed FROM wfa.executions e JOIN timescaledb_information.chunks c "
+        "ON c.hypertable_name = 'executions' AND e.enrolled_at >= c.range_start "
+        "AND e.enrolled_at < c.range_end WHERE e.status = 'active'"
+    )
+    assert not any(r["is_compressed"] for r in active), "chunks still changing stay rowstore"
+    assert_same(await everything(pg.conn, NOW), await everything(ts.conn, NOW))
+    # changes still land, in compressed chunks or not
+    changed = advance(data, NOW + timedelta(hours=2), seed=4)
+    await ts.conn.execute(
+        "UPDATE wfa.executions SET contact_id = contact_id WHERE enrolled_at < $1",
+        now - timedelta(days=30),
+    )
+    for s in pair:
+        await upsert_executions(s.conn, changed)
+        await s.ingest()
+    await backend.maintain(ts.conn, datetime.now(UTC))
+    assert_same(await everything(pg.conn, data.now), await everything(ts.conn, data.now))
