@@ -42,6 +42,7 @@ class ApiSettings:
     heartbeat: float = 15.0
     cache_entries: int = 4096
     cache_ttl: float = 30.0
+    cache_lag: float = 10.0
     shutdown_grace: float = 5.0
 
 
@@ -92,7 +93,7 @@ def create_app(
     app[POOL] = store_pool
     app[SERVICE] = service
     app[HUB] = hub
-    app[CACHE] = ResultCache(hub, settings.cache_entries, settings.cache_ttl)
+    app[CACHE] = ResultCache(hub, settings.cache_entries, settings.cache_ttl, settings.cache_lag)
     app[SETTINGS] = settings
     app[TOKENS] = TokenTable(cfg.api.tokens)
     app.on_startup.append(_start_hub)

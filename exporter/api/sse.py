@@ -220,12 +220,13 @@ class ResultCache:
     Requests for a relative range ("the last 90 days") pass a `family`: the same
     question whatever `now` resolved to. When the answer for the new second is not
     ready, the family's latest answer is served if no ingestion happened since and
-    it is at most `lag` seconds old (it states the range it was computed for), and
+    its computation started at most `lag` seconds ago (it states the range it was
+    computed for: only events leaving the window at its far edge can differ), and
     the new one is computed in the background.
     """
 
     def __init__(
-        self, hub: IngestHub, max_entries: int = 4096, ttl: float = 30.0, lag: float = 2.0
+        self, hub: IngestHub, max_entries: int = 4096, ttl: float = 30.0, lag: float = 10.0
     ) -> None:
         self.hub = hub
         self.max_entries = max_entries
