@@ -22,7 +22,6 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.bench_ingest import _ingest_subprocess
 from bench.common import Figure, cluster, machine, markdown, percentile
 from bench.scrape_peers import (
     PostgresExporter,
@@ -50,6 +49,32 @@ async def _fill_source(dsn: str, executions: int, workflows: int) -> None:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
+
+
+def _ingest(src: str, store: str, workdir: Path) -> float:
+    """`wfa exporter --once` (generous statement timeout for the first refresh); seconds."""
+    cfg = workdir / "ingest.yaml"
+    cfg.write_text(
+        f"source: {{dsn: '{src}'}}\n"
+        f"store: {{dsn: '{store}', backend: postgres, statement_timeout: 30m}}\n"
+    )
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "exporter", "exporter", "--once", "--config", str(cfg)],
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+async def _vacuum(*dsns: str) -> None:
+    """VACUUM ANALYZE, so autovacuum after the bulk load does not run during the scrapes."""
+    for dsn in dsns:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
 
 
 def _latency_figures(
@@ -220,7 +245,9 @@ def run(executions: int, workflows: int, scrapes: int, peer_scrapes: int) -> lis
         c.create_database("store")
         src, store = c.dsn("source"), c.dsn("store")
         asyncio.run(_fill_source(src, executions, workflows))
-        _ingest_subprocess(src, store, 5000)
+        took = _ingest(src, store, workdir)
+        print(f"{scale}: ingested in {took:.0f} s", file=sys.stderr)
+        asyncio.run(_vacuum(src, store))
         figures += _ours(c, src, store, workdir, scale, scrapes)
         figures += asyncio.run(_snapshot_cost(c, store, scale))
         figures += _peer(PostgresExporter(src, workdir, free_port()), c, scale, peer_scrapes, 0)

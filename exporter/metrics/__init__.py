@@ -1,7 +1,12 @@
 """Prometheus metrics: a store snapshot served by custom collectors on a private registry."""
 
-from exporter.metrics.collector import MetricsState, SelfCollector, SnapshotCollector
-from exporter.metrics.server import MetricsServer, attach_metrics, render_snapshot
+from exporter.metrics.collector import (
+    MetricsState,
+    SelfCollector,
+    SnapshotCollector,
+    render_snapshot,
+)
+from exporter.metrics.server import MetricsServer, attach_metrics
 from exporter.metrics.snapshot import SPECS, Snapshot, build_snapshot, window_label
 
 __all__ = [

@@ -7,9 +7,10 @@ import math
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from prometheus_client import generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,7 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.metrics.snapshot import COUNTER, GAUGE, SPECS, Snapshot
+from exporter.metrics.snapshot import COUNTER, GAUGE, HISTOGRAM, SPECS, Snapshot
 from exporter.service import ExporterState
 
 POLL_BOUNDS: tuple[float, ...] = (
@@ -98,35 +99,92 @@ class SnapshotCollector:
         snap = self.current()
         if snap is None:
             return
-        for spec in SPECS:
-            fam = _family(spec.name, spec.kind, spec.doc, snap.label_names(spec))
-            rows = snap.samples.get(spec.name, ())
-            if spec.kind == COUNTER or spec.kind == GAUGE:
-                for labels, value in rows:
-                    fam.add_metric(labels, value)
-            else:
-                for labels, (buckets, total) in rows:
-                    fam.add_metric(labels, [(floatToGoString(le), n) for le, n in buckets], total)
-            yield fam
-        rej = CounterMetricFamily(
-            "wfa_exporter_rejected_rows", "Source rows rejected, by reason.", labels=["reason"]
-        )
-        for reason, n in sorted(snap.rejected.items()):
-            rej.add_metric([reason], n)
-        yield rej
-        yield GaugeMetricFamily(
-            "wfa_exporter_snapshot_series", "Series in the current snapshot.", value=snap.series
-        )
-        yield GaugeMetricFamily(
-            "wfa_exporter_series_dropped",
-            "Series left out of the current snapshot by the cardinality guard.",
-            value=snap.dropped_series,
-        )
-        yield GaugeMetricFamily(
-            "wfa_exporter_snapshot_duration_seconds",
-            "Seconds the current snapshot took to read and build.",
-            value=snap.duration,
-        )
+        yield from workflow_families(snap)
+        yield from summary_families(snap)
+
+
+def workflow_families(snap: Snapshot) -> Iterator[Metric]:
+    """The workflow families of a snapshot, in SPECS order."""
+    for spec in SPECS:
+        fam = _family(spec.name, spec.kind, spec.doc, snap.label_names(spec))
+        rows = snap.samples.get(spec.name, ())
+        if spec.kind == COUNTER or spec.kind == GAUGE:
+            for labels, value in rows:
+                fam.add_metric(labels, value)
+        else:
+            for labels, (buckets, total) in rows:
+                fam.add_metric(labels, [(floatToGoString(le), n) for le, n in buckets], total)
+        yield fam
+
+
+def summary_families(snap: Snapshot) -> Iterator[Metric]:
+    """What the snapshot says about itself and the store: rejected rows, series kept and dropped."""
+    rej = CounterMetricFamily(
+        "wfa_exporter_rejected_rows", "Source rows rejected, by reason.", labels=["reason"]
+    )
+    for reason, n in sorted(snap.rejected.items()):
+        rej.add_metric([reason], n)
+    yield rej
+    yield GaugeMetricFamily(
+        "wfa_exporter_snapshot_series", "Series in the current snapshot.", value=snap.series
+    )
+    yield GaugeMetricFamily(
+        "wfa_exporter_series_dropped",
+        "Series left out of the current snapshot by the cardinality guard.",
+        value=snap.dropped_series,
+    )
+    yield GaugeMetricFamily(
+        "wfa_exporter_snapshot_duration_seconds",
+        "Seconds the current snapshot took to read and build.",
+        value=snap.duration,
+    )
+
+
+class _Families:
+    def __init__(self, families: Iterable[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _label_text(names: list[str], values: Iterable[str]) -> list[str]:
+    return [f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True)]
+
+
+def render_snapshot(snap: Snapshot) -> bytes:
+    """Exactly `generate_latest` of a SnapshotCollector on `snap`, rendered many times faster."""
+    out: list[str] = []
+    add = out.append
+    fmt = floatToGoString
+    for spec in SPECS:
+        names = snap.label_names(spec)
+        order = sorted(range(len(names)), key=names.__getitem__)
+        sorted_names = [names[i] for i in order]
+        doc = spec.doc.replace("\\", r"\\").replace("\n", r"\n")
+        add(f"# HELP {spec.name} {doc}\n# TYPE {spec.name} {spec.kind}\n")
+        rows = snap.samples.get(spec.name, ())
+        if spec.kind != HISTOGRAM:
+            for labels, value in rows:
+                text = ",".join(_label_text(sorted_names, [labels[i] for i in order]))
+                add(f"{spec.name}{{{text}}} {fmt(value)}\n")
+            continue
+        at = bisect.bisect_left(sorted_names, "le")
+        bucket = f"{spec.name}_bucket"
+        for labels, (buckets, total) in rows:
+            parts = _label_text(sorted_names, [labels[i] for i in order])
+            text = ",".join(parts)
+            before = ",".join(parts[:at]) + "," if at else ""
+            after = "," + ",".join(parts[at:]) if at < len(parts) else ""
+            for le, n in buckets:
+                add(f'{bucket}{{{before}le="{fmt(le)}"{after}}} {fmt(n)}\n')
+            add(f"{spec.name}_count{{{text}}} {fmt(buckets[-1][1])}\n")
+            add(f"{spec.name}_sum{{{text}}} {fmt(total)}\n")
+    return "".join(out).encode() + generate_latest(_Families(list(summary_families(snap))))
 
 
 class SelfCollector:

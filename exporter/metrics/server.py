@@ -8,7 +8,9 @@ import logging
 import socket
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -19,7 +21,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from exporter.config import Config
 from exporter.config.schema import MetricsConfig, parse_listen
 from exporter.ingest import PollResult
-from exporter.metrics.collector import MetricsState, SelfCollector, SnapshotCollector
+from exporter.metrics.collector import (
+    MetricsState,
+    SelfCollector,
+    SnapshotCollector,
+    render_snapshot,
+)
 from exporter.metrics.snapshot import Snapshot, build_snapshot
 from exporter.service import ExporterService, ExporterState, error_reason
 
@@ -27,11 +34,32 @@ log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
 
 
-def render_snapshot(snapshot: Snapshot) -> bytes:
-    """The text exposition of one snapshot's families (what `SnapshotCollector` yields)."""
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(SnapshotCollector(lambda: snapshot))
-    return generate_latest(reg)
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A snapshot's exposition, plain and as the start of a gzip stream that can be continued."""
+
+    text: bytes
+    gzip_head: bytes
+    gzip: Any
+
+    @classmethod
+    def of(cls, text: bytes) -> Rendered:
+        """Render `text` once: the plain bytes and a gzip compressor fed with them."""
+        c = zlib.compressobj(1, zlib.DEFLATED, 31)
+        return cls(text, c.compress(text), c)
+
+    def plain(self, tail: bytes) -> bytes:
+        """The plain body with `tail` appended."""
+        return self.text + tail
+
+    def gzipped(self, tail: bytes) -> bytes:
+        """One gzip member of text + tail; only `tail` is compressed now."""
+        c = self.gzip.copy()
+        return self.gzip_head + c.compress(tail) + c.flush()
+
+
+def _render(snapshot: Snapshot) -> Rendered:
+    return Rendered.of(render_snapshot(snapshot))
 
 
 class MetricsServer:
@@ -62,7 +90,7 @@ class MetricsServer:
         self.registry.register(self.self_collector)
         self._self_registry = CollectorRegistry(auto_describe=False)
         self._self_registry.register(self.self_collector)
-        self._snapshot_text = b""
+        self._rendered = Rendered.of(b"")
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -75,14 +103,14 @@ class MetricsServer:
             if pool is None:
                 raise ConnectionError("store pool is not open")
             snapshot = await asyncio.wait_for(self._build(pool, now), self._timeout)
-            text = await asyncio.to_thread(render_snapshot, snapshot)
+            rendered = await asyncio.to_thread(_render, snapshot)
         except Exception as exc:
             reason = error_reason(exc)
             self.state.snapshot_errors[reason] += 1
             self.state.store_up = False
             log.error("metrics snapshot failed (%s): %s", reason, exc)
             return None
-        self._snapshot_text = text
+        self._rendered = rendered
         self.state.publish(snapshot)
         if snapshot.dropped_series:
             log.warning(
@@ -121,17 +149,18 @@ class MetricsServer:
 
     # exposition ----------------------------------------------------------------------------
 
-    def exposition(self) -> bytes:
+    def exposition(self, gzip: bool = False) -> bytes:
         """The full text exposition: the rendered snapshot, then fresh self-metrics."""
-        return self._snapshot_text + generate_latest(self._self_registry)
+        tail = generate_latest(self._self_registry)
+        rendered = self._rendered
+        return rendered.gzipped(tail) if gzip else rendered.plain(tail)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = self.exposition()
         headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = _gzip(body)
+        gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        if gzip:
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, headers=headers)
+        return web.Response(body=self.exposition(gzip), headers=headers)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         snap = self.state.snapshot
@@ -173,11 +202,6 @@ def _split(listen: str) -> tuple[str, int]:
     if listen.endswith(":0"):
         return listen[:-2].strip("[]"), 0
     return parse_listen(listen)
-
-
-def _gzip(body: bytes) -> bytes:
-    c = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return c.compress(body) + c.flush()
 
 
 def attach_metrics(

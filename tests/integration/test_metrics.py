@@ -12,17 +12,25 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.config import config_from_dict
 from exporter.histogram import cumulative
-from exporter.metrics import MetricsServer, attach_metrics, window_label
+from exporter.metrics import (
+    MetricsServer,
+    Snapshot,
+    SnapshotCollector,
+    attach_metrics,
+    render_snapshot,
+    window_label,
+)
 from exporter.service import ExporterService
 from exporter.simulate.generate import advance, generate
 from exporter.simulate.model import SimData
@@ -212,6 +220,7 @@ async def test_exposition_equals_truth_and_passes_promtool(store_dsn):
         samples = parse(body)
         check_truth(samples, data, NOW)
         assert ms.state.snapshot is not None
+        assert render_snapshot(ms.state.snapshot) == reference_render(ms.state.snapshot)
         assert get(samples, "wfa_exporter_snapshot_series") == ms.state.snapshot.series
         assert get(samples, "wfa_exporter_series_dropped") == 0
         assert get(samples, "wfa_exporter_store_up") == 1
@@ -225,6 +234,45 @@ async def test_exposition_equals_truth_and_passes_promtool(store_dsn):
         assert sum(_series_by_workflow(samples).values()) == ms.state.snapshot.series
     finally:
         await svc.close()
+
+
+def reference_render(snap: Snapshot) -> bytes:
+    """prometheus_client's own rendering of the snapshot collector."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SnapshotCollector(lambda: snap))
+    return generate_latest(reg)
+
+
+def test_render_is_generate_latest_byte_for_byte():
+    buckets = cumulative({0.05: 3, 604800.0: 2_000_000, math.inf: 1})
+    odd = 'a "quoted" back\\slash\nnew line, {braces}=, ünïcode'
+    snap = Snapshot(
+        built_at=0.0,
+        duration=0.25,
+        tenant_label=True,
+        samples={
+            "wfa_workflow_enrollments_total": [(("wf-1", "t-1"), 12_345_678), (("wf-2", odd), 0)],
+            "wfa_workflow_info": [(("wf-1", "t-1", odd), 1)],
+            "wfa_funnel_dropoff_ratio": [(("wf-1", "t-1", "s-1", "1d"), 1 / 3)],
+            "wfa_step_duration_seconds": [(("wf-1", "t-1", "s-1", "webhook"), (buckets, 1e7 / 3))],
+            "wfa_workflow_time_to_complete_seconds": [(("wf-1", "t-1"), (buckets, 0.001))],
+        },
+        rejected={"invalid_step_progress": 2, "": 1},
+        series=40,
+        dropped_series=7,
+        dropped_workflows=1,
+        workflows=1,
+        newest_ingested=None,
+    )
+    for with_tenant in (True, False):
+        if not with_tenant:
+            samples = {
+                k: [((labels[0], *labels[2:]), v) for labels, v in rows]
+                for k, rows in snap.samples.items()
+            }
+            snap = replace(snap, tenant_label=False, samples=samples)
+        assert render_snapshot(snap) == reference_render(snap)
+    promtool_check(render_snapshot(snap))
 
 
 async def test_served_over_http_with_gzip_and_healthz(db_dsn):
