@@ -1,8 +1,9 @@
-"""An export spec as a stream of bytes; executions rows come from a server-side cursor."""
+"""An export spec as a stream of bytes; executions rows stream from COPY with backpressure."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +18,8 @@ from exporter.exports.pdf import render_pdf
 from exporter.store.sqlfiles import named
 
 Q = named("exports.sql")
-FETCH_ROWS = 5000
-"""Rows per cursor fetch: memory stays at one batch and one encoded chunk."""
+COPY_QUEUE = 8
+"""COPY chunks buffered between the database and the writer: memory stays flat."""
 STATEMENT_TIMEOUT = "15min"
 """Bound on the export transaction's statements (the pool's default is shorter)."""
 
@@ -101,6 +102,72 @@ async def _small(
         yield csv_rows([COLUMNS[spec.dataset], *rows])
 
 
+class CsvLines:
+    """Turns PostgreSQL COPY CSV into RFC 4180 (CRLF line ends), chunk by chunk.
+
+    Line feeds outside quoted cells end records and become CRLF; those inside quoted cells
+    are data and stay. Whether a chunk starts inside quotes is carried over from the
+    previous one (an escaped quote `""` keeps the parity). Chunks are cut after their last
+    line feed, so each output chunk holds whole records.
+    """
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.rows = 0
+        self._tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The converted complete lines of `data` (the rest waits for the next chunk)."""
+        data = self._tail + data
+        cut = data.rfind(b"\n") + 1
+        self._tail = data[cut:]
+        data = data[:cut]
+        if not self.inside and b'"' not in data:
+            self.rows += data.count(b"\n")
+            return data.replace(b"\n", b"\r\n")
+        parts = data.split(b'"')
+        for i in range(1 if self.inside else 0, len(parts), 2):
+            part = parts[i]
+            if b"\n" in part:
+                self.rows += part.count(b"\n")
+                parts[i] = part.replace(b"\n", b"\r\n")
+        if len(parts) % 2 == 0:
+            self.inside = not self.inside
+        return b'"'.join(parts)
+
+    def close(self) -> None:
+        """Raise if COPY ended inside a record (it never does)."""
+        if self._tail or self.inside:
+            raise ExportError("CSV output ended inside a record")
+
+
+async def copy_chunks(
+    conn: asyncpg.Connection, query: str, *args: Any, **options: Any
+) -> AsyncIterator[bytes]:
+    """The output of `COPY (query) TO STDOUT` in chunks, with backpressure (bounded queue)."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=COPY_QUEUE)
+
+    async def sink(data: bytes) -> None:
+        await queue.put(bytes(data))
+
+    async def produce() -> None:
+        try:
+            await conn.copy_from_query(query, *args, output=sink, **options)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(produce())
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 async def _executions(
     conn: asyncpg.Connection,
     wf: queries.Workflow,
@@ -109,26 +176,44 @@ async def _executions(
     generated_at: datetime,
 ) -> AsyncIterator[bytes]:
     columns = COLUMNS["executions"]
-    query = Q["executions_csv" if spec.format == "csv" else "executions_json"]
     args = (spec.tenant, wf.workflow_id, spec.start, spec.end)
     if spec.format == "csv":
         yield csv_rows([columns])
     elif spec.format == "json":
         head = json_text({**_meta(wf, spec, generated_at), "columns": list(columns)})
         yield (head[:-1] + ',"rows":[\n').encode()
-    first = True
     async with conn.transaction(readonly=True):
-        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-        cursor = await conn.cursor(query, *args)
-        while batch := await cursor.fetch(FETCH_ROWS):
-            progress.rows += len(batch)
-            if spec.format == "csv":
-                yield csv_rows(batch, safe=True)
-            elif spec.format == "ndjson":
-                yield ("\n".join(r[0] for r in batch) + "\n").encode()
-            else:
-                text = ",\n".join(r[0] for r in batch)
-                yield (text if first else ",\n" + text).encode()
-                first = False
+        for setting in (f"statement_timeout = '{STATEMENT_TIMEOUT}'", "TimeZone = 'UTC'",
+                        "DateStyle = 'ISO'"):
+            await conn.execute(f"SET LOCAL {setting}")
+        if spec.format == "csv":
+            lines = CsvLines()
+            async for chunk in copy_chunks(conn, Q["executions_csv"], *args, format="csv"):
+                out = lines.feed(chunk)
+                progress.rows = lines.rows
+                if out:
+                    yield out
+            lines.close()
+        else:
+            # JSON text has no raw control characters: with these as quote and delimiter,
+            # COPY writes each document as it is, one per line.
+            first, tail = True, b""
+            async for chunk in copy_chunks(
+                conn, Q["executions_json"], *args, format="csv", quote="\x01", delimiter="\x02"
+            ):
+                data = tail + chunk
+                cut = data.rfind(b"\n") + 1
+                body, tail = data[:cut], data[cut:]
+                if not body:
+                    continue
+                progress.rows += body.count(b"\n")
+                if spec.format == "ndjson":
+                    yield body
+                else:
+                    text = body[:-1].replace(b"\n", b",\n")
+                    yield text if first else b",\n" + text
+                    first = False
+            if tail:
+                raise ExportError("JSON output ended without a line feed")
     if spec.format == "json":
         yield f'\n],"row_count":{progress.rows}}}\n'.encode()

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from exporter.config import Config, config_from_dict
 from exporter.exports import ExportJobs, JobSettings
 from exporter.exports.datasets import ACTIONS_COLUMNS, COLUMNS, EXECUTIONS_COLUMNS
 from exporter.exports.jobs import OWNER_LOCK_CLASS
+from exporter.exports.render import CsvLines
 from tests.conftest import PgServer
 from tests.integration.test_api_common import TOKENS, OpenApi, Store, parse_ts, store_db
 
@@ -40,7 +42,9 @@ EXPORT_TOKENS = {
     **TOKENS,
     "b_export": ("wfa_test_tenant2_export", "tenant-2", ["export"]),
 }
+RFC3339 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
 FIELDS = ("enrollments", "completions", "conversions", "exits", "failures")
+TRICKY = 'said "stop", then\nleft at 10:00:00+00 ""twice""\r\n'
 INJECTED = ("=HYPERLINK(\"http://x\")", "+1+2", "-2+3", "@SUM(A1)", "\tTAB")
 
 
@@ -150,7 +154,9 @@ def _typed(column: str, cell: str) -> Any:
 def parse_csv(body: bytes) -> tuple[list[str], list[dict[str, Any]]]:
     """Header and typed rows of an RFC 4180 export (CRLF line ends, UTF-8)."""
     text = body.decode("utf-8")
-    assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
+    assert text.endswith("\r\n")
+    if '"' not in text:
+        assert "\n" not in text.replace("\r\n", "")
     rows = list(csv.reader(io.StringIO(text, newline="")))
     header = rows[0]
     return header, [{c: _typed(c, v) for c, v in zip(header, r, strict=True)} for r in rows[1:]]
@@ -279,7 +285,7 @@ async def test_executions_round_trip_to_truth(client: TestClient, store: Store) 
             assert r["exit_reason"] == e.exit_reason
             assert r["current_step_id"] == (e.current_step_id if e.status == "active" else None)
             assert r["converted_in_window"] == store.truth.converted_in_window(e)
-    assert all(r["enrolled_at"].endswith("Z") for r in rows)
+    assert all(re.fullmatch(RFC3339, r["enrolled_at"]) for r in (*rows, *doc["rows"]))
 
 
 async def test_pdf_report_reads_back_and_renders(
@@ -450,6 +456,13 @@ async def test_formula_injection_is_neutralised(client: TestClient, store: Store
             "exit_reason = '@SUM(1+1)' WHERE execution_id = $1",
             first,
         )
+        tricky = await conn.fetchval(
+            "UPDATE wfa.executions SET exit_reason = $2 WHERE execution_id = ("
+            "SELECT execution_id FROM wfa.executions WHERE workflow_id = $1 "
+            "ORDER BY enrolled_at DESC OFFSET 1 LIMIT 1) RETURNING execution_id",
+            wid,
+            TRICKY,
+        )
     finally:
         await conn.close()
     path = f"{P}/workflows/{wid}/analytics/export"
@@ -466,6 +479,7 @@ async def test_formula_injection_is_neutralised(client: TestClient, store: Store
     evil = next(r for r in rows if r["execution_id"] == first)
     assert evil["contact_id"] == "'=cmd|' /C calc'!A0"
     assert evil["exit_reason"] == "'@SUM(1+1)"
+    assert next(r for r in rows if r["execution_id"] == tricky)["exit_reason"] == TRICKY
     assert not any(
         v.startswith(("=", "+", "-", "@", "\t", "\r"))
         for r in rows
@@ -538,6 +552,19 @@ async def test_expired_files_are_removed(client: TestClient, store: Store, expor
     assert status == 410
     status, body = await _get(client, job["status_url"], "a_export")
     assert json.loads(body)["status"] == "expired"
+
+
+def test_csv_lines_keep_quoted_line_feeds_across_chunks() -> None:
+    body = b'a,"x\ny"\nb,"say ""hi""\n"\nc,\n'
+    for size in (1, 2, 3, 5, 7, len(body)):
+        lines = CsvLines()
+        out = b"".join(lines.feed(body[i : i + size]) for i in range(0, len(body), size))
+        lines.close()
+        assert out == b'a,"x\ny"\r\nb,"say ""hi""\n"\r\nc,\r\n', size
+        assert lines.rows == 3
+        assert list(csv.reader(io.StringIO(out.decode(), newline=""))) == [
+            ["a", "x\ny"], ["b", 'say "hi"\n'], ["c", ""]
+        ]
 
 
 # restarts -----------------------------------------------------------------------------------

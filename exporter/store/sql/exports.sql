@@ -1,26 +1,28 @@
 -- Export rows and export job bookkeeping. Every row query filters on the tenant.
 
 -- name: executions_csv
+-- For COPY ... (FORMAT csv) in a transaction with TimeZone UTC and DateStyle ISO: times
+-- become RFC 3339 (2024-05-01T10:00:00.25+00:00), text cells formula-safe.
 SELECT wfa.csv_safe(execution_id), wfa.csv_safe(workflow_id), wfa.csv_safe(contact_id),
-       wfa.csv_safe(status), wfa.iso_utc(enrolled_at), wfa.iso_utc(completed_at),
-       wfa.iso_utc(converted_at), CASE WHEN converted_in_window THEN 'true' ELSE 'false' END,
-       wfa.iso_utc(exited_at), wfa.csv_safe(exit_reason), wfa.iso_utc(failed_at),
-       wfa.csv_safe(current_step_id)
+       wfa.csv_safe(status), replace(enrolled_at::text, ' ', 'T') || ':00',
+       replace(completed_at::text, ' ', 'T') || ':00',
+       replace(converted_at::text, ' ', 'T') || ':00',
+       CASE WHEN converted_in_window THEN 'true' ELSE 'false' END,
+       replace(exited_at::text, ' ', 'T') || ':00', wfa.csv_safe(exit_reason),
+       replace(failed_at::text, ' ', 'T') || ':00', wfa.csv_safe(current_step_id)
   FROM wfa.executions
  WHERE tenant_id = $1 AND workflow_id = $2 AND enrolled_at >= $3 AND enrolled_at < $4
  ORDER BY enrolled_at, execution_id;
 
 -- name: executions_json
-SELECT json_build_object(
-         'execution_id', execution_id, 'workflow_id', workflow_id, 'contact_id', contact_id,
-         'status', status, 'enrolled_at', wfa.iso_utc(enrolled_at),
-         'completed_at', wfa.iso_utc(completed_at), 'converted_at', wfa.iso_utc(converted_at),
-         'converted_in_window', converted_in_window, 'exited_at', wfa.iso_utc(exited_at),
-         'exit_reason', exit_reason, 'failed_at', wfa.iso_utc(failed_at),
-         'current_step_id', current_step_id)::text
-  FROM wfa.executions
- WHERE tenant_id = $1 AND workflow_id = $2 AND enrolled_at >= $3 AND enrolled_at < $4
- ORDER BY enrolled_at, execution_id;
+-- One JSON object per row (times RFC 3339 with TimeZone UTC).
+SELECT row_to_json(x)::text
+  FROM (SELECT execution_id, workflow_id, contact_id, status, enrolled_at, completed_at,
+               converted_at, converted_in_window, exited_at, exit_reason, failed_at,
+               current_step_id
+          FROM wfa.executions
+         WHERE tenant_id = $1 AND workflow_id = $2 AND enrolled_at >= $3 AND enrolled_at < $4
+         ORDER BY enrolled_at, execution_id) x;
 
 -- name: job_lock_tenant
 SELECT pg_advisory_xact_lock($1, hashtext($2));

@@ -57,6 +57,5 @@ CREATE TABLE IF NOT EXISTS wfa.retention_runs (
     result      jsonb NOT NULL
 );
 
--- Export helpers: a text cell neutralised against spreadsheet formulas, and RFC 3339 UTC text.
+-- A text cell neutralised against spreadsheet formulas (CSV exports).
 CREATE OR REPLACE FUNCTION wfa.csv_safe(v text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT CASE WHEN left(v, 1) IN ('=', '+', '-', '@', E'\t', E'\r') THEN '''' || v ELSE v END $$;
-CREATE OR REPLACE FUNCTION wfa.iso_utc(t timestamptz) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT CASE WHEN date_part('microseconds', t)::bigint % 1000000 = 0 THEN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') ELSE to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END $$;
