@@ -13,7 +13,7 @@ import asyncpg
 
 from exporter import queries
 from exporter.exports.datasets import COLUMNS, ExportSpec, document, report, table
-from exporter.exports.formats import csv_rows, iso, json_text, ndjson_rows
+from exporter.exports.formats import csv_cell, csv_rows, iso, json_text, ndjson_rows
 from exporter.exports.pdf import render_pdf
 from exporter.store.sqlfiles import named
 
@@ -188,7 +188,9 @@ async def _executions(
             await conn.execute(f"SET LOCAL {setting}")
         if spec.format == "csv":
             lines = CsvLines()
-            async for chunk in copy_chunks(conn, Q["executions_csv"], *args, format="csv"):
+            safe_id = csv_cell(wf.workflow_id)
+            query = Q["executions_csv"]
+            async for chunk in copy_chunks(conn, query, *args, safe_id, format="csv"):
                 out = lines.feed(chunk)
                 progress.rows = lines.rows
                 if out:

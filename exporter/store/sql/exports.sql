@@ -2,9 +2,10 @@
 
 -- name: executions_csv
 -- For COPY ... (FORMAT csv) in a transaction with TimeZone UTC and DateStyle ISO: times
--- become RFC 3339 (2024-05-01T10:00:00.25+00:00), text cells formula-safe.
-SELECT wfa.csv_safe(execution_id), wfa.csv_safe(workflow_id), wfa.csv_safe(contact_id),
-       wfa.csv_safe(status), replace(enrolled_at::text, ' ', 'T') || ':00',
+-- become RFC 3339 (2024-05-01T10:00:00.25+00:00), text cells formula-safe. $5 is the
+-- workflow id already made safe; status is one of four known words.
+SELECT wfa.csv_safe(execution_id), $5::text, wfa.csv_safe(contact_id), status,
+       replace(enrolled_at::text, ' ', 'T') || ':00',
        replace(completed_at::text, ' ', 'T') || ':00',
        replace(converted_at::text, ' ', 'T') || ':00',
        CASE WHEN converted_in_window THEN 'true' ELSE 'false' END,
