@@ -28,7 +28,7 @@ HERE = Path(__file__).parent
 SCALES = (100_000, 1_000_000)
 FULL_SCALE = 10_000_000
 QUICK_SCALE = 2_000
-ORDER = ("ingest", "freshness", "scrape", "api", "backends")
+ORDER = ("ingest", "backfill", "freshness", "scrape", "api", "backends")
 
 
 def modules() -> list[str]:
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(note)
             else:
                 failed = True
-                notes.append(f"{name} at {scale:,}: failed: {res['error'].strip()}")
+                last = res["error"].strip().splitlines()[-1]
+                notes.append(f"{name} at {scale:,}: failed: {last}")
                 print(f"bench: {name} failed:\n{res['error']}", file=sys.stderr, flush=True)
             save(out, report(figures, notes, time.monotonic() - started, scales), figures,
                  notes, scales)

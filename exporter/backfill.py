@@ -14,12 +14,13 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TextIO
 
 import asyncpg
 
 from exporter.config import Config
+from exporter.db import connect
 from exporter.ingest import PollResult
 from exporter.service import ExporterService
 from exporter.source.reader import quote_ident
@@ -176,6 +177,7 @@ async def backfill(
     out: TextIO | None = None,
     tty: bool | None = None,
     interval: float = 10.0,
+    refresh_timeout: timedelta = timedelta(hours=2),
 ) -> BackfillResult:
     """Ingest the whole source, showing progress; stops early (resumable) when `stop` is set."""
     out = out or sys.stderr
@@ -228,8 +230,13 @@ async def backfill(
         reporter.update(progress, force=True)
         reporter.finish()
         began = time.monotonic()
-        async with svc.store.acquire() as st:
-            svc.state.last_refresh = await svc.backend.refresh(st)
+        # The first refresh after a large import covers every bucket at once: it gets its own
+        # connection with a generous timeout instead of the pool's per-statement one.
+        conn = await connect(cfg.store_dsn, statement_timeout=refresh_timeout)
+        try:
+            svc.state.last_refresh = await svc.backend.refresh(conn)
+        finally:
+            await conn.close()
         return BackfillResult(True, progress, result, time.monotonic() - began)
     finally:
         try:

@@ -42,13 +42,15 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     assert data["scales"] == [2000]
     figures = data["figures"]
     by_bench = {f["benchmark"] for f in figures}
-    assert {"ingest", "freshness"} <= by_bench
+    assert {"ingest", "backfill", "freshness"} <= by_bench
     for f in figures:
         assert math.isfinite(f["ours"]), f
         assert f["scale"].startswith("2,000 executions"), f
     ingest = {f["metric"]: f for f in figures if f["benchmark"] == "ingest"}
     copy = ingest["execution changes/s (first ingest, incl. rollup refresh)"]
     assert copy["ours"] > 0 and copy["peer_value"] > 0
+    backfill = [f for f in figures if f["benchmark"] == "backfill"]
+    assert len(backfill) == 1 and backfill[0]["ours"] > 0
     fresh = [f for f in figures if f["benchmark"] == "freshness"]
     assert len(fresh) == 5
     assert all(0 < f["ours"] < 30_000 for f in fresh)
