@@ -277,8 +277,8 @@ class TimescaleBackend(Backend):
     async def _refresh_window(
         self, conn: asyncpg.Connection, cagg: str, lo: datetime, hi: datetime
     ) -> None:
-        """One refresh call over [lo, hi), long windows in chunk-sized pieces."""
-        step = max(self.chunk_interval, DAY)
+        """One refresh call over [lo, hi), long windows in pieces of a bounded size."""
+        step = max(self.chunk_interval, DAY) * (10 if cagg.endswith("_1d") else 1)
         while lo < hi:
             end = min(lo + step, hi)
             await conn.execute(
