@@ -79,7 +79,7 @@ class Store:
 async def fill_store(
     dsn: str,
     *,
-    executions: int = 3000,
+    executions: int = 2000,
     days: float = 40,
     workflows: int = 6,
     seed: int = 11,
