@@ -185,14 +185,20 @@ async def fill(dsn: str, executions: int) -> float:
         log(f"store already holds {executions:,} executions")
         return 0.0
     started = time.perf_counter()
-    now = datetime.now(UTC).replace(microsecond=0)
-    log(f"simulating {executions:,} executions over {DAYS} days")
-    data = generate(executions=executions, days=DAYS, workflows=20, tenants=4, seed=1, now=now)
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        log("writing the source tables")
-        await write(conn, data)
+        written = await conn.fetchval("SELECT count(*) FROM workflow_executions")
+        if written != executions:
+            await conn.execute("TRUNCATE workflow_executions, workflows")
+            now = datetime.now(UTC).replace(microsecond=0)
+            log(f"simulating {executions:,} executions over {DAYS} days")
+            data = generate(
+                executions=executions, days=DAYS, workflows=20, tenants=4, seed=1, now=now
+            )
+            log("writing the source tables")
+            await write(conn, data)
+            del data
         await conn.execute(
             "CREATE INDEX IF NOT EXISTS bench_peer_idx "
             "ON workflow_executions (workflow_id, enrolled_at)"
@@ -200,12 +206,11 @@ async def fill(dsn: str, executions: int) -> float:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    del data
-    log("ingesting")
+    log("ingesting and refreshing the rollups")
     cfg = config_from_dict(
         {
             "source": {"dsn": dsn},
-            "store": {"backend": "postgres"},
+            "store": {"backend": "postgres", "statement_timeout": "1h"},
             "exporter": {"batch_size": 20000},
         }
     )
