@@ -28,7 +28,7 @@ HERE = Path(__file__).parent
 SCALES = (100_000, 1_000_000)
 FULL_SCALE = 10_000_000
 QUICK_SCALE = 2_000
-ORDER = ("ingest", "backfill", "freshness", "scrape", "api", "backends")
+ORDER = ("ingest", "backfill", "freshness", "scrape", "api", "export", "backends")
 
 
 def modules() -> list[str]:
