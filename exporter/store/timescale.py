@@ -198,27 +198,24 @@ class TimescaleBackend(Backend):
             cutoffs = await retention_cutoffs(conn)
             marks = await self.watermarks(conn)
             for r in ROLLUPS:
+                # Read, refresh, then forget: a crash in between only repeats the refresh.
                 hours = [
                     row["bucket"]
                     for row in await conn.fetch(
-                        "DELETE FROM wfa.invalidations WHERE rollup = $1 RETURNING bucket", r.name
+                        "SELECT bucket FROM wfa.invalidations WHERE rollup = $1", r.name
                     )
                 ]
-                if self.use_policies:
-                    result.buckets[r.name] = 0
-                    continue
-                try:
-                    result.buckets[r.name] = await self._refresh_one(
-                        conn, r, hours, hour_floor(now), marks, cutoffs
-                    )
-                except BaseException:
-                    await conn.execute(
-                        "INSERT INTO wfa.invalidations SELECT $1, unnest($2::timestamptz[]) "
-                        "ON CONFLICT DO NOTHING",
-                        r.name,
-                        hours,
-                    )
-                    raise
+                result.buckets[r.name] = (
+                    0
+                    if self.use_policies
+                    else await self._refresh_one(conn, r, hours, hour_floor(now), marks, cutoffs)
+                )
+                await conn.execute(
+                    "DELETE FROM wfa.invalidations WHERE rollup = $1 "
+                    "AND bucket = ANY($2::timestamptz[])",
+                    r.name,
+                    hours,
+                )
             marks = await self.watermarks(conn)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", REFRESH_LOCK)
@@ -255,7 +252,8 @@ class TimescaleBackend(Backend):
         wm_d = marks.get(r.relation("1d")) or _LOW
         daily = [(day_floor(lo), _day_ceil(hi)) for lo, hi in windows_h]
         if wm_d < new_d:
-            daily.append((wm_d if wm_d > _LOW else windows_h[0][0] if windows_h else new_d, new_d))
+            first = wm_d if wm_d > _LOW else day_floor(windows_h[0][0]) if windows_h else new_d
+            daily.append((first, new_d))
         for lo, hi in merge_windows(_clip(daily, hour_floor_1d, new_d), self.max_windows):
             await self._refresh_window(conn, r.relation("1d"), lo, hi)
         return len(stale) + len({day_floor(h) for h in stale if h < wm_d})
