@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -283,8 +284,19 @@ class DevCluster:
     def create_database(self, name: str, template: str | None = None) -> None:
         """Create database ``name``, optionally from ``template``."""
         sql = f"CREATE DATABASE {quote_ident(name)}"
-        if template is not None:
-            sql += f" TEMPLATE {quote_ident(template)}"
+        if template is None:
+            self.psql(sql)
+            return
+        sql += f" TEMPLATE {quote_ident(template)}"
+        # A session that just closed on the template may still be exiting on a busy machine.
+        for _ in range(50):
+            try:
+                self.psql(sql)
+                return
+            except DevDBError as exc:
+                if "is being accessed by other users" not in str(exc):
+                    raise
+                time.sleep(0.1)
         self.psql(sql)
 
     def drop_database(self, name: str) -> None:
