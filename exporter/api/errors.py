@@ -82,7 +82,10 @@ def problem(
 def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     """A problem response for an aiohttp HTTP exception (404, 405, 413, ...)."""
     status = exc.status
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else exc.reason
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = exc.reason
     headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After", "Location")}
     detail = None
     if status == 404:
