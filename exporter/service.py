@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -85,6 +86,7 @@ class ExporterService:
         self.scheduler: AsyncIOScheduler | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._last_refresh = 0.0
+        self._poll_lock = asyncio.Lock()
         self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = []
 
     async def open(self) -> None:
@@ -132,6 +134,10 @@ class ExporterService:
 
     async def poll_once(self, refresh: bool = True) -> PollResult | None:
         """One poll cycle (until caught up) and a rollup refresh; None on a standby replica."""
+        async with self._poll_lock:
+            return await self._poll(refresh)
+
+    async def _poll(self, refresh: bool) -> PollResult | None:
         assert self.store and self.source and self.ingestor and self.backend
         try:
             if not await self._leader():

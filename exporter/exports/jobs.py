@@ -97,7 +97,11 @@ class ExportJobs:
         """Take the owner lock, adopt orphaned jobs, start housekeeping; the jobs resumed."""
         self.directory.mkdir(parents=True, exist_ok=True)
         await self._ensure_lock()
-        resumed = await self.adopt()
+        try:
+            resumed = await self.adopt()
+        except asyncpg.UndefinedTableError:
+            log.warning("export jobs are not in the store yet: run `wfa migrate`")
+            resumed = []
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="export-housekeeping")
         return resumed
 
