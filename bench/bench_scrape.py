@@ -179,7 +179,7 @@ async def _snapshot_cost(c, store: str, scale: str, rounds: int = 5) -> list[Fig
 
 def _peer(peer, c, scale: str, n: int, gap: float) -> list[Figure]:
     try:
-        wait_http(peer.port, b"wfa_peer_funnel_steps")
+        wait_http(peer.port, b"wfa_peer_funnel_steps_reached{")
         took, cpu, series, _ = _scrape_loop(peer.port, c.datadir, n, gap)
     finally:
         peer.stop()
@@ -192,7 +192,7 @@ def _query_exporter_collection(c, src: str, workdir: Path, scale: str, seconds: 
     """query-exporter with a 5 s interval: DB CPU and wall time per collection of the queries."""
     qe = QueryExporter(src, workdir, free_port(), interval=5)
     try:
-        wait_http(qe.port, b"wfa_peer_funnel_steps")
+        wait_http(qe.port, b"wfa_peer_funnel_steps_reached{")
         s = Scraper(qe.port)
         before = _qe_counts(s)
         cpu0 = pg_cpu_seconds(c.datadir)

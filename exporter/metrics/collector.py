@@ -41,6 +41,8 @@ POLL_BOUNDS: tuple[float, ...] = (
 )
 POLL_ERROR_REASONS = ("statement_timeout", "unreachable", "database_error", "internal")
 """Poll error reasons always exposed (at 0 until they happen), see exporter.service.error_reason."""
+SNAPSHOT_ERROR_REASONS = (*POLL_ERROR_REASONS, "timeout")
+"""Snapshot error reasons: the poll's, and `timeout` when a build outlives the store timeout."""
 
 
 @dataclass(slots=True)
@@ -244,7 +246,7 @@ class SelfCollector:
             "Failed snapshot builds, by reason.",
             labels=["reason"],
         )
-        for reason in sorted({*POLL_ERROR_REASONS, *ms.snapshot_errors}):
+        for reason in sorted({*SNAPSHOT_ERROR_REASONS, *ms.snapshot_errors}):
             snap_errors.add_metric([reason], ms.snapshot_errors.get(reason, 0))
         yield snap_errors
         yield CounterMetricFamily(

@@ -105,7 +105,7 @@ class MetricsServer:
             snapshot = await asyncio.wait_for(self._build(pool, now), self._timeout)
             rendered = await asyncio.to_thread(_render, snapshot)
         except Exception as exc:
-            reason = error_reason(exc)
+            reason = "timeout" if isinstance(exc, TimeoutError) else error_reason(exc)
             self.state.snapshot_errors[reason] += 1
             self.state.store_up = False
             log.error("metrics snapshot failed (%s): %s", reason, exc)
