@@ -28,6 +28,7 @@ from exporter.store.sqlfiles import sql, statements
 
 _WM = "(SELECT watermark FROM wfa.watermarks WHERE rollup = '{key}')"
 REFRESH_LOCK = 727_275
+REFRESH_WINDOW = timedelta(days=7)
 
 
 def _mat_ddl(r: Rollup) -> list[str]:
@@ -133,9 +134,15 @@ class PostgresBackend(Backend):
         now = now or datetime.now(UTC)
         result = RefreshResult()
         for r in ROLLUPS:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
-                result.buckets[r.name] = await self._refresh_one(conn, r, now, result)
+            done, total = False, 0
+            while not done:
+                # A first refresh of a large history goes in bounded windows, one transaction
+                # (and statement timeout) each, so none outlasts the pool's statement timeout.
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+                    n, done = await self._refresh_one(conn, r, now, result)
+                total += n
+            result.buckets[r.name] = total
         return result
 
     async def drop_before(
@@ -177,7 +184,7 @@ class PostgresBackend(Backend):
 
     async def _refresh_one(
         self, conn: asyncpg.Connection, r: Rollup, now: datetime, result: RefreshResult
-    ) -> int:
+    ) -> tuple[int, bool]:
         marks = dict(
             await conn.fetch(
                 "SELECT rollup, watermark FROM wfa.watermarks WHERE rollup = ANY($1::text[]) "
@@ -186,7 +193,12 @@ class PostgresBackend(Backend):
             )
         )
         old_h, old_d = marks[f"{r.name}_1h"], marks[f"{r.name}_1d"]
-        new_h = max(hour_floor(now), old_h)
+        target = max(hour_floor(now), old_h)
+        if not self._known:
+            await self._load_known(conn)
+        starts = self._known.get(r.raw.removeprefix("wfa."))
+        base = max(old_h, min(starts)) if starts else target
+        new_h = min(target, max(old_h, hour_floor(base) + REFRESH_WINDOW))
         new_d = max(day_floor(new_h), old_d)
         invalid = [
             row["bucket"]
@@ -247,4 +259,4 @@ class PostgresBackend(Backend):
                 "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1d", new_d
             )
         result.watermarks[r.name] = new_h
-        return len(hours) + len(days)
+        return len(hours) + len(days), new_h >= target
