@@ -63,12 +63,11 @@ def _render(snapshot: Snapshot) -> Rendered:
 
 
 class MetricsServer:
-    """Owns the private registry, the current snapshot and the HTTP server that serves them.
+    """Owns the private registry, the current snapshot and the HTTP server that serves them."""
 
-    The snapshot part of the exposition is rendered once per snapshot (off the event loop);
-    a scrape renders only the self-metrics and appends them, so it costs the same however
-    much data the store holds.
-    """
+    # The snapshot part of the exposition is rendered (and gzip-compressed) once per snapshot,
+    # off the event loop; a scrape renders only the self-metrics and appends them, so it costs
+    # the same however much data the store holds.
 
     def __init__(
         self,
