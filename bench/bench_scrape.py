@@ -235,7 +235,9 @@ def _qe_counts(s: Scraper) -> tuple[float, float]:
     return done, lat
 
 
-def run(executions: int, workflows: int, scrapes: int, peer_scrapes: int) -> list[Figure]:
+def run(
+    executions: int, workflows: int, scrapes: int, peer_scrapes: int, peers: bool = True
+) -> list[Figure]:
     """Every figure at `executions` source rows."""
     scale = f"{executions:,} executions"
     figures: list[Figure] = []
@@ -250,6 +252,8 @@ def run(executions: int, workflows: int, scrapes: int, peer_scrapes: int) -> lis
         asyncio.run(_vacuum(src, store))
         figures += _ours(c, src, store, workdir, scale, scrapes)
         figures += asyncio.run(_snapshot_cost(c, store, scale))
+        if not peers:
+            return figures
         figures += _peer(PostgresExporter(src, workdir, free_port()), c, scale, peer_scrapes, 0)
         figures += _peer(
             QueryExporter(src, workdir, free_port()), c, scale, max(scrapes // 4, 20), 0.05
@@ -265,11 +269,12 @@ def main() -> None:
     p.add_argument("--workflows", type=int, default=40)
     p.add_argument("--scrapes", type=int, default=400)
     p.add_argument("--peer-scrapes", type=int, default=10)
+    p.add_argument("--no-peers", action="store_true", help="measure wfa only")
     p.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = p.parse_args()
     figures = []
     for n in args.executions:
-        figures += run(n, args.workflows, args.scrapes, args.peer_scrapes)
+        figures += run(n, args.workflows, args.scrapes, args.peer_scrapes, not args.no_peers)
     table = f"{machine()}\n\n{markdown(figures)}\n"
     print(table)
     if args.out:
