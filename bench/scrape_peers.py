@@ -160,13 +160,29 @@ class Peer:
         _stop(self.proc)
 
 
+def _apt_install(package: str) -> str | None:
+    """Install a Debian package when running as root; the path of its binary, if any."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
+    if subprocess.run(cmd, env=env, capture_output=True, check=False).returncode:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+        subprocess.run(cmd, env=env, capture_output=True, check=False)
+    # The package starts its own service on :9187; the benchmark runs its own instance.
+    subprocess.run(["service", package, "stop"], capture_output=True, check=False)
+    return shutil.which(package)
+
+
 class PostgresExporter(Peer):
     """Debian's prometheus-postgres-exporter with a queries file (queries run on every scrape)."""
 
     name = "prometheus-postgres-exporter"
 
     def __init__(self, dsn: str, workdir: Path, port: int, table: str = "workflow_executions"):
-        binary = shutil.which("prometheus-postgres-exporter")
+        binary = shutil.which("prometheus-postgres-exporter") or _apt_install(
+            "prometheus-postgres-exporter"
+        )
         if binary is None:
             raise FileNotFoundError("apt-get install prometheus-postgres-exporter")
         queries = {
