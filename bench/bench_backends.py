@@ -17,6 +17,7 @@ import asyncpg
 from bench.common import Figure, cluster, machine, markdown, percentile
 from exporter import queries
 from exporter.config import config_from_dict
+from exporter.db import connect
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
@@ -114,7 +115,7 @@ async def _latencies(
     store: str, start: datetime, end: datetime, reps: int, raw: bool
 ) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
     """Milliseconds of each query over every workflow, `reps` rounds; and the answers."""
-    conn = await asyncpg.connect(store)
+    conn = await connect(store, statement_timeout=timedelta(minutes=30))
     times: dict[str, list[float]] = {q: [] for q in QUERIES}
     answers: dict[str, list[dict]] = {q: [] for q in QUERIES}
     try:
