@@ -336,9 +336,10 @@ class TimescaleBackend(Backend):
                         "if_exists => true)",
                         rel,
                     )
+        if self.use_policies and self.compress_after is not None:
+            await self._enable_compression(conn)
         for table in RAW_TABLES:
             if self.use_policies and self.compress_after is not None:
-                await self._enable_compression(conn)
                 await conn.execute(
                     "SELECT add_compression_policy($1::regclass, compress_after => $2::interval, "
                     "if_not_exists => true)",
@@ -390,7 +391,14 @@ class TimescaleBackend(Backend):
     ) -> list[str]:
         """drop_chunks older than the cutoff, held at what the next level has rolled up; names."""
         relations = _relations(dataset)
-        safe = _safe_cutoff(dataset, await self.watermarks(conn))
+        marks = await self.watermarks(conn)
+        for r in ROLLUPS:
+            # An aggregate with nothing materialized protects nothing when its source is empty.
+            if marks.get(r.relation("1h")) is None and not await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {r.raw})"
+            ):
+                marks[r.relation("1h")] = marks[r.relation("1d")] = older_than
+        safe = _safe_cutoff(dataset, marks)
         if safe is None:
             log.warning("retention of %s skipped: nothing is rolled up from it yet", dataset)
             return []
