@@ -98,9 +98,9 @@ async def _query_of_post(request: web.Request) -> ExportQuery:
         raise ProblemError(400, "Invalid parameter", msg, param=f"body.{loc}") from None
 
 
-def _attachment(spec_dataset: str, fmt: str, stamp: str) -> str:
+def _attachment(spec: ExportSpec) -> str:
     """A Content-Disposition value whose file name is chosen here, never by the caller."""
-    return f'attachment; filename="wfa-{spec_dataset}-{stamp}.{FORMATS[fmt][1]}"'
+    return f'attachment; filename="{spec.download_name()}"'
 
 
 # streaming ----------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.S
     response = web.StreamResponse(
         headers={
             "Content-Type": FORMATS[spec.format][0],
-            "Content-Disposition": _attachment(spec.dataset, spec.format, f"{now:%Y%m%dT%H%M%SZ}"),
+            "Content-Disposition": _attachment(spec),
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         }
@@ -259,12 +259,12 @@ async def download(request: web.Request) -> web.StreamResponse:
     path = jobs.path(job)
     if status == "expired" or not path.is_file():
         raise ProblemError(410, "Gone", "the export file has expired; request a new export")
-    stamp = f"{job['finished_at']:%Y%m%dT%H%M%SZ}"
+    spec = ExportSpec.from_job(job, json.loads(job["params"]))
     return web.FileResponse(
         path,
         headers={
             "Content-Type": FORMATS[job["format"]][0],
-            "Content-Disposition": _attachment(job["dataset"], job["format"], stamp),
+            "Content-Disposition": _attachment(spec),
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
         },

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from exporter import queries
-from exporter.exports.formats import iso
+from exporter.exports.formats import FORMATS, iso
 
 DATASETS = ("summary", "funnel", "actions", "executions")
 MODES = ("cohort", "activity")
@@ -66,6 +69,30 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 """Columns of each dataset in CSV and NDJSON."""
 
 _DURATIONS = ("avg", "p50", "p95", "p99")
+NAME_ID_CHARS = 48
+"""Most characters of a workflow id kept in a download's file name."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def safe_id(workflow_id: str) -> str:
+    """A workflow id as a file-name part: [A-Za-z0-9_-] only, bounded, distinct when altered.
+
+    An id that had to change (other characters, too long) gets a short digest of the original,
+    so that two ids cleaned to the same text still give different names.
+    """
+    cleaned = _UNSAFE.sub("_", workflow_id).strip("_")[:NAME_ID_CHARS].rstrip("_")
+    if cleaned == workflow_id:
+        return cleaned
+    digest = hashlib.sha256(workflow_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned}_{digest}" if cleaned else digest
+
+
+def stamp(t: datetime, tz: str) -> str:
+    """A compact local time with its offset for file names: 20261125T1513+0100, ...Z for UTC."""
+    local = t.astimezone(ZoneInfo(tz))
+    text = f"{local:%Y%m%dT%H%M}" + (f"{local:%S}" if local.second else "")
+    offset = f"{local:%z}"
+    return text + ("Z" if offset == "+0000" else offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +135,16 @@ class ExportSpec:
             granularity=params["granularity"],
             tz=params["tz"],
             mode=params.get("mode", "cohort"),
+        )
+
+    def download_name(self) -> str:
+        """The file name a download is offered under: what, which workflow, which range."""
+        what = "report" if self.format == "pdf" else self.dataset
+        if self.dataset == "funnel" and self.format != "pdf":
+            what = f"funnel-{self.mode}"
+        return (
+            f"wfa-{what}-{safe_id(self.workflow_id)}-{stamp(self.start, self.tz)}-"
+            f"{stamp(self.end, self.tz)}.{FORMATS[self.format][1]}"
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -189,10 +226,10 @@ def table(spec: ExportSpec, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 async def report(conn: asyncpg.Connection, wf: queries.Workflow, spec: ExportSpec) -> dict:
-    """Everything the PDF report shows: summary, cohort funnel and action performance."""
+    """Everything the PDF report shows: summary with a daily series, cohort funnel, actions."""
     t, s, e = spec.tenant, spec.start, spec.end
     return {
-        "summary": await queries.summary(conn, t, wf, s, e, spec.granularity, spec.tz),
+        "summary": await queries.summary(conn, t, wf, s, e, "day", spec.tz),
         "funnel": await queries.cohort_funnel(conn, t, wf, s, e),
         "actions": await queries.actions(conn, t, wf, s, e),
     }
