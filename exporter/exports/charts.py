@@ -39,8 +39,8 @@ GRID: Color = (233, 236, 239)
 MAX_BARS = 62
 """Most days drawn as grouped bars; longer ranges are drawn as lines."""
 
-FUNNEL_LABEL_W = 52.0
-FUNNEL_NOTE_W = 46.0
+FUNNEL_LABEL_W = 50.0
+FUNNEL_NOTE_W = 48.0
 FUNNEL_ROW_H = 9.0
 FUNNEL_BAR_H = 5.0
 CHART_H = 58.0
@@ -100,13 +100,13 @@ def funnel(doc: Doc, rows: Sequence[FunnelRow]) -> None:
             doc.font(8.5, bold=True)
             doc.write(note_x, y, FUNNEL_NOTE_W - 3, FUNNEL_ROW_H, count(r.reached))
         else:
-            doc.font(8, bold=worst, color=ALERT if worst else INK)
             head = f"{count(r.reached)} reached" + (" \u00b7 bottleneck" if worst else "")
+            doc.shrink(head, FUNNEL_NOTE_W - 3, 8, 6.5, bold=worst, color=ALERT if worst else INK)
             doc.write(note_x, y + 0.6, FUNNEL_NOTE_W - 3, 4, head)
             note = f"dropped {count(r.dropped)} ({percent(r.ratio)})"
             if r.in_progress:
                 note += f" \u00b7 {count(r.in_progress)} active"
-            doc.font(7, bold=worst, color=ALERT if worst else MUTED)
+            doc.shrink(note, FUNNEL_NOTE_W - 3, 7, 6, bold=worst, color=ALERT if worst else MUTED)
             doc.write(note_x, y + 4.4, FUNNEL_NOTE_W - 3, 4, note)
         pdf.set_xy(left, y + FUNNEL_ROW_H)
     pdf.ln(1)
@@ -145,7 +145,7 @@ class Day:
     values: dict[str, int]
 
 
-def days(series: Sequence[dict], end: datetime, zone: ZoneInfo) -> list[Day]:
+def days(series: Sequence[dict], zone: ZoneInfo) -> list[Day]:
     """Day buckets from the API's daily series, each with its length in `zone`."""
     out = []
     for i, p in enumerate(series):

@@ -1,7 +1,8 @@
 """The PDF report: headline numbers with their definitions, cohort funnel, daily activity, actions.
 
 Activity counts (what happened in the range) and cohort numbers (what became of those enrolled
-in the range) are shown apart and say which is which; dates are in the requested time zone.
+in the range) are shown apart and say which is which. Dates, and the days of the chart, are in
+the requested time zone; the chart is daily whatever series granularity the request resolved to.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from exporter.exports.datasets import ExportSpec
 from exporter.exports.formats import iso
 from exporter.exports.pdfdoc import (
     DASH,
-    INK,
     MUTED,
     RULE,
     TILE,
@@ -67,9 +67,9 @@ def _tiles(doc: Doc, items: Sequence[tuple[str, str, str]], per_row: int) -> Non
             pdf.rect(x, y, width, TILE_H, style="DF")
             doc.font(7.5, color=MUTED)
             doc.write(x + 2, y + 1.2, width - 4, 4, label)
-            doc.font(14, bold=True)
+            doc.shrink(value, width - 4, 14, 9, bold=True)
             doc.write(x + 2, y + 5.4, width - 4, 6.5, value)
-            doc.font(6.5, color=MUTED)
+            doc.shrink(note, width - 4, 6.5, 5.5, color=MUTED)
             doc.write(x + 2, y + 12, width - 4, 4, note)
         pdf.set_xy(pdf.l_margin, y + TILE_H + 2)
 
@@ -80,15 +80,12 @@ def _header(doc: Doc, wf: queries.Workflow, spec: ExportSpec, zone: ZoneInfo, no
     doc.line(
         f"Workflow {wf.workflow_id}  \u00b7  {len(wf.steps)} steps", 9, color=MUTED, h=5
     )
+    doc.line(f"{when(spec.start, zone)}  \u2192  {when(spec.end, zone)}", 10, bold=True, h=6)
     doc.line(
-        f"{when(spec.start, zone)}  \u2192  {when(spec.end, zone)}   "
-        f"({span(spec.end - spec.start)}; the end is excluded)",
-        10,
-        bold=True,
-        h=6,
-    )
-    doc.line(
-        f"Generated {when(now, zone)}  \u00b7  Dates and days in {spec.tz}", 8.5, color=MUTED,
+        f"{span(spec.end - spec.start)}, the end excluded  \u00b7  Dates and days in "
+        f"{spec.tz}  \u00b7  Generated {when(now, zone)}",
+        8.5,
+        color=MUTED,
         h=5,
     )
 
@@ -167,14 +164,13 @@ def _funnel(doc: Doc, f: dict[str, Any]) -> None:
     charts.funnel(doc, rows)
     worst = next((st for st in f["steps"] if st["bottleneck"]), None)
     if worst is not None:
-        doc.font(9, bold=True)
         head = f"Bottleneck: step {worst['index'] + 1} loses {percent(worst['dropoff_ratio'])} "
         doc.line(f"{head}of those who reach it: {worst['name']}", 9, bold=True, h=6)
 
 
 def _daily(doc: Doc, spec: ExportSpec, s: dict[str, Any], zone: ZoneInfo) -> None:
     doc.heading("Daily activity", need=charts.CHART_H + 20)
-    buckets = charts.days(s["series"], spec.end, zone)
+    buckets = charts.days(s["series"], zone)
     charts.daily(doc, buckets, zone)
     notes = [f"Events per day in {spec.tz} (activity, as in the tiles above)."]
     if buckets:
@@ -277,5 +273,4 @@ def render_pdf(
         color=MUTED,
         h=4,
     )
-    doc.font(8, color=INK)
     return doc.output()

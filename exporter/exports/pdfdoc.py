@@ -202,6 +202,18 @@ class Doc:
         self.pdf.set_font(self.pdf.font_name, "B" if bold else "", size)
         self.pdf.set_text_color(*color)
 
+    def shrink(
+        self, s: str, width: float, size: float, least: float, bold: bool = False,
+        color: Color = INK,
+    ) -> None:
+        """Set the largest font size from `size` down to `least` at which `s` fits `width`."""
+        text = self.text(s)
+        while True:
+            self.font(size, bold, color)
+            if size <= least or self.pdf.get_string_width(text) <= width:
+                return
+            size = max(least, size - 0.5)
+
     def write(
         self,
         x: float,
@@ -261,21 +273,3 @@ class Doc:
         """The finished PDF."""
         return bytes(self.pdf.output())
 
-
-__all__ = [
-    "ALERT",
-    "DASH",
-    "INK",
-    "MUTED",
-    "RULE",
-    "TILE",
-    "Color",
-    "Doc",
-    "count",
-    "day",
-    "duration",
-    "percent",
-    "short_day",
-    "span",
-    "when",
-]
