@@ -128,8 +128,8 @@ def _headline(doc: Doc, s: dict[str, Any], f: dict[str, Any]) -> None:
             ("Conversion rate", percent(f["conversion_rate"]),
              f"{count(f['converted'])} of {count(enrolled)} converted in window"),
             ("Still active", count(f["in_progress"]), "not finished yet"),
-            ("Exited / failed", f"{count(f['exited'])} / {count(f['failed'])}",
-             "left before the end"),
+            ("Left early", count(f["exited"] + f["failed"]),
+             f"{count(f['exited'])} exited, {count(f['failed'])} failed"),
         ],
         4,
     )

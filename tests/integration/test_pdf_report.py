@@ -123,7 +123,7 @@ class Report:
         return [w.id for w in self.data.workflows if w.tenant_id == TENANT]
 
 
-def config(dsn: str, backend: str) -> Config:
+def config(dsn: str, backend: str, exports: Path) -> Config:
     """Source and store in one database; the export test tokens."""
     tokens = [
         {"name": n, "sha256": token_digest(s), "tenant": t, "scopes": sc}
@@ -134,12 +134,14 @@ def config(dsn: str, backend: str) -> Config:
             "source": {"dsn": dsn},
             "store": {"backend": backend, "pool_max_size": 6},
             "api": {"tokens": tokens},
-            "exports": {"directory": f"/tmp/wfa-pdf-test-exports-{backend}"},
+            "exports": {"directory": str(exports)},
         }
     )
 
 
-async def serve(pg: PgServer, backend: str, data: SimData) -> AsyncIterator[Report]:
+async def serve(
+    pg: PgServer, backend: str, data: SimData, exports: Path
+) -> AsyncIterator[Report]:
     """Write `data` as the source, ingest it on `backend` and serve the API over it."""
     if backend == "timescaledb" and not pg.has_timescaledb:
         pytest.skip(f"TimescaleDB extension is not installed ({pg.timescaledb_reason})")
@@ -153,7 +155,7 @@ async def serve(pg: PgServer, backend: str, data: SimData) -> AsyncIterator[Repo
             await write(conn, data)
         finally:
             await conn.close()
-        cfg = config(dsn, backend)
+        cfg = config(dsn, backend, exports)
         svc = ExporterService(cfg)
         await svc.open()
         try:
@@ -173,9 +175,12 @@ async def serve(pg: PgServer, backend: str, data: SimData) -> AsyncIterator[Repo
 
 
 @pytest.fixture(scope="module", params=["postgres", "timescaledb"])
-async def report(request: pytest.FixtureRequest, pg: PgServer) -> AsyncIterator[Report]:
+async def report(
+    request: pytest.FixtureRequest, pg: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Report]:
     """The shaped data served on each backend."""
-    async for r in serve(pg, request.param, shaped_data(data_now())):
+    exports = tmp_path_factory.mktemp(f"exports-{request.param}")
+    async for r in serve(pg, request.param, shaped_data(data_now()), exports):
         yield r
 
 
@@ -473,10 +478,12 @@ def check_headline(pdf: Pdf, summary: dict[str, Any], funnel: dict[str, Any]) ->
         ("Failures", "failures"),
     ):
         assert act[label] == f"{summary[key]:,}", (label, act)
-    cohort = tiles(words, "Completion rate", "Conversion rate", "Still active", "Exited / failed")
+    cohort = tiles(words, "Completion rate", "Conversion rate", "Still active", "Left early")
     assert cohort["Completion rate"] == pct(summary["completion_rate"])
     assert cohort["Conversion rate"] == pct(summary["conversion_rate"])
     assert cohort["Still active"] == f"{funnel['in_progress']:,}"
+    left = funnel["enrolled"] - funnel["completed"] - funnel["in_progress"]
+    assert cohort["Left early"] == f"{left:,}"
     text = " ".join(pdf.text.split())
     assert f"Cohort: the {funnel['enrolled']:,} executions enrolled in the range" in text
     assert f"{funnel['completed']:,} of {funnel['enrolled']:,} completed" in text
@@ -547,6 +554,9 @@ async def test_report_numbers_bars_and_dates(report: Report, tmp_path: Path) -> 
     actions = await api(report.client, wid, "/actions", q)
     truth = report.truth.activity(wid, start, end)
     assert all(summary[k] == truth[k] for k in ("enrollments", "completions", "conversions"))
+    cohort = report.truth.cohort_funnel(wid, start, end)
+    assert [s["reached"] for s in funnel["steps"]] == [s["reached"] for s in cohort["steps"]]
+    assert [s["dropped"] for s in funnel["steps"]] == [s["dropped"] for s in cohort["steps"]]
 
     text = " ".join(pdf.text.split())
     assert f"{human(start, tz)} \u2192 {human(end, tz)}" in text
@@ -637,7 +647,7 @@ async def test_report_across_a_clock_change(pg: PgServer, tmp_path: Path) -> Non
     data = generate(
         executions=1500, days=12, workflows=2, tenants=2, seed=5, now=end + timedelta(hours=1)
     )
-    async for r in serve(pg, "postgres", data):
+    async for r in serve(pg, "postgres", data, tmp_path / "exports"):
         wid = r.ids()[0]
         q = {"from": start.isoformat(), "to": end.isoformat(), "tz": tz}
         summary = await api(r.client, wid, "", {**q, "granularity": "day"})
@@ -661,28 +671,33 @@ async def test_report_across_a_clock_change(pg: PgServer, tmp_path: Path) -> Non
         assert_clean_layout(pdf)
 
 
-async def test_download_names_carry_workflow_and_range(report: Report, tmp_path: Path) -> None:
-    tz = "America/New_York"
+async def test_download_names_carry_workflow_and_range(report: Report) -> None:
+    tz = "Asia/Kathmandu"  # UTC+05:45
     end = data_now().replace(second=0)
     start = end - timedelta(days=7)
     q = {"from": start.isoformat(), "to": end.isoformat(), "tz": tz}
     names = {}
-    for wid in (report.ids()[0], HOSTILE_ID):
-        for fmt in ("pdf", "csv"):
-            resp = await report.client.get(
-                path_of(wid, "/export"), params={**q, "format": fmt}, headers=auth("a_export")
-            )
-            assert resp.status == 200
-            await resp.read()
-            names[wid, fmt] = resp.headers["Content-Disposition"]
+    plain = report.ids()[0]
+    for wid, fmt, zone in (
+        (plain, "pdf", tz), (plain, "csv", tz), (plain, "pdf", "UTC"), (HOSTILE_ID, "pdf", tz)
+    ):
+        resp = await report.client.get(
+            path_of(wid, "/export"), params={**q, "tz": zone, "format": fmt},
+            headers=auth("a_export"),
+        )
+        assert resp.status == 200
+        await resp.read()
+        names[wid, fmt, zone] = resp.headers["Content-Disposition"]
     stamps = "-".join(
         t.astimezone(ZoneInfo(tz)).strftime("%Y%m%dT%H%M%z") for t in (start, end)
     )
-    plain = report.ids()[0]
-    assert names[plain, "pdf"] == f'attachment; filename="wfa-report-{plain}-{stamps}.pdf"'
-    assert names[plain, "csv"] == f'attachment; filename="wfa-summary-{plain}-{stamps}.csv"'
-    m = re.fullmatch(r'attachment; filename="([A-Za-z0-9_.+-]+)"', names[HOSTILE_ID, "pdf"])
-    assert m is not None, names[HOSTILE_ID, "pdf"]
+    assert stamps.count("+0545") == 2
+    utc = "-".join(t.astimezone(UTC).strftime("%Y%m%dT%H%MZ") for t in (start, end))
+    assert names[plain, "pdf", tz] == f'attachment; filename="wfa-report-{plain}-{stamps}.pdf"'
+    assert names[plain, "csv", tz] == f'attachment; filename="wfa-summary-{plain}-{stamps}.csv"'
+    assert names[plain, "pdf", "UTC"] == f'attachment; filename="wfa-report-{plain}-{utc}.pdf"'
+    m = re.fullmatch(r'attachment; filename="([A-Za-z0-9_.+-]+)"', names[HOSTILE_ID, "pdf", tz])
+    assert m is not None, names[HOSTILE_ID, "pdf", tz]
     assert re.fullmatch(rf"wfa-report-wf_07_t_x_[0-9a-f]{{8}}-{STAMP}-{STAMP}\.pdf", m.group(1))
 
     resp = await report.client.post(
@@ -699,7 +714,7 @@ async def test_download_names_carry_workflow_and_range(report: Report, tmp_path:
     assert job["status"] == "succeeded", job
     resp = await report.client.get(job["download_url"], headers=auth("a_export"))
     assert resp.status == 200 and (await resp.read()).startswith(b"%PDF-")
-    assert resp.headers["Content-Disposition"] == names[HOSTILE_ID, "pdf"]
+    assert resp.headers["Content-Disposition"] == names[HOSTILE_ID, "pdf", tz]
 
 
 def test_safe_ids_are_bounded_and_distinct() -> None:
