@@ -11,6 +11,7 @@ from exporter import __version__
 COMMAND_MODULES = (
     "exporter.commands.core",
     "exporter.commands.api",
+    "exporter.commands.tokens",
     "exporter.commands.simulate",
     "exporter.commands.backfill",
     "exporter.commands.demo",

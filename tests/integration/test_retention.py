@@ -32,6 +32,7 @@ TOKENS = {
     "a_admin": ("wfa_ret_tenant1_admin", "tenant-1", ["read", "admin"]),
     "a_read": ("wfa_ret_tenant1_read", "tenant-1", ["read"]),
     "b_admin": ("wfa_ret_tenant2_admin", "tenant-2", ["admin"]),
+    "operator": ("wfa_ret_operator", "*", ["admin"]),
 }
 DAY = timedelta(days=1)
 
@@ -128,13 +129,17 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         "rollups_1d": ("730d", "config"),
     }
     for dataset in ("executions", "step_runs", "workflow_events", "rollups_1h"):
-        status, body = await env.call("PUT", f"/retention/{dataset}", json={"period": "12h"})
+        status, body = await env.call(
+            "PUT", f"/retention/{dataset}", "operator", json={"period": "12h"}
+        )
         assert status == 400 and body["param"] == "body.period"
         assert "at least 1d" in body["detail"] and "refresh" in body["detail"]
     for bad in ("soon", "-5d", "0s"):
-        status, body = await env.call("PUT", "/retention/executions", json={"period": bad})
+        status, body = await env.call(
+            "PUT", "/retention/executions", "operator", json={"period": bad}
+        )
         assert status == 400 and body["param"] == "body.period", bad
-    status, _ = await env.call("PUT", "/retention/contacts", json={"period": "30d"})
+    status, _ = await env.call("PUT", "/retention/contacts", "operator", json={"period": "30d"})
     assert status == 404
     other = env.workflows("tenant-2")[0]
     status, body = await env.call(
@@ -145,13 +150,17 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
     assert status == 403
 
     status, body = await env.call("PUT", "/retention/executions", json={"period": "30d"})
+    assert status == 403 and body["param"] == "body.workflow_id"
+    status, body = await env.call(
+        "PUT", "/retention/executions", "operator", json={"period": "30d"}
+    )
     assert status == 200
     assert body["policy"]["period"] == "30d" and body["policy"]["source"] == "store"
-    assert body["policy"]["updated_by"] == "a_admin"
+    assert body["policy"]["updated_by"] == "operator"
     change = body["change"]
     assert (change["old_period"], change["new_period"]) == ("90d", "30d")
     assert (change["old_source"], change["new_source"]) == ("config", "store")
-    assert change["actor"] == "a_admin"
+    assert change["actor"] == "operator"
     assert abs(datetime.fromisoformat(change["changed_at"].replace("Z", "+00:00"))
                - datetime.now(UTC)) < timedelta(minutes=1)
     own = env.workflows("tenant-1")[0]
@@ -159,12 +168,14 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         "PUT", "/retention/step_runs", json={"period": "20d", "workflow_id": own}
     )
     assert status == 200 and body["policy"]["workflow_id"] == own
-    status, body = await env.call("PUT", "/retention/executions", json={"period": None})
+    status, body = await env.call(
+        "PUT", "/retention/executions", "operator", json={"period": None}
+    )
     assert status == 200 and body["policy"] == {
         **body["policy"], "period": "90d", "source": "config"
     }
 
-    status, body = await env.call("GET", "/retention/audit")
+    status, body = await env.call("GET", "/retention/audit", "operator")
     assert status == 200
     assert [(c["dataset"], c["workflow_id"], c["old_period"], c["new_period"])
             for c in body["changes"]] == [
@@ -172,8 +183,11 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         ("step_runs", own, None, "20d"),
         ("executions", None, "90d", "30d"),
     ]
+    # a tenant sees the changes of its own workflows only, the other tenant none of them
+    status, body = await env.call("GET", "/retention/audit")
+    assert [c["workflow_id"] for c in body["changes"]] == [own]
     status, body = await env.call("GET", "/retention/audit", "b_admin")
-    assert [c["workflow_id"] for c in body["changes"]] == [None, None]
+    assert [c["workflow_id"] for c in body["changes"]] == []
     status, body = await env.call("GET", "/retention")
     steps = next(d for d in body["datasets"] if d["dataset"] == "step_runs")
     assert [(w["workflow_id"], w["period"]) for w in steps["workflows"]] == [(own, "20d")]
@@ -248,11 +262,18 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         ("workflow_events", "10d"),
         ("rollups_1h", "20d"),
     ):
-        status, _ = await env.call("PUT", f"/retention/{dataset}", json={"period": period})
+        status, _ = await env.call(
+            "PUT", f"/retention/{dataset}", "operator", json={"period": period}
+        )
         assert status == 200
+    # a tenant may only shorten its workflows' retention; the operator may lengthen it
+    status, body = await env.call(
+        "PUT", "/retention/workflow_events", json={"period": "15d", "workflow_id": a2}
+    )
+    assert status == 400 and body["param"] == "body.period" and "10d" in body["detail"]
     for token, body in (
         ("a_admin", {"period": "5d", "workflow_id": a1, "_ds": "step_runs"}),
-        ("a_admin", {"period": "15d", "workflow_id": a2, "_ds": "workflow_events"}),
+        ("operator", {"period": "15d", "workflow_id": a2, "_ds": "workflow_events"}),
         ("b_admin", {"period": "3d", "workflow_id": b1, "_ds": "executions"}),
     ):
         ds = body.pop("_ds")
@@ -269,11 +290,13 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         daily = await _daily(conn, wids, start, end)
         before = await _counts(conn)
 
-        status, dry = await env.call("POST", "/retention/run?dry_run=true")
-        assert status == 200 and dry["dry_run"] is True
+        status, dry = await env.call("POST", "/retention/run?dry_run=true", "operator")
+        assert status == 200 and dry["dry_run"] is True and dry["scope"] == "store"
         assert await _counts(conn) == before
         assert dry["rows"] > 0
-        status, real = await env.call("POST", "/retention/run", params={"dry_run": "false"})
+        status, real = await env.call(
+            "POST", "/retention/run", "operator", params={"dry_run": "false"}
+        )
         assert status == 200 and real["dry_run"] is False
         assert _plan(dry) == _plan(real)
         after = await _counts(conn)
@@ -319,23 +342,24 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         assert kept > 0
         events = got["workflow_events"]
         assert [e["workflow_id"] for e in events["deleted"]] == [None]
-        # the tenant-2 override is done, but tenant 1 sees only its rows count
-        assert got["executions"]["deleted"] == [] or all(
-            e["workflow_id"] != b1 for e in got["executions"]["deleted"]
-        )
-        assert got["executions"]["other_tenants_rows"] > 0
+        # the tenant-2 override is done; the operator's answer covers every tenant
+        assert [e["workflow_id"] for e in got["executions"]["deleted"]] == [b1]
+        assert got["executions"]["deleted"][0]["rows"] > 0
         # hourly rollups before the cutoff are gone, daily ones kept the numbers
         assert got["rollups_1h"]["error"] is None
         assert got["rollups_1h"]["rows"] > 0
         assert before["rollups_1h"] - after["rollups_1h"] == got["rollups_1h"]["rows"]
         assert await _daily(conn, wids, start, end) == daily
 
-        status, again = await env.call("POST", "/retention/run?dry_run=true")
+        status, again = await env.call("POST", "/retention/run?dry_run=true", "operator")
         assert status == 200
         assert all(not d["dropped"] and not any(e["rows"] for e in d["deleted"])
                    for d in again["datasets"] if d["dataset"] != "rollups_1d")
-        status, body = await env.call("GET", "/retention")
+        status, body = await env.call("GET", "/retention", "operator")
         assert body["last_run"]["id"] == real["run_id"] and body["last_run"]["trigger"] == "api"
         assert body["last_run"]["rows"] == real["rows"]
+        # a tenant's overview shows the runs over its own rows only: none so far
+        status, body = await env.call("GET", "/retention")
+        assert status == 200 and body["last_run"] is None
     finally:
         await conn.close()
