@@ -70,6 +70,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
                 expires = parse_duration(args.expires)
             except ValueError:
                 raise tokens.TokenError("must be a duration such as 90d", "expires") from None
+            if expires <= timedelta(0):
+                raise tokens.TokenError("must be a positive duration such as 90d", "expires")
             if args.config_line:
                 raise tokens.TokenError("config tokens do not expire; leave it out", "expires")
     except tokens.TokenError as exc:
