@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "exporter.commands.core",
     "exporter.commands.api",
     "exporter.commands.tokens",
+    "exporter.commands.grafana",
     "exporter.commands.simulate",
     "exporter.commands.backfill",
     "exporter.commands.demo",
