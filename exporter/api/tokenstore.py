@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from exporter import tokens
+from exporter.config.schema import OPERATOR
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Principal:
     @property
     def operator(self) -> bool:
         """True for an operator token (tenant "*"): store-wide retention, no tenant data."""
-        return self.tenant == tokens.OPERATOR
+        return self.tenant == OPERATOR
 
 
 class TokenStoreUnavailable(RuntimeError):
