@@ -7,6 +7,8 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from exporter import tokens
 from exporter.api.auth import config_entry
 from exporter.commands.common import add_config_arg, config_or_exit, run
@@ -85,7 +87,8 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return run(_create(config_or_exit(args), name, args.tenant, scopes, expires))
 
 
-async def _store(cfg: Config):
+async def _store(cfg: Config) -> asyncpg.Connection:
+    """A connection to the store, whose schema must be current (SchemaError otherwise)."""
     conn = await connect(
         cfg.store_dsn, retries=cfg.store.connect_retries, retry_delay=cfg.store.connect_retry_delay
     )
