@@ -11,6 +11,8 @@ from exporter import __version__
 COMMAND_MODULES = (
     "exporter.commands.core",
     "exporter.commands.api",
+    "exporter.commands.tokens",
+    "exporter.commands.grafana",
     "exporter.commands.simulate",
     "exporter.commands.backfill",
     "exporter.commands.demo",

@@ -2,11 +2,14 @@
 
 A dataset's period comes from the store when one was set over the API, else from the
 config; a workflow may have its own period (config `retention.workflows` or the store).
-A run drops whole partitions or chunks older than the longest period in force for the
-dataset (the backend's `drop_before`, which never drops what the rollups above have not
-materialized), then deletes by row what shorter per-workflow periods, or the dataset
-period when some workflow keeps data longer, allow. A dry run does exactly the same in a
-transaction that is rolled back, so it reports what the real run would do.
+A store-wide run (the scheduler's, or an operator's) drops whole partitions or chunks older
+than the longest period in force for the dataset (the backend's `drop_before`, which never
+drops what the rollups above have not materialized), then deletes by row what shorter
+per-workflow periods, or the dataset period when some workflow keeps data longer, allow.
+A tenant's run drops no partition (they hold every tenant's rows): it deletes by row, and
+only rows whose `tenant_id` is the tenant's, what the periods of its workflows allow.
+A dry run does exactly the same in a transaction that is rolled back, so it reports what
+the real run would do.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncpg
 from exporter.config import Config
 from exporter.config.config import MIN_RAW_RETENTION
 from exporter.config.durations import format_duration
-from exporter.config.schema import DATASETS, RAW_DATASETS
+from exporter.config.schema import DATASETS, OPERATOR, RAW_DATASETS
 from exporter.store.backend import (
     RAW_TABLES,
     RETENTION_RAW,
@@ -160,14 +163,27 @@ async def set_policy(
     period: timedelta | None,
     actor: str,
     tenant: str,
+    capped: bool = False,
 ) -> dict[str, Any]:
-    """Store (or with None, remove) a policy and record the change; the audit entry."""
+    """Store (or with None, remove) a policy and record the change; the audit entry.
+
+    With `capped` (a tenant's change) a workflow's period may not exceed the dataset's: a
+    longer one would hold back the partitions of every tenant.
+    """
     if period is not None:
         check_period(dataset, period, minimum_period(cfg, backend))
     key = workflow_id or ""
     async with conn.transaction():
         await conn.execute(Q["policy_lock"], POLICY_LOCK)
         current = await load(conn, cfg)
+        ceiling = current.datasets[dataset].period
+        if capped and period is not None and period > ceiling:
+            raise PolicyError(
+                f"must not exceed the store-wide period of {dataset}, "
+                f"{format_duration(ceiling)}: a tenant may shorten its retention, "
+                "the operator sets the longest",
+                "period",
+            )
         old = (
             current.workflows.get(dataset, {}).get(key)
             if workflow_id
@@ -194,15 +210,24 @@ async def set_policy(
         )
 
 
-async def audit(conn: asyncpg.Connection, tenant: str, limit: int) -> list[dict[str, Any]]:
-    """Newest policy changes first: dataset-wide ones and those of the tenant's workflows."""
-    return [dict(r) for r in await conn.fetch(Q["audit_list"], tenant, limit)]
+async def audit(
+    conn: asyncpg.Connection, tenant: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Newest policy changes first: all of them (None), or those of a tenant's workflows."""
+    if tenant is None:
+        return [dict(r) for r in await conn.fetch(Q["audit_all"], limit)]
+    return [dict(r) for r in await conn.fetch(Q["audit_tenant"], tenant, limit)]
 
 
-async def last_run(conn: asyncpg.Connection) -> dict[str, Any] | None:
-    """The latest real run, if any."""
-    row = await conn.fetchrow(Q["last_run"])
+async def last_run(conn: asyncpg.Connection, tenant: str | None = None) -> dict[str, Any] | None:
+    """The latest real run over the whole store (None), or over one tenant's workflows."""
+    row = await conn.fetchrow(Q["last_run"], tenant if tenant is not None else OPERATOR)
     return dict(row) if row is not None else None
+
+
+async def tenant_workflows(conn: asyncpg.Connection, tenant: str) -> list[str]:
+    """Ids of a tenant's workflows."""
+    return [r["workflow_id"] for r in await conn.fetch(Q["tenant_workflows"], tenant)]
 
 
 async def workflow_tenants(conn: asyncpg.Connection, ids: list[str]) -> dict[str, str]:
@@ -254,6 +279,7 @@ class RunResult:
     finished_at: datetime | None = None
     datasets: list[DatasetRun] = field(default_factory=list)
     run_id: int | None = None
+    tenant: str | None = None
 
     @property
     def rows(self) -> int:
@@ -264,6 +290,7 @@ class RunResult:
         """The run as the API shows it."""
         return {
             "run_id": self.run_id,
+            "scope": "store" if self.tenant is None else "tenant",
             "dry_run": self.dry_run,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -374,14 +401,24 @@ async def _delete_rows(
     now: datetime,
     policies: Policies,
     longest: timedelta,
+    tenant: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Row deletes for periods shorter than the longest one (partitions hold every workflow)."""
+    """Row deletes, of every tenant or of one (`tenant`, whose rows alone are touched).
+
+    Store-wide: for periods shorter than the longest one (partitions hold every workflow).
+    For a tenant: every period of its workflows, since no partition is dropped for it.
+    """
     own = policies.workflows.get(dataset, {})
     default = policies.datasets[dataset].period
     jobs: list[tuple[str | None, timedelta]] = []
-    if default < longest:
+    if tenant is None:
+        if default < longest:
+            jobs.append((None, default))
+        jobs += [(wid, p.period) for wid, p in sorted(own.items()) if p.period < longest]
+    else:
+        mine = set(await tenant_workflows(conn, tenant))
         jobs.append((None, default))
-    jobs += [(wid, p.period) for wid, p in sorted(own.items()) if p.period < longest]
+        jobs += [(wid, p.period) for wid, p in sorted(own.items()) if wid in mine]
     if not jobs:
         return []
     safe = await _rolled_up_until(conn, backend, dataset)
@@ -389,6 +426,8 @@ async def _delete_rows(
         log.warning("row retention of %s skipped: nothing is rolled up from it yet", dataset)
         return []
     tables = await _tables(conn, backend, dataset)
+    # The tenant is a bound parameter of every statement: no other tenant's row can match.
+    scope = ("", ()) if tenant is None else (" AND tenant_id = $3", (tenant,))
     out = []
     for wid, period in jobs:
         before = min(now - period, safe)
@@ -396,13 +435,18 @@ async def _delete_rows(
         for table, col in tables:
             if wid is None:
                 status = await conn.execute(
-                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id <> ALL($2::text[])",
+                    f"DELETE FROM {table} WHERE {col} < $1 "
+                    f"AND workflow_id <> ALL($2::text[]){scope[0]}",
                     before,
                     list(own),
+                    *scope[1],
                 )
             else:
                 status = await conn.execute(
-                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id = $2", before, wid
+                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id = $2{scope[0]}",
+                    before,
+                    wid,
+                    *scope[1],
                 )
             rows += int(status.split()[-1])
         out.append(
@@ -479,6 +523,43 @@ async def _run_dataset(
     return result
 
 
+async def _run_tenant_dataset(
+    conn: asyncpg.Connection,
+    backend: Backend,
+    dataset: str,
+    policies: Policies,
+    now: datetime,
+    dry_run: bool,
+    tenant: str,
+) -> DatasetRun:
+    period = policies.datasets[dataset].period
+    result = DatasetRun(dataset, period, now - period)
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+        if _timescale(backend):
+            await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+        result.deleted = await _delete_rows(
+            conn, backend, dataset, now, policies, period, tenant=tenant
+        )
+    except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+        await tx.rollback()
+        result.error = f"skipped: {exc.__class__.__name__} (tables busy); tried again next run"
+        result.deleted = []
+        return result
+    except BaseException:
+        await tx.rollback()
+        raise
+    if dry_run:
+        await tx.rollback()
+    else:
+        await tx.commit()
+    return result
+
+
 async def run(
     conn: asyncpg.Connection,
     cfg: Config,
@@ -487,23 +568,31 @@ async def run(
     dry_run: bool,
     trigger: str,
     actor: str,
+    tenant: str | None = None,
     now: datetime | None = None,
 ) -> RunResult:
-    """Apply (or with `dry_run`, report) every dataset's retention; RetentionBusy if running.
+    """Apply (or with `dry_run`, report) retention; RetentionBusy if a run is in progress.
 
+    Without `tenant` the run covers the whole store; with it, only that tenant's rows.
     Cutoffs are counted from `now` rounded down to the hour, so a dry run and the real run
     that follows within the hour compute the same plan.
     """
+    if tenant == OPERATOR:
+        raise ValueError(f"{OPERATOR!r} is not a tenant: pass tenant=None for the whole store")
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
         raise RetentionBusy("a retention run is already in progress")
     try:
         now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
-        result = RunResult(dry_run, datetime.now(UTC))
+        result = RunResult(dry_run, datetime.now(UTC), tenant=tenant)
         policies = await load(conn, cfg)
         for dataset in DATASETS:
-            result.datasets.append(
-                await _run_dataset(conn, backend, dataset, policies, now, dry_run)
-            )
+            if tenant is None:
+                done = await _run_dataset(conn, backend, dataset, policies, now, dry_run)
+            else:
+                done = await _run_tenant_dataset(
+                    conn, backend, dataset, policies, now, dry_run, tenant
+                )
+            result.datasets.append(done)
         result.finished_at = datetime.now(UTC)
         result.run_id = await conn.fetchval(
             Q["run_insert"],
@@ -514,6 +603,7 @@ async def run(
             dry_run,
             result.rows,
             json.dumps(result.to_json(), default=_json_default),
+            tenant if tenant is not None else OPERATOR,
         )
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)

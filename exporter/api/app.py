@@ -20,6 +20,7 @@ from aiohttp import web
 from exporter.api.auth import TOKENS, TokenTable
 from exporter.api.errors import problem_middleware
 from exporter.api.sse import IngestHub, ResultCache
+from exporter.api.tokenstore import StoredTokens
 from exporter.config import Config
 from exporter.service import ExporterService
 
@@ -44,6 +45,8 @@ class ApiSettings:
     cache_ttl: float = 30.0
     cache_lag: float = 10.0
     shutdown_grace: float = 5.0
+    token_reload: float = 1.0
+    token_stale_after: float = 5.0
 
 
 CONFIG = web.AppKey("wfa_config", Config)
@@ -62,6 +65,19 @@ def service_of(app: web.Application) -> ExporterService | None:
 
 async def _start_hub(app: web.Application) -> None:
     await app[HUB].start()
+
+
+async def _start_tokens(app: web.Application) -> None:
+    stored = app[TOKENS].stored
+    if stored is not None:
+        stored.on_revoked(app[HUB].end_streams_of)
+        await stored.start()
+
+
+async def _stop_tokens(app: web.Application) -> None:
+    stored = app[TOKENS].stored
+    if stored is not None:
+        await stored.stop()
 
 
 async def _stop_streams(app: web.Application) -> None:
@@ -95,9 +111,19 @@ def create_app(
     app[HUB] = hub
     app[CACHE] = ResultCache(hub, settings.cache_entries, settings.cache_ttl, settings.cache_lag)
     app[SETTINGS] = settings
-    app[TOKENS] = TokenTable(cfg.api.tokens)
+    configured = TokenTable(cfg.api.tokens)
+    stored = StoredTokens(
+        store_pool,
+        interval=settings.token_reload,
+        stale_after=settings.token_stale_after,
+        reserved_names=configured.config_names,
+        reserved_digests=configured.config_digests,
+    )
+    app[TOKENS] = TokenTable(cfg.api.tokens, stored)
     app.on_startup.append(_start_hub)
+    app.on_startup.append(_start_tokens)
     app.on_shutdown.append(_stop_streams)
+    app.on_cleanup.append(_stop_tokens)
     app.on_cleanup.append(_close_hub)
     for name in route_modules:
         importlib.import_module(name).register(app)

@@ -1,46 +1,39 @@
-"""Bearer tokens from config: constant-time check, tenant and scopes of the caller."""
+"""Bearer tokens from the config and the store: constant-time check, tenant and scopes."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from exporter.api.errors import ProblemError
+from exporter.api.tokenstore import Principal, StoredTokens, TokenStoreUnavailable
 from exporter.config.schema import ApiToken
+from exporter.tokens import TOKEN_PREFIX, new_token, token_digest
 
-TOKEN_PREFIX = "wfa_"
+__all__ = [
+    "PRINCIPAL",
+    "TOKENS",
+    "TOKEN_PREFIX",
+    "Principal",
+    "TokenTable",
+    "authenticate",
+    "check_scope",
+    "config_entry",
+    "new_token",
+    "require_scope",
+    "token_digest",
+]
 
 _MAX_TOKEN_CHARS = 256
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="wfa"'}
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the token's name, its tenant and scopes."""
-
-    name: str
-    tenant: str
-    scopes: frozenset[str]
-
-
 PRINCIPAL = web.RequestKey("principal", Principal)
 """Key of the authenticated principal in the request's mapping."""
-
-
-def token_digest(token: str) -> str:
-    """The hex SHA-256 of a token, as stored in `api.tokens[].sha256`."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    """A fresh random token (256 bits)."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def config_entry(name: str, tenant: str, scopes: Iterable[str], token: str) -> str:
@@ -53,21 +46,34 @@ def config_entry(name: str, tenant: str, scopes: Iterable[str], token: str) -> s
 
 
 class TokenTable:
-    """The configured tokens; lookups compare every digest in constant time."""
+    """The configured tokens (compared in constant time), then the stored ones."""
 
-    def __init__(self, tokens: Iterable[ApiToken]) -> None:
+    def __init__(self, tokens: Iterable[ApiToken], stored: StoredTokens | None = None) -> None:
         self._tokens = [
             (bytes.fromhex(t.sha256), Principal(t.name, t.tenant, frozenset(t.scopes)))
             for t in tokens
         ]
+        self.stored = stored
+
+    @property
+    def config_names(self) -> frozenset[str]:
+        """Names of the config tokens."""
+        return frozenset(p.name for _, p in self._tokens)
+
+    @property
+    def config_digests(self) -> frozenset[bytes]:
+        """Digests of the config tokens."""
+        return frozenset(d for d, _ in self._tokens)
 
     def lookup(self, token: str) -> Principal | None:
-        """The principal whose token this is, or None."""
+        """The principal whose token this is, or None; TokenStoreUnavailable if unsure."""
         digest = hashlib.sha256(token.encode()).digest()
         found: Principal | None = None
         for stored, principal in self._tokens:
             if hmac.compare_digest(stored, digest) and found is None:
                 found = principal
+        if found is None and self.stored is not None:
+            found = self.stored.lookup(digest)
         return found
 
 
@@ -88,7 +94,15 @@ def authenticate(request: web.Request, table: TokenTable) -> Principal:
     if cached is not None:
         return cached
     token = _bearer(request)
-    principal = table.lookup(token) if token is not None else None
+    try:
+        principal = table.lookup(token) if token is not None else None
+    except TokenStoreUnavailable:
+        raise ProblemError(
+            503,
+            "Service Unavailable",
+            "the token store cannot be read now; try again later",
+            headers={"Retry-After": "5"},
+        ) from None
     if principal is None:
         raise ProblemError(
             401,

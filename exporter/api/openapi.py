@@ -171,18 +171,6 @@ SCHEMAS: J = {
             "workflow_changed": {"type": "boolean"},
             "rollups_refreshed": {"type": "boolean"},
             "seconds": {"type": "number", "minimum": 0},
-            "cycle": {
-                **_obj(
-                    {
-                        "batches": _int(),
-                        "read": _int(),
-                        "written": _int(),
-                        "skipped": _int(),
-                        "rejected": _int(),
-                    }
-                ),
-                "description": "Totals of the whole cycle; only for tokens with `admin`.",
-            },
         },
         required=["workflow_id", "ingested", "workflow_changed", "rollups_refreshed", "seconds"],
     ),
@@ -260,7 +248,10 @@ RESPONSES: J = {
     "Unauthorized": _problem(
         "No or an unknown bearer token.", {"WWW-Authenticate": {"schema": {"type": "string"}}}
     ),
-    "Forbidden": _problem("The token lacks the scope."),
+    "Forbidden": _problem(
+        "The token lacks the scope, or the action is store-wide and the token is not an "
+        'operator\'s (tenant "*").'
+    ),
     "NotFound": _problem("No such workflow for the token's tenant."),
     "UriTooLong": _problem("The query string is too long."),
     "TooMany": _problem("Rate or connection limit reached.", _RETRY_AFTER),
@@ -281,7 +272,11 @@ def _params(*names: str) -> list[J]:
 
 
 _TIME_PARAMS = ("from", "to", "range", "granularity", "tz")
-_AUTH_ERRORS = {"401": _resp("Unauthorized"), "403": _resp("Forbidden")}
+_AUTH_ERRORS = {
+    "401": _resp("Unauthorized"),
+    "403": _resp("Forbidden"),
+    "503": _resp("Unavailable"),
+}
 
 
 def _analytics_op(summary: str, schema: str, op_id: str, *extra: str) -> J:
@@ -486,13 +481,18 @@ SCHEMAS.update(
                 "dropped": {"type": "array", "items": _ref("RetentionPiece")},
                 "deleted": {"type": "array", "items": _ref("RetentionDelete")},
                 "rows": _int(),
-                "other_tenants_rows": _int(),
                 "error": _NSTR,
             }
         ),
         "RetentionRun": _obj(
             {
                 "run_id": _int(),
+                "scope": {
+                    "type": "string",
+                    "enum": ["store", "tenant"],
+                    "description": "store: an operator's run over every tenant; tenant: the "
+                    "token's tenant's rows only (rows deleted one by one, no partition dropped).",
+                },
                 "dry_run": {"type": "boolean"},
                 "started_at": _TIME,
                 "finished_at": _TIME,
@@ -537,6 +537,12 @@ PARAMETERS.update(
             "name": "limit",
             "in": "query",
             "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+        },
+        "retention_workflow_id": {
+            "name": "workflow_id",
+            "in": "query",
+            "description": "Reset only this workflow's period (own tenant; any for an operator).",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
         },
     }
 )
@@ -634,8 +640,9 @@ def _retention_paths() -> J:
         p: {
             "get": {
                 "operationId": "getRetention",
-                "summary": "Each dataset's retention in force, the tenant's per-workflow "
-                "periods, and the last run (scope `admin`).",
+                "summary": "Each dataset's retention in force, the per-workflow periods of "
+                "the token's tenant (of every tenant for an operator), and the last run of "
+                "the same scope (scope `admin`).",
                 "tags": ["retention"],
                 "responses": {"200": _json("RetentionOverview"), **_COMMON_ERRORS},
             }
@@ -643,7 +650,8 @@ def _retention_paths() -> J:
         f"{p}/audit": {
             "get": {
                 "operationId": "getRetentionAudit",
-                "summary": "Policy changes, newest first: who, when, old and new.",
+                "summary": "Policy changes, newest first: who, when, old and new; a tenant "
+                "sees the changes of its own workflows, an operator every change.",
                 "tags": ["retention"],
                 "parameters": _params("limit"),
                 "responses": {"200": _json("RetentionAudit"), **_COMMON_ERRORS},
@@ -653,7 +661,8 @@ def _retention_paths() -> J:
             "post": {
                 "operationId": "runRetention",
                 "summary": "Apply every policy now, or with dry_run=true (the default) report "
-                "what would be dropped: ranges and row estimates.",
+                "what would be dropped: ranges and row estimates. An operator's run covers "
+                "the store; a tenant's deletes only its own rows.",
                 "tags": ["retention"],
                 "parameters": _params("dry_run"),
                 "responses": {
@@ -666,8 +675,9 @@ def _retention_paths() -> J:
         f"{p}/{{dataset}}": {
             "put": {
                 "operationId": "putRetention",
-                "summary": "Set a dataset's period, or one workflow's; refused when shorter "
-                "than the rollup refresh window for data the refresh reads.",
+                "summary": "Set a dataset's period (operator only), or one workflow's; "
+                "refused when shorter than the rollup refresh window for data the refresh "
+                "reads, or for a tenant when longer than the dataset's period.",
                 "tags": ["retention"],
                 "parameters": _params("retention_dataset"),
                 "requestBody": {
@@ -680,7 +690,19 @@ def _retention_paths() -> J:
                     "404": _problem("No such dataset, or workflow of the token's tenant."),
                     "413": _problem("The body is too large."),
                 },
-            }
+            },
+            "delete": {
+                "operationId": "resetRetention",
+                "summary": "Go back to the configured period of a dataset (operator only) or "
+                "of one workflow; the same as PUT with a null period.",
+                "tags": ["retention"],
+                "parameters": _params("retention_dataset", "retention_workflow_id"),
+                "responses": {
+                    "200": _json("RetentionPolicyResult"),
+                    **_COMMON_ERRORS,
+                    "404": _problem("No such dataset, or workflow of the token's tenant."),
+                },
+            },
         },
     }
 

@@ -1,7 +1,11 @@
 """Retention endpoints: policies in force, changes (audited), and runs on demand (dry or real).
 
-Dataset-wide policies concern the whole store and need the `admin` scope; a token sees
-and changes the per-workflow periods of its own tenant's workflows only.
+Every route needs the `admin` scope. Dataset-wide periods and store-wide runs concern every
+tenant: only an operator token (tenant "*") changes or starts them, and it sees every
+workflow's period and the whole audit. A tenant's token sets and resets the periods of its
+own workflows (never longer than the dataset's), runs retention over its own rows only,
+and sees only the changes of its own workflows and its own runs. No answer to a tenant
+carries a count of another tenant's rows.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ class PolicyBody(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     period: str | None = Field(..., max_length=32)
+    workflow_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+
+
+class ResetQuery(QueryModel):
+    """DELETE /retention/{dataset}: back to the configured period, optionally of one workflow."""
+
     workflow_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
 
 
@@ -92,9 +102,15 @@ def _dataset(request: web.Request) -> str:
 
 
 async def _own_workflows(request: web.Request, principal: Principal, ids: list[str]) -> set[str]:
+    """The ids among `ids` the principal may manage: its tenant's, or any known (operator)."""
     async with request.app[POOL].acquire() as conn:
         tenants = await retention.workflow_tenants(conn, ids)
-    return {w for w, t in tenants.items() if t == principal.tenant}
+    return {w for w, t in tenants.items() if principal.operator or t == principal.tenant}
+
+
+def _tenant(principal: Principal) -> str | None:
+    """The tenant a principal's retention actions are confined to; None for the operator."""
+    return None if principal.operator else principal.tenant
 
 
 async def get_policies(request: web.Request) -> web.Response:
@@ -106,9 +122,9 @@ async def get_policies(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         policies = await retention.load(conn, cfg)
         cutoffs = await retention_cutoffs(conn)
-        last = await retention.last_run(conn)
+        last = await retention.last_run(conn, _tenant(principal))
     ids = sorted({w for per in policies.workflows.values() for w in per})
-    own = await _own_workflows(request, principal, ids)
+    own = set(ids) if principal.operator else await _own_workflows(request, principal, ids)
     datasets = []
     for d in DATASETS:
         p = policies.datasets[d]
@@ -134,21 +150,47 @@ async def put_policy(request: web.Request) -> web.Response:
     parse_query(request.query, NoQuery)
     dataset = _dataset(request)
     body = await parse_body(request, PolicyBody)
+    return await _change(request, principal, dataset, body.period, body.workflow_id, "body.")
+
+
+async def reset_policy(request: web.Request) -> web.Response:
+    """DELETE /retention/{dataset}: back to the configured period (of one workflow)."""
+    principal = require_scope(request, SCOPE)
+    q = parse_query(request.query, ResetQuery)
+    dataset = _dataset(request)
+    return await _change(request, principal, dataset, None, q.workflow_id, "")
+
+
+async def _change(
+    request: web.Request,
+    principal: Principal,
+    dataset: str,
+    text: str | None,
+    workflow_id: str | None,
+    where: str,
+) -> web.Response:
+    """Authorize, then store (or remove) one policy; the policy now in force and the change."""
+    if workflow_id is None and not principal.operator:
+        raise ProblemError(
+            403,
+            "Forbidden",
+            "a dataset-wide period concerns every tenant: only an operator token "
+            '(tenant "*") may change it; name one of your workflows in workflow_id',
+            param=f"{where}workflow_id",
+        )
     period = None
-    if body.period is not None:
+    if text is not None:
         try:
-            period = parse_duration(body.period)
+            period = parse_duration(text)
         except ValueError:
             raise ProblemError(
                 400,
                 "Invalid parameter",
                 "must be a duration such as 90d, 400d or 2w, or null for the configured value",
-                param="body.period",
+                param=f"{where}period",
             ) from None
-    if body.workflow_id is not None and not await _own_workflows(
-        request, principal, [body.workflow_id]
-    ):
-        raise ProblemError(404, "Not Found", "no such workflow", param="body.workflow_id")
+    if workflow_id is not None and not await _own_workflows(request, principal, [workflow_id]):
+        raise ProblemError(404, "Not Found", "no such workflow", param=f"{where}workflow_id")
     cfg = request.app[CONFIG]
     backend = await _backend(request)
     try:
@@ -158,18 +200,21 @@ async def put_policy(request: web.Request) -> web.Response:
                 cfg,
                 backend,
                 dataset=dataset,
-                workflow_id=body.workflow_id,
+                workflow_id=workflow_id,
                 period=period,
                 actor=principal.name,
                 tenant=principal.tenant,
+                capped=not principal.operator,
             )
             policies = await retention.load(conn, cfg)
     except retention.PolicyError as exc:
-        raise ProblemError(400, "Invalid parameter", str(exc), param=f"body.{exc.param}") from None
-    if body.workflow_id is None:
+        raise ProblemError(
+            400, "Invalid parameter", str(exc), param=f"{where}{exc.param}"
+        ) from None
+    if workflow_id is None:
         policy: Any = policies.datasets[dataset].to_json()
     else:
-        own = policies.workflows.get(dataset, {}).get(body.workflow_id)
+        own = policies.workflows.get(dataset, {}).get(workflow_id)
         policy = own.to_json() if own is not None else None
     return json_body(dumps({"policy": policy, "change": _change_json(change)}))
 
@@ -196,7 +241,7 @@ async def get_audit(request: web.Request) -> web.Response:
     principal = require_scope(request, SCOPE)
     q = parse_query(request.query, AuditQuery)
     async with request.app[POOL].acquire() as conn:
-        rows = await retention.audit(conn, principal.tenant, q.limit)
+        rows = await retention.audit(conn, _tenant(principal), q.limit)
     return json_body(dumps({"changes": [_change_json(r) for r in rows]}))
 
 
@@ -215,17 +260,11 @@ async def run_now(request: web.Request) -> web.Response:
                 dry_run=q.dry_run == "true",
                 trigger="api",
                 actor=principal.name,
+                tenant=_tenant(principal),
             )
     except retention.RetentionBusy as exc:
         raise ProblemError(409, "Conflict", str(exc), headers={"Retry-After": "10"}) from None
-    body = result.to_json()
-    ids = sorted({e["workflow_id"] for d in body["datasets"] for e in d["deleted"]} - {None})
-    own = await _own_workflows(request, principal, ids)
-    for d in body["datasets"]:
-        mine = [e for e in d["deleted"] if e["workflow_id"] is None or e["workflow_id"] in own]
-        d["other_tenants_rows"] = sum(e["rows"] for e in d["deleted"] if e not in mine)
-        d["deleted"] = mine
-    return json_body(dumps(body))
+    return json_body(dumps(result.to_json()))
 
 
 def register(app: web.Application) -> None:
@@ -236,3 +275,4 @@ def register(app: web.Application) -> None:
     app.router.add_get(f"{p}/audit", get_audit, allow_head=False)
     app.router.add_post(f"{p}/run", run_now)
     app.router.add_put(f"{p}/{{dataset}}", put_policy)
+    app.router.add_delete(f"{p}/{{dataset}}", reset_policy)

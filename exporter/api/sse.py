@@ -46,6 +46,7 @@ class Subscription:
     workflow_id: str
     owner: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False
 
 
 class IngestHub:
@@ -171,6 +172,14 @@ class IngestHub:
         return f"{self.epoch}-{conn_no}-{seen}"
 
     # subscriptions -------------------------------------------------------------------------
+
+    def end_streams_of(self, owners: set[str]) -> None:
+        """Ask the streams of these tokens to finish (their tokens are no longer valid)."""
+        for subs in self._subs.values():
+            for sub in subs:
+                if sub.owner in owners:
+                    sub.ended = True
+                    sub.wake.set()
 
     def streams_of(self, owner: str) -> int:
         """Open streams of one token."""
@@ -346,12 +355,12 @@ async def run_stream(
         await resp.write(f"retry: {RETRY_MS}\n\n".encode())
         pending = request.headers.get("Last-Event-ID") != hub.event_id(workflow_id)
         last_sent = -DEBOUNCE_S
-        while not hub.closing:
+        while not (hub.closing or sub.ended):
             if pending:
                 wait = last_sent + DEBOUNCE_S - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                    if hub.closing:
+                    if hub.closing or sub.ended:
                         break
                 sub.wake.clear()
                 event_id = hub.event_id(workflow_id)
@@ -369,7 +378,7 @@ async def run_stream(
             try:
                 async with asyncio.timeout(heartbeat):
                     await sub.wake.wait()
-                pending = not hub.closing
+                pending = not (hub.closing or sub.ended)
             except TimeoutError:
                 await resp.write(b": heartbeat\n\n")
         with contextlib.suppress(ConnectionError):

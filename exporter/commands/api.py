@@ -1,4 +1,4 @@
-"""Subcommands: api (the HTTP API alone), run (exporter + API in one process), token create."""
+"""Subcommands: api (the HTTP API alone), run (exporter + API in one process)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import contextlib
 import logging
 import resource
 import signal
-import sys
 
 import asyncpg
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.api import ApiSettings, create_app
-from exporter.api.auth import config_entry, new_token
 from exporter.api.errors import AccessLogger
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
@@ -26,7 +24,6 @@ from exporter.service import ExporterService
 from exporter.store.migrate import SchemaError, require_current
 
 log = logging.getLogger(__name__)
-SCOPES = ("read", "export", "admin")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,35 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the exporter and the HTTP API in one process")
     add_config_arg(p)
     p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("token", help="API bearer tokens")
-    tsub = p.add_subparsers(dest="token_cmd", required=True)
-    create = tsub.add_parser("create", help="print a new token and its api.tokens config line")
-    create.add_argument("--tenant", required=True, help="tenant the token may read")
-    create.add_argument(
-        "--scopes",
-        default="read",
-        help="comma-separated scopes among read, export, admin (default: read)",
-    )
-    create.add_argument("--name", help="token name (default: <tenant>-<scopes>)")
-    create.set_defaults(func=cmd_token_create)
-
-
-def cmd_token_create(args: argparse.Namespace) -> int:
-    """Print a fresh token (once) and the config entry holding only its SHA-256."""
-    scopes = sorted({s.strip() for s in args.scopes.split(",") if s.strip()})
-    bad = [s for s in scopes if s not in SCOPES]
-    if not scopes or bad or not args.tenant.strip():
-        print(
-            f"token: scopes must be among {', '.join(SCOPES)}; tenant must be set", file=sys.stderr
-        )
-        return 2
-    name = args.name or f"{args.tenant}-{'-'.join(scopes)}"
-    token = new_token()
-    print(f"token: {token}")
-    print("add under api.tokens in the config (the token itself is not stored):")
-    print(f"  {config_entry(name, args.tenant, scopes, token)}")
-    return 0
 
 
 def raise_open_files_limit() -> None:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 
+import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
+from exporter.dashboards.tenant import referenced_relations
 from exporter.db import connect
 from exporter.metrics import attach_metrics
 from exporter.service import ExporterService, store_dsn
 from exporter.store import make_backend
 from exporter.store.migrate import migrate
+from exporter.store.roles import READER, RoleError, ensure_reader
+
+READER_PASSWORD_ENV = "WFA_READER_PASSWORD"
+"""Environment variable with the password of the Grafana reader role."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arg(p)
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("migrate", help="create or upgrade the wfa schema in the store")
+    p = sub.add_parser(
+        "migrate", help="create or upgrade the wfa schema in the store, and the wfa_reader role"
+    )
     add_config_arg(p)
+    p.add_argument(
+        "--no-roles",
+        action="store_true",
+        help=f"leave the {READER} role alone (the store user may lack CREATEROLE)",
+    )
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("source", help="source tables (demo and tests)")
@@ -48,7 +62,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _migrate(cfg: Config) -> int:
+async def _migrate(cfg: Config, with_roles: bool) -> int:
     conn = await connect(
         store_dsn(cfg), retries=cfg.store.connect_retries, retry_delay=cfg.store.connect_retry_delay
     )
@@ -58,14 +72,25 @@ async def _migrate(cfg: Config) -> int:
         )
         version = await migrate(conn, backend)
         print(f"schema wfa at version {version} ({backend.name})")
+        if with_roles:
+            password = os.environ.get(READER_PASSWORD_ENV) or None
+            try:
+                print(await ensure_reader(conn, referenced_relations(), password))
+            except (RoleError, asyncpg.InsufficientPrivilegeError) as exc:
+                print(
+                    f"migrate: role {READER}: {exc} (grant the store user CREATEROLE, "
+                    "or pass --no-roles)",
+                    file=sys.stderr,
+                )
+                return 1
     finally:
         await conn.close()
     return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Create or upgrade the store schema."""
-    return run(_migrate(config_or_exit(args)))
+    """Create or upgrade the store schema, then the Grafana reader role."""
+    return run(_migrate(config_or_exit(args), not args.no_roles))
 
 
 async def _source_init(cfg: Config) -> int:

@@ -22,6 +22,7 @@ from .schema import (
     RetentionConfig,
     StoreConfig,
     parse_listen,
+    token_problems,
 )
 from .yaml import ConfigError, Problem, format_location, read_yaml
 
@@ -170,7 +171,10 @@ def _check_retention(exporter: ExporterConfig, retention: RetentionConfig) -> It
 
 
 def _check_tokens(api: ApiConfig) -> Iterator[Problem]:
-    """Token digests and names must be unique."""
+    """Token digests and names are unique; operator tokens hold only `admin`."""
+    for index, token in enumerate(api.tokens):
+        for field, message in token_problems(token.tenant, token.scopes):
+            yield Problem(f"api.tokens[{index}].{field}", message)
     for field in ("sha256", "name"):
         first: dict[str, int] = {}
         for index, token in enumerate(api.tokens):

@@ -26,7 +26,9 @@ from .durations import Duration, PositiveDuration
 
 __all__ = [
     "DATASETS",
+    "OPERATOR",
     "RAW_DATASETS",
+    "SCOPES",
     "ApiConfig",
     "ApiToken",
     "Config",
@@ -38,8 +40,10 @@ __all__ = [
     "RetentionOverride",
     "SourceConfig",
     "StoreConfig",
+    "TenantFilter",
     "WorkflowColumns",
     "parse_listen",
+    "token_problems",
 ]
 
 RAW_DATASETS: tuple[str, ...] = ("executions", "step_runs", "workflow_events")
@@ -202,6 +206,50 @@ Sha256 = Annotated[str, AfterValidator(_sha256)]
 Scope = Literal["read", "export", "admin"]
 """An API token scope."""
 
+SCOPES: tuple[str, ...] = ("read", "export", "admin")
+"""Every API token scope, in the order they are listed."""
+
+OPERATOR = "*"
+"""The tenant of an operator token: store-wide retention, every tenant's audit, no analytics."""
+
+
+def token_problems(tenant: str, scopes: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+    """(field, message) for each ambiguous or unknown part of a token's tenant and scopes."""
+    out: list[tuple[str, str]] = []
+    unknown = sorted(s for s in scopes if s not in SCOPES)
+    if unknown:
+        out.append(
+            (
+                "scopes",
+                f"unknown scope {', '.join(repr(s) for s in unknown)}: "
+                f"choose among {', '.join(SCOPES)}",
+            )
+        )
+    elif not scopes:
+        out.append(("scopes", f"must name at least one of {', '.join(SCOPES)}"))
+    if not tenant.strip():
+        out.append(("tenant", "must not be empty"))
+    elif tenant == OPERATOR:
+        extra = sorted(s for s in scopes if s in SCOPES and s != "admin")
+        if extra:
+            out.append(
+                (
+                    "scopes",
+                    f'an operator token (tenant "{OPERATOR}") takes only the admin scope, not '
+                    f"{', '.join(extra)}: it manages store-wide retention and reads no "
+                    "tenant's analytics",
+                )
+            )
+    elif "*" in tenant:
+        out.append(
+            (
+                "tenant",
+                f'must be one tenant id, or exactly "{OPERATOR}" for the operator; '
+                f"{tenant!r} is ambiguous (tenants are not patterns)",
+            )
+        )
+    return out
+
 
 class ExecutionColumns(BaseModel):
     """Column names of the source executions table."""
@@ -287,6 +335,15 @@ class ExporterConfig(BaseModel):
         return self.conversion_windows.get(workflow_id, self.conversion_window)
 
 
+class TenantFilter(BaseModel):
+    """Tenants whose workflows /metrics serves, as glob patterns; exclude wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    include: tuple[TextId, ...] = ("*",)
+    exclude: tuple[TextId, ...] = ()
+
+
 class MetricsConfig(BaseModel):
     """The Prometheus /metrics endpoint and its snapshot."""
 
@@ -303,6 +360,7 @@ class MetricsConfig(BaseModel):
     max_series: PositiveInt = 50_000
     include: tuple[TextId, ...] = ("*",)
     exclude: tuple[TextId, ...] = ()
+    tenants: TenantFilter = Field(default_factory=TenantFilter)
     min_volume: NonNegativeInt = 20
 
 

@@ -172,10 +172,17 @@ def window_label(window: timedelta) -> str:
 
 
 def selected(workflow_id: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
-    """Whether `workflow_id` passes the include/exclude glob patterns."""
+    """Whether `workflow_id` (or a tenant id) passes the include/exclude glob patterns."""
     if not any(fnmatchcase(workflow_id, p) for p in include):
         return False
     return not any(fnmatchcase(workflow_id, p) for p in exclude)
+
+
+def _served(cfg: MetricsConfig, workflow_id: str, tenant_id: str) -> bool:
+    """Whether the workflow and its tenant pass `metrics.include/exclude` and `metrics.tenants`."""
+    return selected(workflow_id, cfg.include, cfg.exclude) and selected(
+        tenant_id, cfg.tenants.include, cfg.tenants.exclude
+    )
 
 
 def _le(label: str) -> float:
@@ -290,13 +297,13 @@ async def build_snapshot(
         wfs = [
             w
             for w in await list_workflows(conn, None)
-            if selected(w.workflow_id, cfg.include, cfg.exclude)
+            if _served(cfg, w.workflow_id, w.tenant_id)
         ]
         data = {w.workflow_id: _WorkflowData(w.workflow_id, w.tenant_id, w) for w in wfs}
         counter_rows = await conn.fetch(Q["counters"])
         for r in counter_rows:
             wid = r["workflow_id"]
-            if wid and wid not in data and selected(wid, cfg.include, cfg.exclude):
+            if wid and wid not in data and _served(cfg, wid, r["tenant_id"]):
                 data[wid] = _WorkflowData(wid, r["tenant_id"])
         rejected = _read_counters(counter_rows, data)
         ids = list(data)

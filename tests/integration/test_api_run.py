@@ -1,4 +1,4 @@
-"""`wfa run` as a process (serve, SIGTERM with an open stream) and `wfa token create`."""
+"""`wfa run` as a process (serve, SIGTERM with an open stream); `wfa token create --config-line`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,10 @@ def test_token_create_prints_a_token_and_its_config_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The printed line is valid config that accepts exactly the printed token."""
-    assert main(["token", "create", "--tenant", "acme", "--scopes", "read,export"]) == 0
+    assert (
+        main(["token", "create", "--config-line", "--tenant", "acme", "--scopes", "read,export"])
+        == 0
+    )
     out = capsys.readouterr().out
     token = out.splitlines()[0].removeprefix("token: ").strip()
     entry = yaml.safe_load(out.splitlines()[-1].strip())
@@ -36,7 +39,7 @@ def test_token_create_prints_a_token_and_its_config_line(
     assert principal is not None and principal.tenant == "acme"
     assert principal.scopes == {"read", "export"}
     assert table.lookup(token + "x") is None
-    assert main(["token", "create", "--tenant", "a", "--scopes", "root"]) == 2
+    assert main(["token", "create", "--config-line", "--tenant", "a", "--scopes", "root"]) == 2
 
 
 async def test_wfa_run_serves_and_stops_cleanly_on_sigterm(pg: PgServer, tmp_path: Path) -> None:

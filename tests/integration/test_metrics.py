@@ -422,6 +422,43 @@ async def test_cardinality_guard_many_workflows(db_dsn):
         await svc.close()
 
 
+async def test_tenant_filter_keeps_excluded_tenants_out(db_dsn):
+    """metrics.tenants: an excluded tenant has no series at all, with or without the label."""
+    data = await fill(db_dsn, executions=1500, days=5, workflows=6, tenants=3)
+    svc = await open_service(make_config(db_dsn))
+    try:
+        tenant_of = {w.id: w.tenant_id for w in data.workflows}
+        assert set(tenant_of.values()) == {"tenant-1", "tenant-2", "tenant-3"}
+        for tenants, label, kept in (
+            ({"exclude": ["tenant-2"]}, True, {"tenant-1", "tenant-3"}),
+            ({"include": ["tenant-*"], "exclude": ["tenant-[23]"]}, False, {"tenant-1"}),
+            ({"include": ["tenant-3", "tenant-2"], "exclude": ["tenant-2"]}, True, {"tenant-3"}),
+        ):
+            cfg = make_config(db_dsn, tenants=tenants, tenant_label=label)
+            ms = MetricsServer(cfg.metrics, svc.state, lambda: svc.store)
+            assert await ms.refresh(NOW) is not None
+            body = ms.exposition()
+            promtool_check(body)
+            samples = parse(body)
+            served = _workflows_in(samples)
+            assert served == {w for w, t in tenant_of.items() if t in kept}, tenants
+            seen_tenants = {v for _, labels in samples for k, v in labels if k == "tenant"}
+            assert seen_tenants == (kept if label else set())
+            for gone in {"tenant-1", "tenant-2", "tenant-3"} - kept:
+                assert gone.encode() not in body, f"{gone} leaks into /metrics"
+                for wid in (w for w, t in tenant_of.items() if t == gone):
+                    assert f'workflow="{wid}"'.encode() not in body
+            if label:
+                kept_data = SimData(
+                    workflows=[w for w in data.workflows if w.tenant_id in kept],
+                    executions=[e for e in data.executions if e.tenant_id in kept],
+                    now=data.now,
+                )
+                check_truth(samples, kept_data, NOW)
+    finally:
+        await svc.close()
+
+
 class Proxy:
     """A TCP proxy to PostgreSQL that the test can take down and bring back."""
 

@@ -3,116 +3,28 @@ real run, raw rows gone after a run while the daily numbers stay the same."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter import queries
-from exporter.api import ApiSettings, create_app
-from exporter.api.auth import token_digest
-from exporter.config import Config, config_from_dict
 from exporter.retention import RETENTION_LOCK
-from exporter.service import ExporterService
-from exporter.simulate.generate import generate
-from exporter.simulate.model import SimData
-from exporter.simulate.writer import create_source_schema, write
 from exporter.store.partitions import day_floor
 from exporter.store.rollups import ROLLUPS
-from tests.integration.test_api_common import OpenApi
+from tests.integration.retention_env import Env, open_env
 
-P = "/api/v1"
-TOKENS = {
-    "a_admin": ("wfa_ret_tenant1_admin", "tenant-1", ["read", "admin"]),
-    "a_read": ("wfa_ret_tenant1_read", "tenant-1", ["read"]),
-    "b_admin": ("wfa_ret_tenant2_admin", "tenant-2", ["admin"]),
-}
 DAY = timedelta(days=1)
-
-
-def config(dsn: str, backend: str) -> Config:
-    """Source = store, day partitions, the module's tokens."""
-    return config_from_dict(
-        {
-            "source": {"dsn": dsn},
-            "store": {"backend": backend, "partition_interval": "1d", "pool_max_size": 6},
-            "api": {
-                "tokens": [
-                    {"name": n, "sha256": token_digest(s), "tenant": t, "scopes": sc}
-                    for n, (s, t, sc) in TOKENS.items()
-                ]
-            },
-        }
-    )
-
-
-def auth(name: str) -> dict[str, str]:
-    """Authorization header of a module token."""
-    return {"Authorization": f"Bearer {TOKENS[name][0]}"}
-
-
-@dataclass
-class Env:
-    """A filled store of one backend and a client of the API over it."""
-
-    backend: str
-    dsn: str
-    cfg: Config
-    svc: ExporterService
-    data: SimData
-    client: TestClient
-
-    def workflows(self, tenant: str) -> list[str]:
-        """Workflow ids of a tenant."""
-        return sorted(w.id for w in self.data.workflows if w.tenant_id == tenant)
-
-    spec: OpenApi | None = None
-
-    async def call(
-        self, method: str, path: str, token: str = "a_admin", **kw: Any
-    ) -> tuple[int, Any]:
-        """Request, check the answer against the OpenAPI document; (status, parsed JSON)."""
-        if self.spec is None:
-            doc = await (await self.client.get(f"{P}/openapi.json")).json()
-            self.spec = OpenApi(doc)
-        resp = await self.client.request(method, P + path, headers=auth(token), **kw)
-        body = await resp.read()
-        url = (P + path).split("?")[0]
-        self.spec.validate(method, url, resp.status, resp.content_type, body)
-        return resp.status, json.loads(body)
 
 
 @pytest.fixture
 async def env(store_dsn: tuple[str, str]) -> AsyncIterator[Env]:
     """40 days of simulated data ingested into a fresh store of each backend."""
-    backend, dsn = store_dsn
-    now = (datetime.now(UTC) - timedelta(minutes=2)).replace(microsecond=0)
-    data = generate(executions=1500, days=40, workflows=4, tenants=2, seed=5, now=now)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await create_source_schema(conn)
-        await write(conn, data)
-    finally:
-        await conn.close()
-    cfg = config(dsn, backend)
-    svc = ExporterService(cfg)
-    await svc.open()
-    await svc.poll_once()
-    assert svc.store is not None
-    app = create_app(cfg, svc.store, svc, settings=ApiSettings(shutdown_grace=2))
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield Env(backend, dsn, cfg, svc, data, client)
-    finally:
-        await client.close()
-        await svc.close()
+    async with open_env(*store_dsn) as e:
+        yield e
 
 
 async def test_policies_refusals_and_audit(env: Env) -> None:
@@ -128,13 +40,17 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         "rollups_1d": ("730d", "config"),
     }
     for dataset in ("executions", "step_runs", "workflow_events", "rollups_1h"):
-        status, body = await env.call("PUT", f"/retention/{dataset}", json={"period": "12h"})
+        status, body = await env.call(
+            "PUT", f"/retention/{dataset}", "operator", json={"period": "12h"}
+        )
         assert status == 400 and body["param"] == "body.period"
         assert "at least 1d" in body["detail"] and "refresh" in body["detail"]
     for bad in ("soon", "-5d", "0s"):
-        status, body = await env.call("PUT", "/retention/executions", json={"period": bad})
+        status, body = await env.call(
+            "PUT", "/retention/executions", "operator", json={"period": bad}
+        )
         assert status == 400 and body["param"] == "body.period", bad
-    status, _ = await env.call("PUT", "/retention/contacts", json={"period": "30d"})
+    status, _ = await env.call("PUT", "/retention/contacts", "operator", json={"period": "30d"})
     assert status == 404
     other = env.workflows("tenant-2")[0]
     status, body = await env.call(
@@ -145,13 +61,17 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
     assert status == 403
 
     status, body = await env.call("PUT", "/retention/executions", json={"period": "30d"})
+    assert status == 403 and body["param"] == "body.workflow_id"
+    status, body = await env.call(
+        "PUT", "/retention/executions", "operator", json={"period": "30d"}
+    )
     assert status == 200
     assert body["policy"]["period"] == "30d" and body["policy"]["source"] == "store"
-    assert body["policy"]["updated_by"] == "a_admin"
+    assert body["policy"]["updated_by"] == "operator"
     change = body["change"]
     assert (change["old_period"], change["new_period"]) == ("90d", "30d")
     assert (change["old_source"], change["new_source"]) == ("config", "store")
-    assert change["actor"] == "a_admin"
+    assert change["actor"] == "operator"
     assert abs(datetime.fromisoformat(change["changed_at"].replace("Z", "+00:00"))
                - datetime.now(UTC)) < timedelta(minutes=1)
     own = env.workflows("tenant-1")[0]
@@ -159,12 +79,14 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         "PUT", "/retention/step_runs", json={"period": "20d", "workflow_id": own}
     )
     assert status == 200 and body["policy"]["workflow_id"] == own
-    status, body = await env.call("PUT", "/retention/executions", json={"period": None})
+    status, body = await env.call(
+        "PUT", "/retention/executions", "operator", json={"period": None}
+    )
     assert status == 200 and body["policy"] == {
         **body["policy"], "period": "90d", "source": "config"
     }
 
-    status, body = await env.call("GET", "/retention/audit")
+    status, body = await env.call("GET", "/retention/audit", "operator")
     assert status == 200
     assert [(c["dataset"], c["workflow_id"], c["old_period"], c["new_period"])
             for c in body["changes"]] == [
@@ -172,8 +94,11 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         ("step_runs", own, None, "20d"),
         ("executions", None, "90d", "30d"),
     ]
+    # a tenant sees the changes of its own workflows only, the other tenant none of them
+    status, body = await env.call("GET", "/retention/audit")
+    assert [c["workflow_id"] for c in body["changes"]] == [own]
     status, body = await env.call("GET", "/retention/audit", "b_admin")
-    assert [c["workflow_id"] for c in body["changes"]] == [None, None]
+    assert [c["workflow_id"] for c in body["changes"]] == []
     status, body = await env.call("GET", "/retention")
     steps = next(d for d in body["datasets"] if d["dataset"] == "step_runs")
     assert [(w["workflow_id"], w["period"]) for w in steps["workflows"]] == [(own, "20d")]
@@ -248,11 +173,18 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         ("workflow_events", "10d"),
         ("rollups_1h", "20d"),
     ):
-        status, _ = await env.call("PUT", f"/retention/{dataset}", json={"period": period})
+        status, _ = await env.call(
+            "PUT", f"/retention/{dataset}", "operator", json={"period": period}
+        )
         assert status == 200
+    # a tenant may only shorten its workflows' retention; the operator may lengthen it
+    status, body = await env.call(
+        "PUT", "/retention/workflow_events", json={"period": "15d", "workflow_id": a2}
+    )
+    assert status == 400 and body["param"] == "body.period" and "10d" in body["detail"]
     for token, body in (
         ("a_admin", {"period": "5d", "workflow_id": a1, "_ds": "step_runs"}),
-        ("a_admin", {"period": "15d", "workflow_id": a2, "_ds": "workflow_events"}),
+        ("operator", {"period": "15d", "workflow_id": a2, "_ds": "workflow_events"}),
         ("b_admin", {"period": "3d", "workflow_id": b1, "_ds": "executions"}),
     ):
         ds = body.pop("_ds")
@@ -269,11 +201,13 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         daily = await _daily(conn, wids, start, end)
         before = await _counts(conn)
 
-        status, dry = await env.call("POST", "/retention/run?dry_run=true")
-        assert status == 200 and dry["dry_run"] is True
+        status, dry = await env.call("POST", "/retention/run?dry_run=true", "operator")
+        assert status == 200 and dry["dry_run"] is True and dry["scope"] == "store"
         assert await _counts(conn) == before
         assert dry["rows"] > 0
-        status, real = await env.call("POST", "/retention/run", params={"dry_run": "false"})
+        status, real = await env.call(
+            "POST", "/retention/run", "operator", params={"dry_run": "false"}
+        )
         assert status == 200 and real["dry_run"] is False
         assert _plan(dry) == _plan(real)
         after = await _counts(conn)
@@ -319,23 +253,24 @@ async def test_dry_run_matches_real_run_and_daily_numbers_stay(env: Env) -> None
         assert kept > 0
         events = got["workflow_events"]
         assert [e["workflow_id"] for e in events["deleted"]] == [None]
-        # the tenant-2 override is done, but tenant 1 sees only its rows count
-        assert got["executions"]["deleted"] == [] or all(
-            e["workflow_id"] != b1 for e in got["executions"]["deleted"]
-        )
-        assert got["executions"]["other_tenants_rows"] > 0
+        # the tenant-2 override is done; the operator's answer covers every tenant
+        assert [e["workflow_id"] for e in got["executions"]["deleted"]] == [b1]
+        assert got["executions"]["deleted"][0]["rows"] > 0
         # hourly rollups before the cutoff are gone, daily ones kept the numbers
         assert got["rollups_1h"]["error"] is None
         assert got["rollups_1h"]["rows"] > 0
         assert before["rollups_1h"] - after["rollups_1h"] == got["rollups_1h"]["rows"]
         assert await _daily(conn, wids, start, end) == daily
 
-        status, again = await env.call("POST", "/retention/run?dry_run=true")
+        status, again = await env.call("POST", "/retention/run?dry_run=true", "operator")
         assert status == 200
         assert all(not d["dropped"] and not any(e["rows"] for e in d["deleted"])
                    for d in again["datasets"] if d["dataset"] != "rollups_1d")
-        status, body = await env.call("GET", "/retention")
+        status, body = await env.call("GET", "/retention", "operator")
         assert body["last_run"]["id"] == real["run_id"] and body["last_run"]["trigger"] == "api"
         assert body["last_run"]["rows"] == real["rows"]
+        # a tenant's overview shows the runs over its own rows only: none so far
+        status, body = await env.call("GET", "/retention")
+        assert status == 200 and body["last_run"] is None
     finally:
         await conn.close()

@@ -184,3 +184,27 @@ def test_dockerfile_copies_existing_files_not_ignored() -> None:
     assert re.search(r"^FROM python:3\.11[\w.-]*$", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["wfa"]' in dockerfile
     assert _dockerignored(".venv", patterns) and _dockerignored("tests", patterns)
+
+
+def test_grafana_reads_the_store_as_the_read_only_role() -> None:
+    """Grafana logs in as wfa_reader, which the migrate service creates before anyone starts."""
+    compose = _compose()
+    services = compose["services"]
+    grafana = services["grafana"]["environment"]
+    assert grafana["WFA_GRAFANA_DB_USER"] == "wfa_reader"
+    assert grafana["WFA_GRAFANA_DB_PASSWORD"].startswith("${WFA_READER_PASSWORD:?")
+    assert "WFA_DB_PASSWORD" not in grafana["WFA_GRAFANA_DB_PASSWORD"]
+    migrate = services["migrate"]
+    assert build_parser().parse_args(migrate["command"]).func.__name__ == "cmd_migrate"
+    assert "--no-roles" not in migrate["command"]
+    assert migrate["environment"]["WFA_READER_PASSWORD"].startswith("${WFA_READER_PASSWORD:?")
+    assert migrate["restart"] == "no"
+    for name in ("exporter", "api", "grafana"):
+        depends = services[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+    datasource = yaml.safe_load(
+        (ROOT / "provisioning/grafana/datasources/wfa.yaml").read_text()
+    )["datasources"]
+    store = next(d for d in datasource if d["type"] == "grafana-postgresql-datasource")
+    assert store["user"] == "${WFA_GRAFANA_DB_USER}"
+    assert store["secureJsonData"]["password"] == "${WFA_GRAFANA_DB_PASSWORD}"

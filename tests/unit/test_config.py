@@ -374,7 +374,7 @@ def test_every_model_is_frozen_and_forbids_extra() -> None:
         and issubclass(value, pydantic.BaseModel)
         and value.__module__ == schema.__name__
     ]
-    assert len(models) == 12
+    assert len(models) == 13
     for model in models:
         assert model.model_config.get("extra") == "forbid", model
         assert model.model_config.get("frozen") is True, model
@@ -683,3 +683,77 @@ def test_raw_retention_follows_refresh_interval() -> None:
         "retention.workflow_events",
     ]
     assert "must be at least 2d" in problems[0]
+
+
+# --- tenants: operator tokens and the metrics tenant filter -------------------------------------
+
+
+def test_operator_token_takes_only_admin_and_star_is_no_pattern() -> None:
+    """An operator token ("*") with a tenant's scopes, or "*" inside a tenant id, is refused."""
+    ok = config_from_dict(
+        minimal(api={"tokens": [{"name": "ops", "sha256": SHA_A, "tenant": "*",
+                                 "scopes": ["admin"]}]})
+    )
+    assert ok.api.tokens[0].tenant == "*"
+    problems = problems_of(
+        minimal(
+            api={
+                "tokens": [
+                    {"name": "o1", "sha256": SHA_A, "tenant": "*", "scopes": ["read", "admin"]},
+                    {"name": "o2", "sha256": SHA_B, "tenant": "*"},
+                    {"name": "t1", "sha256": "1" * 64, "tenant": "acme-*"},
+                    {"name": "t2", "sha256": "2" * 64, "tenant": " * "},
+                    {"name": "t3", "sha256": "3" * 64, "tenant": "**", "scopes": ["admin"]},
+                ]
+            }
+        )
+    )
+    assert problems == [
+        'api.tokens[0].scopes: an operator token (tenant "*") takes only the admin scope, not '
+        "read: it manages store-wide retention and reads no tenant's analytics",
+        'api.tokens[1].scopes: an operator token (tenant "*") takes only the admin scope, not '
+        "read: it manages store-wide retention and reads no tenant's analytics",
+        'api.tokens[2].tenant: must be one tenant id, or exactly "*" for the operator; '
+        "'acme-*' is ambiguous (tenants are not patterns)",
+        'api.tokens[3].tenant: must be one tenant id, or exactly "*" for the operator; '
+        "' * ' is ambiguous (tenants are not patterns)",
+        'api.tokens[4].tenant: must be one tenant id, or exactly "*" for the operator; '
+        "'**' is ambiguous (tenants are not patterns)",
+    ]
+
+
+def test_metrics_tenant_filter_defaults_and_bad_values() -> None:
+    cfg = config_from_dict(minimal())
+    assert (cfg.metrics.tenants.include, cfg.metrics.tenants.exclude) == (("*",), ())
+    cfg = config_from_dict(
+        minimal(metrics={"tenants": {"include": ["acme-*", 7], "exclude": ["acme-test"]}})
+    )
+    assert cfg.metrics.tenants.include == ("acme-*", "7")
+    assert problems_of(
+        minimal(metrics={"tenants": {"include": "acme", "only": ["x"], "exclude": [""]}})
+    ) == [
+        "metrics.tenants.include: must be a list",
+        "metrics.tenants.exclude[0]: must not be empty",
+        "metrics.tenants.only: unknown key",
+    ]
+    assert problems_of(minimal(metrics={"tenants": ["acme"]})) == [
+        "metrics.tenants: must be a mapping"
+    ]
+
+
+def test_check_config_names_the_bad_token_key_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.cli import main
+
+    path = tmp_path / "wfa.yaml"
+    path.write_text(
+        f"source: {{dsn: '{DSN}'}}\n"
+        f"api:\n  tokens:\n    - {{name: ops, sha256: {SHA_A}, tenant: '*', "
+        "scopes: [admin, export]}\n"
+    )
+    with pytest.raises(SystemExit) as info:
+        main(["check-config", "--config", str(path)])
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "api.tokens[0].scopes: an operator token" in err and "export" in err

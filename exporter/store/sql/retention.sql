@@ -21,12 +21,16 @@ INSERT INTO wfa.retention_audit
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING *;
 
--- name: audit_list
--- Dataset-wide changes, and changes of the tenant's own workflow overrides.
+-- name: audit_all
+-- Every change (the operator's view).
+SELECT a.* FROM wfa.retention_audit a ORDER BY a.id DESC LIMIT $1;
+
+-- name: audit_tenant
+-- Changes of the tenant's own workflow overrides only, whoever made them.
 SELECT a.*
   FROM wfa.retention_audit a
- WHERE a.workflow_id = ''
-    OR EXISTS (SELECT 1 FROM wfa.workflows w
+ WHERE a.workflow_id <> ''
+   AND EXISTS (SELECT 1 FROM wfa.workflows w
                 WHERE w.workflow_id = a.workflow_id AND w.tenant_id = $1)
  ORDER BY a.id DESC
  LIMIT $2;
@@ -34,14 +38,19 @@ SELECT a.*
 -- name: workflow_tenants
 SELECT workflow_id, tenant_id FROM wfa.workflows WHERE workflow_id = ANY($1::text[]);
 
+-- name: tenant_workflows
+SELECT workflow_id FROM wfa.workflows WHERE tenant_id = $1;
+
 -- name: run_insert
-INSERT INTO wfa.retention_runs (started_at, finished_at, trigger, actor, dry_run, rows, result)
-VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+INSERT INTO wfa.retention_runs
+       (started_at, finished_at, trigger, actor, dry_run, rows, result, tenant_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
 RETURNING id;
 
 -- name: last_run
+-- The latest real run of one scope: '*' the whole store, else one tenant's.
 SELECT id, started_at, finished_at, trigger, actor, dry_run, rows
-  FROM wfa.retention_runs WHERE NOT dry_run ORDER BY id DESC LIMIT 1;
+  FROM wfa.retention_runs WHERE NOT dry_run AND tenant_id = $1 ORDER BY id DESC LIMIT 1;
 
 -- name: pg_partitions
 SELECT format('%I.%I', n.nspname, c.relname) AS relation, p.relname AS tbl,
