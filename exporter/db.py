@@ -70,7 +70,7 @@ def is_unreachable(exc: BaseException) -> bool:
     inside asyncpg (connecting), so a full disk or a client that hung up is never taken for a
     database outage.
     """
-    if isinstance(exc, DatabaseUnavailable | LOST_ERRORS):
+    if isinstance(exc, (DatabaseUnavailable, *LOST_ERRORS)):
         return True
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return True

@@ -153,7 +153,7 @@ class ExporterService:
             except Exception as exc:
                 if is_unreachable(exc):
                     self.state.health.set("store", False, describe(exc))
-                    store.expire_connections()
+                    await store.expire_connections()
                 raise
 
         self.backend = await retry_unreachable(
@@ -188,7 +188,7 @@ class ExporterService:
             if up is None:
                 continue
             if not up and getattr(self.state.health, f"{what}_up"):
-                pool.expire_connections()
+                await pool.expire_connections()
             self.state.health.set(what, up, "no answer to a probe" if not up else "")
 
     def _on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:

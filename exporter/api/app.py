@@ -115,7 +115,7 @@ async def store_middleware(request: web.Request, handler: Handler) -> web.Stream
         if not is_unreachable(exc):
             raise
         # Connections opened before an outage are dead: replace them all on the next acquire.
-        request.app[POOL].expire_connections()
+        await request.app[POOL].expire_connections()
         request.app[OUTAGES].note(request, describe(exc))
         raise _unavailable("the store is not reachable; try again later") from None
 
