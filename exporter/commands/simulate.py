@@ -141,6 +141,7 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
             stop=stop,
             duration=args.duration,
             executions_table=cfg.source.executions_table,
+            reconnect=lambda: connect(cfg.source.dsn),
         )
     finally:
         await conn.close()
