@@ -192,14 +192,19 @@ class ExporterService:
             self.state.health.set(what, up, "no answer to a probe" if not up else "")
 
     def _on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:
-        """Health after a poll: both databases answered, or find out which one did not."""
+        """Health after a poll: both databases answered, or probe which one does not.
+
+        The exception alone cannot say which database failed (a source connection lost
+        mid-cycle can surface as a store-side error, and the other way round), so each pool
+        is probed apart. Scheduled polls back off while cycles keep failing.
+        """
         if result is not None:
             self.state.health.set("store", True)
             self.state.health.set("source", True)
             self._poll_backoff.reset()
             self._next_poll = 0.0
             return
-        if exc is not None and (is_unreachable(exc) or isinstance(exc, ConnectionError)):
+        if exc is not None:
             self._next_poll = time.monotonic() + self._poll_backoff.next_delay()
             if self._probe_task is None or self._probe_task.done():
                 self._probe_task = asyncio.create_task(self.check_health(), name="wfa-probe")

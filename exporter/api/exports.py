@@ -172,6 +172,7 @@ async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.S
             except ConnectionError as exc:
                 # The client went away (or its connection was cut): nothing to answer.
                 log.info("export stream ended early after %d rows: %s", progress.rows, exc)
+                _abandon(conn)
             except Exception as exc:
                 if not response.prepared:
                     raise
@@ -182,14 +183,20 @@ async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.S
                     )
                 else:
                     log.exception("export stream failed after %d rows", progress.rows)
+                _abandon(conn)
                 if request.transport is not None:
                     request.transport.abort()
         finally:
             try:
                 await chunks.aclose()
             except Exception as exc:
-                log.debug("closing the export cursor failed: %s", describe(exc))
+                log.debug("closing the export query failed: %s", describe(exc))
     return response
+
+
+def _abandon(conn: Any) -> None:
+    """Give up a connection whose export query may still run: the pool replaces it."""
+    conn.terminate()
 
 
 # jobs ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -206,11 +206,8 @@ class ExportJobs:
             async with self.pool.acquire() as conn:
                 wf = await queries.get_workflow(conn, spec.tenant, spec.workflow_id)
                 if wf is not None:
-                    with part.open("wb") as f:
-                        async for chunk in render(conn, wf, spec, progress, datetime.now(UTC)):
-                            f.write(chunk)
-                        f.flush()
-                        await asyncio.to_thread(os.fsync, f.fileno())
+                    chunks = render(conn, wf, spec, progress, datetime.now(UTC))
+                    await _write_file(conn, chunks, part)
             if wf is None:
                 await self._finish(job_id, "the workflow no longer exists")
                 return
@@ -370,6 +367,29 @@ class ExportJobs:
                 if failing:
                     log.info("export housekeeping works again")
                 failing = False
+
+
+async def _write_file(conn: Any, chunks: AsyncIterator[bytes], part: Path) -> None:
+    """Write the rendered export to `part` and fsync it.
+
+    When writing stops half-way (a full disk, a shutdown) the export's query may still be
+    running on `conn`: the connection is terminated, so the pool replaces it instead of
+    taking back a busy one, and the original error is what propagates.
+    """
+    try:
+        with part.open("wb") as f:
+            async for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        try:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.debug("closing the export query: %s", describe(exc))
 
 
 def _reason(exc: BaseException) -> str:
