@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -38,6 +40,23 @@ RETENTION_FIRST_RUN = timedelta(minutes=5)
 """Delay of the first scheduled retention run after start; then every retention.run_interval."""
 HEALTH_INTERVAL = timedelta(seconds=5)
 """How often the store and source pools are probed (polls also tell, when they run)."""
+
+
+def scheduled(job: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wrap a scheduler job: cancelled by the scheduler's shutdown, it ends quietly.
+
+    (The scheduler cancels running jobs when it shuts down and would log each as a
+    traceback; an interrupted cycle rolls back and the next start redoes it.)
+    """
+
+    @functools.wraps(job)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            await job(*args, **kwargs)
+        except asyncio.CancelledError:
+            log.info("%s interrupted by the shutdown", job.__name__.strip("_"))
+
+    return run
 
 
 def ingest_settings(cfg: Config) -> IngestSettings:
@@ -284,6 +303,7 @@ class ExporterService:
             cb(result, None)
         return result
 
+    @scheduled
     async def _poll_job(self) -> None:
         # While a database is unreachable, polls back off (so the failure is logged once per
         # backoff level, not every interval). Errors are counted and logged in poll_once.
@@ -292,10 +312,12 @@ class ExporterService:
         with contextlib.suppress(Exception):
             await self.poll_once()
 
+    @scheduled
     async def _health_job(self) -> None:
         with contextlib.suppress(Exception):
             await self.check_health()
 
+    @scheduled
     async def _maintain_job(self) -> None:
         assert self.store and self.backend
         try:
@@ -304,6 +326,7 @@ class ExporterService:
         except Exception as exc:
             log.error("maintenance failed: %s", exc)
 
+    @scheduled
     async def _retention_job(self) -> None:
         assert self.store and self.backend
         try:

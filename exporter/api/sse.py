@@ -76,7 +76,7 @@ class IngestHub:
     # lifecycle -----------------------------------------------------------------------------
 
     async def start(self, wait: float = 5.0) -> None:
-        """Start listening in the background; wait up to `wait` s for the first connection."""
+        """Start listening in the background; wait up to `wait` s for the first attempt."""
         self._task = asyncio.create_task(self._run(), name="wfa-ingest-listener")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -126,6 +126,7 @@ class IngestHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._ready.set()  # the first attempt is over: start() need not wait longer
                 delay = backoff.next_delay()
                 if backoff.level_changed:
                     log.warning(

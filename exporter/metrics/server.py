@@ -29,7 +29,7 @@ from exporter.metrics.collector import (
     render_snapshot,
 )
 from exporter.metrics.snapshot import Snapshot, build_snapshot
-from exporter.service import ExporterService, ExporterState, error_reason
+from exporter.service import ExporterService, ExporterState, error_reason, scheduled
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
@@ -136,6 +136,7 @@ class MetricsServer:
         async with pool.acquire() as conn:
             return await build_snapshot(conn, self.cfg, now)
 
+    @scheduled
     async def _refresh_job(self) -> None:
         await self.refresh()
 
