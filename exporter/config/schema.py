@@ -319,6 +319,7 @@ class MetricsConfig(BaseModel):
     include: tuple[TextId, ...] = ("*",)
     exclude: tuple[TextId, ...] = ()
     min_volume: NonNegativeInt = 20
+    header_timeout: PositiveDuration = timedelta(seconds=10)
 
 
 class ApiToken(BaseModel):

@@ -33,9 +33,6 @@ from exporter.service import ExporterService, ExporterState, error_reason, sched
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
-HEADER_TIMEOUT_S = 10.0
-"""A connection that sends no complete request head this long after connecting (or after its
-previous response) is closed, so slow clients cannot pile up (aiohttp's keepalive_timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +195,13 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family)
         self.port = sock.getsockname()[1]
+        # A connection that sends no complete request head `header_timeout` after connecting
+        # (or after its previous response) is closed: aiohttp's keep-alive timer runs from the
+        # start of the connection, so slow clients cannot pile up.
         self._runner = web.AppRunner(
-            self.app(), access_log=None, keepalive_timeout=HEADER_TIMEOUT_S
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.cfg.header_timeout.total_seconds(),
         )
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()

@@ -95,7 +95,11 @@ def _config(source: str, store: str, tmp: Path, **extra: Any) -> dict[str, Any]:
             "connect_retry_max_delay": "1s",
         },
         "exporter": {"poll_interval": "1s", "ready_max_lag": "30s"},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}", "snapshot_interval": "1s"},
+        "metrics": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "snapshot_interval": "1s",
+            **extra,
+        },
         "api": {"listen": f"127.0.0.1:{free_port()}", "tokens": tokens, **extra},
         "exports": {"directory": str(tmp / "exports")},
     }
@@ -264,33 +268,29 @@ async def test_recovers_within_a_bound_after_the_store_restarts(
         cluster.stop()
 
 
-async def _half_open(host: str, port: int, trickle: bool) -> tuple[asyncio.StreamReader, Any]:
+async def _half_open(host: str, port: int, trickle: bool) -> float:
+    """Open a request that never completes its head (silent, or a header byte every 0.25 s);
+    seconds from connecting until the server closes the connection."""
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    if trickle:
-        writer.write(b"X-Slow: ")
-    await writer.drain()
-    return reader, writer
-
-
-async def _closed_by_server(reader: asyncio.StreamReader, writer: Any, trickle: bool) -> float:
-    """Seconds until the server closes the connection (a trickler keeps sending meanwhile)."""
     began = time.monotonic()
-    while True:
-        try:
-            data = await asyncio.wait_for(reader.read(1024), 0.25)
-        except TimeoutError:
-            if trickle:
-                try:
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + (b"X-Slow: " if trickle else b""))
+        await writer.drain()
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(1024), 0.25)
+            except TimeoutError:
+                if trickle:
                     writer.write(b"a")
                     await writer.drain()
-                except ConnectionError:
-                    return time.monotonic() - began
-            continue
-        except ConnectionError:
-            return time.monotonic() - began
-        if not data:
-            return time.monotonic() - began
+                continue
+            if not data:
+                return time.monotonic() - began
+            assert not data.startswith(b"HTTP/1.1 200"), data
+    except ConnectionError:
+        return time.monotonic() - began
+    finally:
+        writer.close()
 
 
 async def test_half_open_requests_are_closed_within_the_header_timeout(
@@ -300,7 +300,7 @@ async def test_half_open_requests_are_closed_within_the_header_timeout(
     on /metrics: each is closed within api.header_timeout, a normal request is served
     meanwhile, and the process runs with its open-files soft limit raised to the hard one."""
     await _fill_source(db_dsn, executions=100)
-    cfg = _config(db_dsn, db_dsn, tmp_path, header_timeout="1s")
+    cfg = _config(db_dsn, db_dsn, tmp_path, header_timeout="1s")  # API and /metrics
     proc = WfaProcess(tmp_path, ["run"], cfg)
     try:
         await wait_until(lambda: _is(200, _status(_url(cfg, "api", "/readyz"))), 60, "ready")
@@ -312,21 +312,17 @@ async def test_half_open_requests_are_closed_within_the_header_timeout(
         m_host, m_port = cfg["metrics"]["listen"].split(":")
         targets = [(api_host, int(api_port), k % 2 == 0) for k in range(1000)]
         targets += [(m_host, int(m_port), k % 2 == 0) for k in range(100)]
-        conns = await asyncio.gather(*(_half_open(h, p, t) for h, p, t in targets))
-        opened = time.monotonic()
+        began = time.monotonic()
+        attack = asyncio.gather(*(_half_open(h, p, t) for h, p, t in targets))
+        await asyncio.sleep(0.5)
         status, _, body = await get(_url(cfg, "api", "/healthz"))
         assert status == 200 and b"alive" in body
-        waits = await asyncio.gather(
-            *(
-                _closed_by_server(r, w, t)
-                for (r, w), (_, _, t) in zip(conns, targets, strict=True)
-            )
-        )
-        took = time.monotonic() - opened
-        for _, w in conns:
-            w.close()
-        assert max(waits) < 1.0 + 2.0, max(waits)
-        assert took < 6, took
+        waits = await asyncio.wait_for(attack, 60)
+        took = time.monotonic() - began
+        # Measured from the client's side, which connects them all first (the server's timer
+        # may start a little earlier): each is closed, none later than the timeout + slack.
+        assert len(waits) == 1100 and max(waits) < 1.0 + 2.0, sorted(waits)[-5:]
+        assert took < 20, took
         assert proc.alive()
         assert proc.stop() == 0, proc.log[-3000:]
     finally:
