@@ -266,7 +266,7 @@ class StoreConfig(BaseModel):
     pool_max_size: PositiveInt = 10
     connect_retries: NonNegativeInt = 10
     connect_retry_delay: Duration = timedelta(seconds=1)
-    connect_retry_max_delay: PositiveDuration = timedelta(seconds=30)
+    connect_retry_max_delay: PositiveDuration = timedelta(seconds=10)
 
 
 class ExporterConfig(BaseModel):

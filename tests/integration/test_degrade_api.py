@@ -18,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from exporter.devdb import free_port
 from exporter.exports import ExportJobs, JobSettings
 from exporter.metrics import MetricsServer
 from exporter.service import ExporterService
+from exporter.simulate.generate import generate
+from exporter.simulate.writer import create_source_schema, write
 from tests.conftest import PgServer
 from tests.integration.faults import Proxy, port_of, wait_until, with_port
 from tests.integration.test_api_common import (
@@ -42,6 +45,7 @@ from tests.integration.test_api_common import (
     Store,
     api_config,
     auth,
+    data_now,
     parse_ts,
     store_db,
 )
@@ -67,11 +71,37 @@ async def spec(store: Store) -> OpenApi:
         return OpenApi(await (await c.get(f"{P}/openapi.json")).json())
 
 
-def _config(store: Store, source: str, store_dsn: str, **exporter: Any) -> Config:
-    base = api_config(store.dsn).model_dump(mode="json")
+@dataclass(frozen=True)
+class Fresh:
+    """A database of its own with source tables (nothing ingested yet) and its store backend."""
+
+    backend: str
+    dsn: str
+    workflow_id: str
+
+
+@pytest.fixture
+async def fresh(store_dsn: tuple[str, str]) -> Fresh:
+    """A fresh database per backend (postgres, timescaledb) holding simulated source rows."""
+    backend, dsn = store_dsn
+    data = generate(executions=600, days=5, workflows=2, tenants=2, seed=5, now=data_now())
+    conn = await asyncpg.connect(dsn)
+    try:
+        await create_source_schema(conn)
+        await write(conn, data)
+    finally:
+        await conn.close()
+    wid = next(w.id for w in data.workflows if w.tenant_id == "tenant-1")
+    return Fresh(backend, dsn, wid)
+
+
+def _config(
+    source: str, store_dsn: str, backend: str = "postgres", **exporter: Any
+) -> Config:
+    base = api_config(source).model_dump(mode="json")
     base["source"]["dsn"] = source
     base["store"] = {
-        "backend": "postgres",
+        "backend": backend,
         "dsn": store_dsn,
         "connect_retries": 0,
         "connect_retry_delay": "100ms",
@@ -136,24 +166,23 @@ def _unavailable(status: int, headers: dict[str, str], body: Any) -> bool:
 
 
 async def test_store_and_source_outages_are_told_apart_and_answered_503(
-    store: Store, spec: OpenApi, pg: PgServer
+    fresh: Fresh, spec: OpenApi
 ) -> None:
     """Only the store down: 503 + Retry-After everywhere it is needed, store_up 0, source_up 1.
     Only the source down: answers go on from the store, /readyz 503, store_up 1, source_up 0."""
-    store_proxy, source_proxy = Proxy(port_of(store.dsn)), Proxy(port_of(store.dsn))
+    store_proxy, source_proxy = Proxy(port_of(fresh.dsn)), Proxy(port_of(fresh.dsn))
     await store_proxy.start()
     await source_proxy.start()
     cfg = _config(
-        store,
-        with_port(store.dsn, source_proxy.port),
-        with_port(store.dsn, store_proxy.port),
+        with_port(fresh.dsn, source_proxy.port),
+        with_port(fresh.dsn, store_proxy.port),
+        fresh.backend,
     )
     svc = ExporterService(cfg)
     await svc.open()
     metrics = MetricsServer(cfg.metrics, svc.state, lambda: svc.store)
     health = svc.state.health
-    wid = store.workflows_of("tenant-1")[0]
-    summary = f"{P}/workflows/{wid}/analytics"
+    summary = f"{P}/workflows/{fresh.workflow_id}/analytics"
     try:
         assert await svc.poll_once() is not None
         async with _client(cfg, svc, svc.store) as c:
@@ -231,18 +260,18 @@ async def _done(value: bool) -> bool:
 
 
 async def test_answers_carry_their_freshness_and_readyz_reports_the_lag(
-    store: Store, spec: OpenApi, databases: Any, pg: PgServer
+    fresh: Fresh, spec: OpenApi, databases: Any, pg: PgServer
 ) -> None:
     """data_as_of (body) = X-Data-As-Of (header) = the start of the last complete poll; a cached
     answer keeps it; /readyz turns 503 once the lag passes exporter.ready_max_lag."""
-    cfg = _config(store, store.dsn, store.dsn, poll_interval="1s", ready_max_lag="3s")
+    cfg = _config(fresh.dsn, fresh.dsn, fresh.backend, poll_interval="1s", ready_max_lag="3s")
     svc = ExporterService(cfg)
     await svc.open()
-    wid = store.workflows_of("tenant-1")[0]
+    wid = fresh.workflow_id
     summary = f"{P}/workflows/{wid}/analytics"
     try:
         before = datetime.now(UTC)
-        await _add_source_row(store.dsn, wid, "fresh-1")
+        await _add_source_row(fresh.dsn, wid, "fresh-1")
         assert (await svc.poll_once()) is not None
         after = datetime.now(UTC)
         async with _client(cfg, svc, svc.store) as c:
@@ -272,7 +301,7 @@ async def test_answers_carry_their_freshness_and_readyz_reports_the_lag(
             assert late["ingest_lag_seconds"] >= 3
             assert "ready_max_lag" in late["detail"]
 
-            await _add_source_row(store.dsn, wid, "fresh-2")
+            await _add_source_row(fresh.dsn, wid, "fresh-2")
             assert (await svc.poll_once()).touched
             status, _, ready = await _call(c, spec, "/readyz", None)
             assert status == 200 and parse_ts(ready["data_as_of"]) > as_of
@@ -291,8 +320,8 @@ async def test_answers_carry_their_freshness_and_readyz_reports_the_lag(
             assert status == 200 and ready["ingest_lag_seconds"] < 3
 
         # a store no poll has completed on yet is not ready, and says so
-        fresh = pg.dsn(await databases.create())
-        empty = ExporterService(_config(store, fresh, fresh))
+        unpolled = pg.dsn(await databases.create())
+        empty = ExporterService(_config(unpolled, unpolled))
         await empty.open()
         try:
             async with _client(empty.cfg, None, empty.store) as c:

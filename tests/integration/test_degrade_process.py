@@ -42,13 +42,21 @@ def cluster() -> Iterator[PrivateCluster]:
         c.remove()
 
 
-async def _create_db(cluster: PrivateCluster, name: str) -> str:
+async def _create_db(cluster: PrivateCluster, name: str, backend: str = "postgres") -> str:
+    if backend == "timescaledb" and not cluster.cluster.has_timescaledb:
+        pytest.skip(f"TimescaleDB is not installed ({cluster.cluster.timescaledb_reason})")
     conn = await asyncpg.connect(cluster.dsn())
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
         await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
     finally:
         await conn.close()
+    if backend == "timescaledb":
+        conn = await asyncpg.connect(cluster.dsn(name))
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        finally:
+            await conn.close()
     return cluster.dsn(name)
 
 
@@ -83,13 +91,15 @@ async def _count(dsn: str, sql: str, *args: Any) -> int | None:
         await conn.close()
 
 
-def _config(source: str, store: str, tmp: Path, **extra: Any) -> dict[str, Any]:
+def _config(
+    source: str, store: str, tmp: Path, backend: str = "postgres", **extra: Any
+) -> dict[str, Any]:
     tokens = api_config(source).model_dump(mode="json")["api"]["tokens"]
     return {
         "source": {"dsn": source},
         "store": {
             "dsn": store,
-            "backend": "postgres",
+            "backend": backend,
             "connect_retries": 1,
             "connect_retry_delay": "200ms",
             "connect_retry_max_delay": "1s",
@@ -127,18 +137,23 @@ def _quiet_log(proc: WfaProcess) -> None:
     assert len(retries) <= 4, retries  # 200ms, 400ms, 800ms, 1s: one line each
 
 
-@pytest.mark.parametrize("command", ["run", "exporter", "api"])
+@pytest.mark.parametrize(
+    ("command", "backend"),
+    [("run", "postgres"), ("exporter", "postgres"), ("api", "postgres"), ("run", "timescaledb")],
+)
 async def test_starts_with_the_store_down_then_serves_once_it_is_up(
-    command: str, cluster: PrivateCluster, db_dsn: str, tmp_path: Path
+    command: str, backend: str, cluster: PrivateCluster, db_dsn: str, tmp_path: Path
 ) -> None:
     """The store is down at start: the process stays up, /healthz and /metrics answer (store_up
     0, source_up 1), /readyz and the API answer 503; the store starts: ingestion happens and
     /readyz turns 200."""
     rows = await _fill_source(db_dsn)
     cluster.start()
-    store = await _create_db(cluster, f"store_{command}")
-    cluster.stop()
-    cfg = _config(db_dsn, store, tmp_path)
+    try:
+        store = await _create_db(cluster, f"store_{command}", backend)
+    finally:
+        cluster.stop()
+    cfg = _config(db_dsn, store, tmp_path, backend)
     proc = WfaProcess(tmp_path, [command], cfg)
     headers = auth("a_read")
     try:
@@ -189,15 +204,24 @@ async def _is(want: int, status: Any) -> bool:
     return await status == want
 
 
+@pytest.mark.parametrize("backend", ["postgres", "timescaledb"])
 async def test_recovers_within_a_bound_after_the_store_restarts(
-    cluster: PrivateCluster, db_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: str,
+    cluster: PrivateCluster,
+    db_dsn: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`wfa run` while the store restarts: 503 with Retry-After meanwhile, then answers and
     ingestion within RECOVERY_BOUND_S of the store accepting connections again."""
     rows = await _fill_source(db_dsn)
     cluster.start()
-    store = await _create_db(cluster, "store_restart")
-    cfg = _config(db_dsn, store, tmp_path)
+    try:
+        store = await _create_db(cluster, f"store_restart_{backend}", backend)
+    except BaseException:
+        cluster.stop()
+        raise
+    cfg = _config(db_dsn, store, tmp_path, backend)
     proc = WfaProcess(tmp_path, ["run"], cfg)
     headers = auth("a_read")
     try:
@@ -254,7 +278,8 @@ async def test_recovers_within_a_bound_after_the_store_restarts(
         recovery = max(api_at, ingest_at) - back_at
         with capsys.disabled():
             print(
-                f"\nstore restart: down {back_at - down_at:.1f} s; after it accepted connections"
+                f"\nstore restart ({backend}): down {back_at - down_at:.1f} s; after it accepted"
+                " connections"
                 f" again: API 200 in {api_at - back_at:.2f} s, the new row ingested in"
                 f" {ingest_at - back_at:.2f} s (bound {RECOVERY_BOUND_S:g} s)"
             )
