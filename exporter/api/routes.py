@@ -15,7 +15,16 @@ from typing import Any
 from aiohttp import web
 
 from exporter import queries
-from exporter.api.app import API_PREFIX, CACHE, CONFIG, HUB, POOL, SETTINGS, service_of
+from exporter.api.app import (
+    API_PREFIX,
+    CACHE,
+    CONFIG,
+    HUB,
+    OUTAGES,
+    POOL,
+    SETTINGS,
+    service_of,
+)
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
 from exporter.api.openapi import openapi_document
@@ -31,7 +40,7 @@ from exporter.api.params import (
     resolve_time,
 )
 from exporter.api.sse import run_stream
-from exporter.db import describe
+from exporter.db import describe, is_unreachable
 from exporter.health import check_store, data_as_of, iso
 from exporter.store.migrate import SchemaError
 
@@ -438,7 +447,9 @@ async def readyz(request: web.Request) -> web.Response:
     except SchemaError as exc:
         raise _not_ready(str(exc)) from None
     except Exception as exc:
-        log.warning("readiness check failed: %s", describe(exc))
+        if is_unreachable(exc):
+            await app[POOL].expire_connections()
+        app[OUTAGES].note(request, describe(exc))
         raise _not_ready("the store is not reachable") from None
     if not state.ready:
         raise _not_ready(state.reason or "not ready", **state.to_json())

@@ -204,6 +204,48 @@ async def _is(want: int, status: Any) -> bool:
     return await status == want
 
 
+async def test_starts_with_the_source_down_and_says_so(
+    cluster: PrivateCluster, db_dsn: str, tmp_path: Path
+) -> None:
+    """The source is down at start, the store up: `wfa run` migrates, answers from the store,
+    /readyz 503 naming the source, store_up 1 and source_up 0; the source starts: ingestion."""
+    cluster.start()
+    try:
+        source = await _create_db(cluster, "source_down")
+        rows = await _fill_source(source)
+    finally:
+        cluster.stop()
+    cfg = _config(source, db_dsn, tmp_path)
+    proc = WfaProcess(tmp_path, ["run"], cfg)
+    try:
+        ready = _url(cfg, "api", "/readyz")
+
+        async def says_source() -> bool:
+            status, _, body = await get(ready)
+            return status == 503 and b"source" in body
+
+        await wait_until(says_source, 30, "/readyz naming the source")
+        status, _, _ = await get(_url(cfg, "api", f"{P}/workflows"), headers=auth("a_read"))
+        assert status == 200
+        m = await _metrics(cfg)
+        assert sample(m, "wfa_exporter_store_up") == 1
+        assert sample(m, "wfa_exporter_source_up") == 0
+        cluster.start()
+
+        async def ingested() -> bool:
+            return await _count(db_dsn, "SELECT count(*) FROM wfa.executions") == rows
+
+        await wait_until(ingested, 60, "the source ingested")
+        await wait_until(lambda: _is(200, _status(ready)), 30, "ready")
+        m = await _metrics(cfg)
+        assert sample(m, "wfa_exporter_source_up") == 1
+        assert proc.stop() == 0, proc.log[-3000:]
+        assert "Traceback" not in proc.log, proc.log[-3000:]
+    finally:
+        proc.stop()
+        cluster.stop()
+
+
 @pytest.mark.parametrize("backend", ["postgres", "timescaledb"])
 async def test_recovers_within_a_bound_after_the_store_restarts(
     backend: str,
