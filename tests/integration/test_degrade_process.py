@@ -430,3 +430,21 @@ async def test_live_simulator_survives_a_source_restart(
 async def _more(dsn: str, sql: str, than: int) -> bool:
     n = await _count(dsn, sql)
     return n is not None and n > than
+
+
+async def test_one_shot_commands_give_up_after_connect_retries(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    """`wfa exporter --once` (cron) does not wait for ever: connect_retries, then exit 1 with
+    the reason and no traceback."""
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    cfg = _config(db_dsn, closed, tmp_path)
+    began = time.monotonic()
+    once = WfaProcess(tmp_path, ["exporter", "--once"], cfg)
+    code = await asyncio.to_thread(once.proc.wait, 60)
+    once.stop()
+    assert code == 1
+    assert time.monotonic() - began < 30
+    log = once.log
+    assert "Traceback" not in log, log
+    assert re.search(r"exporter: .*(Connect call failed|refused)", log), log
