@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter import retention
+from exporter import health, retention
 from exporter.config import Config
-from exporter.db import CONNECT_ERRORS, connect, create_pool
+from exporter.db import (
+    CONNECT_ERRORS,
+    Backoff,
+    connect,
+    describe,
+    is_unreachable,
+    lazy_pool,
+    probe,
+    retry_unreachable,
+    warm_up,
+)
+from exporter.health import Health
 from exporter.ingest import Ingestor, IngestSettings, PollResult
 from exporter.store import Backend, RefreshResult, make_backend
 from exporter.store.migrate import migrate
@@ -25,6 +38,25 @@ log = logging.getLogger(__name__)
 
 RETENTION_FIRST_RUN = timedelta(minutes=5)
 """Delay of the first scheduled retention run after start; then every retention.run_interval."""
+HEALTH_INTERVAL = timedelta(seconds=5)
+"""How often the store and source pools are probed (polls also tell, when they run)."""
+
+
+def scheduled(job: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Wrap a scheduler job: cancelled by the scheduler's shutdown, it ends quietly.
+
+    (The scheduler cancels running jobs when it shuts down and would log each as a
+    traceback; an interrupted cycle rolls back and the next start redoes it.)
+    """
+
+    @functools.wraps(job)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            await job(*args, **kwargs)
+        except asyncio.CancelledError:
+            log.info("%s interrupted by the shutdown", job.__name__.strip("_"))
+
+    return run
 
 
 def ingest_settings(cfg: Config) -> IngestSettings:
@@ -51,7 +83,9 @@ def error_reason(exc: BaseException) -> str:
     """A stable label for a poll error."""
     if isinstance(exc, asyncpg.QueryCanceledError):
         return "statement_timeout"
-    if isinstance(exc, (*CONNECT_ERRORS, asyncpg.InterfaceError, ConnectionError)):
+    if is_unreachable(exc) or isinstance(
+        exc, (*CONNECT_ERRORS, asyncpg.InterfaceError, ConnectionError)
+    ):
         return "unreachable"
     if isinstance(exc, asyncpg.PostgresError):
         return "database_error"
@@ -71,6 +105,9 @@ class ExporterState:
     newest_updated_at: datetime | None = None
     is_leader: bool = False
     store_up: bool = False
+    """The last poll did not fail as unreachable (either database); see `health` instead."""
+    health: Health = field(default_factory=Health)
+    """Which database answered: what the self-metrics and readiness report."""
 
 
 class ExporterService:
@@ -87,36 +124,109 @@ class ExporterService:
         self._lock_conn: asyncpg.Connection | None = None
         self._last_refresh = 0.0
         self._poll_lock = asyncio.Lock()
-        self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = []
+        self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = [
+            self._on_poll
+        ]
+        self._poll_backoff = self._backoff()
+        self._next_poll = 0.0
+        self._probe_task: asyncio.Task[None] | None = None
 
-    async def open(self) -> None:
-        """Connect (with bounded retries), pick the backend and migrate the schema."""
+    async def connect(self) -> None:
+        """Create the store and source pools; they connect on first use, so this never waits."""
         st = self.cfg.store
-        kw = {"retries": st.connect_retries, "retry_delay": st.connect_retry_delay}
-        self.store = await create_pool(
-            store_dsn(self.cfg),
-            min_size=st.pool_min_size,
-            max_size=st.pool_max_size,
-            statement_timeout=st.statement_timeout,
-            application_name="wfa-exporter",
-            **kw,
-        )
-        self.source = await create_pool(
-            self.cfg.source.dsn,
-            min_size=1,
-            max_size=2,
-            statement_timeout=self.cfg.source.statement_timeout,
-            application_name="wfa-exporter-source",
-            **kw,
-        )
-        async with self.store.acquire() as conn:
-            self.backend = await make_backend(
-                conn, st.backend, st.partition_interval, st.premake_partitions
+        if self.store is None:
+            self.store = await lazy_pool(
+                store_dsn(self.cfg),
+                max_size=st.pool_max_size,
+                statement_timeout=st.statement_timeout,
+                application_name="wfa-exporter",
             )
-            await migrate(conn, self.backend)
-            await self.backend.maintain(conn, datetime.now(UTC))
+        if self.source is None:
+            self.source = await lazy_pool(
+                self.cfg.source.dsn,
+                max_size=2,
+                statement_timeout=self.cfg.source.statement_timeout,
+                application_name="wfa-exporter-source",
+            )
+
+    async def open(self, *, forever: bool = False) -> None:
+        """Connect, pick the backend and migrate the schema, retrying while the store is down.
+
+        Retries `store.connect_retries` times, or for ever (until cancelled) with `forever`;
+        the delay doubles from `store.connect_retry_delay` up to `store.connect_retry_max_delay`.
+        """
+        await self.connect()
+        assert self.store is not None
+        st = self.cfg.store
+        store = self.store
+
+        async def prepare() -> Backend:
+            try:
+                async with store.acquire() as conn:
+                    backend = await make_backend(
+                        conn, st.backend, st.partition_interval, st.premake_partitions
+                    )
+                    await migrate(conn, backend)
+                    await backend.maintain(conn, datetime.now(UTC))
+                    return backend
+            except Exception as exc:
+                if is_unreachable(exc):
+                    self.state.health.set("store", False, describe(exc))
+                    await store.expire_connections()
+                raise
+
+        self.backend = await retry_unreachable(
+            prepare,
+            "store",
+            retries=None if forever else st.connect_retries,
+            backoff=self._backoff(),
+        )
         self.ingestor = Ingestor(ingest_settings(self.cfg), self.backend)
         self.state.store_up = True
+        self.state.health.set("store", True)
+        await warm_up(store, st.pool_min_size)
+        await self.check_health()
+
+    def _backoff(self) -> Backoff:
+        st = self.cfg.store
+        return Backoff(
+            st.connect_retry_delay.total_seconds(), st.connect_retry_max_delay.total_seconds()
+        )
+
+    @property
+    def opened(self) -> bool:
+        """Whether `open()` has completed (store reachable, schema in place)."""
+        return self.ingestor is not None
+
+    async def check_health(self) -> None:
+        """Probe the store and the source pool apart and record which one answers."""
+        for what, pool in (("store", self.store), ("source", self.source)):
+            if pool is None:
+                continue
+            up = await probe(pool)
+            if up is None:
+                continue
+            if not up and getattr(self.state.health, f"{what}_up"):
+                await pool.expire_connections()
+            self.state.health.set(what, up, "no answer to a probe" if not up else "")
+
+    def _on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:
+        """Health after a poll: both databases answered, or probe which one does not.
+
+        The exception alone cannot say which database failed (a source connection lost
+        mid-cycle can surface as a store-side error, and the other way round), so each pool
+        is probed apart. Scheduled polls back off while cycles keep failing.
+        """
+        if result is not None:
+            self.state.health.set("store", True)
+            self.state.health.set("source", True)
+            self._poll_backoff.reset()
+            self._next_poll = 0.0
+            return
+        if exc is not None:
+            self._next_poll = time.monotonic() + self._poll_backoff.next_delay()
+            if self._probe_task is None or self._probe_task.done():
+                self._probe_task = asyncio.create_task(self.check_health(), name="wfa-probe")
 
     async def _leader(self) -> bool:
         """Hold the advisory lock that makes this replica the only poller."""
@@ -133,9 +243,25 @@ class ExporterService:
         return bool(got)
 
     async def poll_once(self, refresh: bool = True) -> PollResult | None:
-        """One poll cycle (until caught up) and a rollup refresh; None on a standby replica."""
+        """One poll cycle (until caught up) and a rollup refresh; None on a standby replica.
+
+        A cycle that completes records its start as the store's freshness (`data_as_of`).
+        """
         async with self._poll_lock:
-            return await self._poll(refresh)
+            started = datetime.now(UTC)
+            result = await self._poll(refresh)
+            if result is not None:
+                await self._mark_caught_up(started)
+            return result
+
+    async def _mark_caught_up(self, started: datetime) -> None:
+        assert self.store is not None
+        try:
+            async with self.store.acquire() as conn:
+                await health.mark_caught_up(conn, started)
+        except Exception as exc:
+            # Freshness only stays behind: the next cycle records it again.
+            log.warning("could not record the poll's freshness: %s", describe(exc))
 
     async def _poll(self, refresh: bool) -> PollResult | None:
         assert self.store and self.source and self.ingestor and self.backend
@@ -177,11 +303,21 @@ class ExporterService:
             cb(result, None)
         return result
 
+    @scheduled
     async def _poll_job(self) -> None:
-        # Errors are counted and logged in poll_once; the schedule goes on.
+        # While a database is unreachable, polls back off (so the failure is logged once per
+        # backoff level, not every interval). Errors are counted and logged in poll_once.
+        if time.monotonic() < self._next_poll:
+            return
         with contextlib.suppress(Exception):
             await self.poll_once()
 
+    @scheduled
+    async def _health_job(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.check_health()
+
+    @scheduled
     async def _maintain_job(self) -> None:
         assert self.store and self.backend
         try:
@@ -190,6 +326,7 @@ class ExporterService:
         except Exception as exc:
             log.error("maintenance failed: %s", exc)
 
+    @scheduled
     async def _retention_job(self) -> None:
         assert self.store and self.backend
         try:
@@ -207,11 +344,26 @@ class ExporterService:
         except Exception as exc:
             log.error("retention failed: %s", exc)
 
+    def watch(self, scheduler: AsyncIOScheduler) -> None:
+        """Add the health probe job (first run now); usable before `open()` succeeds."""
+        scheduler.add_job(
+            self._health_job,
+            "interval",
+            seconds=HEALTH_INTERVAL.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            id="health",
+            replace_existing=True,
+        )
+
     def start(self, scheduler: AsyncIOScheduler) -> None:
-        """Add the exporter's jobs to `scheduler`."""
+        """Add the exporter's jobs to `scheduler` (after `open()`)."""
         self.scheduler = scheduler
         e = self.cfg.exporter
         now = datetime.now(UTC)
+        if scheduler.get_job("health") is None:
+            self.watch(scheduler)
         scheduler.add_job(
             self._poll_job,
             "interval",
@@ -224,6 +376,7 @@ class ExporterService:
         scheduler.add_job(
             self._maintain_job, "interval", hours=1, max_instances=1, coalesce=True, id="maintain"
         )
+
         scheduler.add_job(
             self._retention_job,
             "interval",
@@ -236,6 +389,10 @@ class ExporterService:
 
     async def close(self) -> None:
         """Close the lock connection and pools."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._probe_task
         if self._lock_conn is not None:
             await self._lock_conn.close()
             self._lock_conn = None

@@ -9,14 +9,30 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
 from exporter.api.app import API_PREFIX, CONFIG, POOL, SETTINGS
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
-from exporter.api.params import MAX_ID_CHARS, NoQuery, TimeQuery, parse_query
-from exporter.api.routes import dumps, json_body, load_workflow, time_range, workflow_id_of
+from exporter.api.params import (
+    MAX_ID_CHARS,
+    NoQuery,
+    TimeQuery,
+    json_object,
+    parse_query,
+    read_body,
+)
+from exporter.api.routes import (
+    DATA_AS_OF_HEADER,
+    dumps,
+    json_body,
+    load_workflow,
+    time_range,
+    workflow_id_of,
+)
+from exporter.db import describe, is_unreachable
 from exporter.exports import (
     ExportJobs,
     ExportSpec,
@@ -26,6 +42,7 @@ from exporter.exports import (
     render,
 )
 from exporter.exports.formats import FORMATS
+from exporter.health import data_as_of, iso
 from exporter.queries import Workflow
 
 log = logging.getLogger(__name__)
@@ -73,7 +90,7 @@ async def _spec(
 
 async def _query_of_post(request: web.Request) -> ExportQuery:
     """The POST's parameters: from the query string, or a JSON object body (not both)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return parse_query(request.query, ExportQuery)
     if request.query:
@@ -81,11 +98,8 @@ async def _query_of_post(request: web.Request) -> ExportQuery:
             400, "Invalid parameter", "give the parameters in the query or the body, not both",
             param="body",
         )
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ProblemError(400, "Invalid parameter", "is not valid JSON", param="body") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+    data = json_object(raw)
+    if not all(isinstance(v, str) for v in data.values()):
         raise ProblemError(
             400, "Invalid parameter", "must be a JSON object of string values", param="body"
         )
@@ -139,39 +153,70 @@ async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.S
     )
     progress = Progress()
     async with request.app[POOL].acquire() as conn:
+        as_of = iso(await data_as_of(conn))
+        if as_of is not None:
+            response.headers[DATA_AS_OF_HEADER] = as_of
         chunks = render(conn, wf, spec, progress, now)
-        first = await anext(chunks, b"")
-        if spec.format == "pdf":
-            response.content_length = len(first)
-        else:
-            response.enable_chunked_encoding()
-        await response.prepare(request)
         try:
-            await response.write(first)
-            async for chunk in chunks:
-                await response.write(chunk)
-        except ConnectionError as exc:
-            log.info("export stream ended early after %d rows: %s", progress.rows, exc)
-            return response
-        except Exception:
-            # Headers are sent: cut the connection so the client sees a truncated body.
-            log.exception("export stream failed after %d rows", progress.rows)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-    await response.write_eof()
+            first = await anext(chunks, b"")
+            if spec.format == "pdf":
+                response.content_length = len(first)
+            else:
+                response.enable_chunked_encoding()
+            try:
+                await response.prepare(request)
+                await response.write(first)
+                async for chunk in chunks:
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionError as exc:
+                # The client went away (or its connection was cut): nothing to answer.
+                log.info("export stream ended early after %d rows: %s", progress.rows, exc)
+                _abandon(conn)
+            except Exception as exc:
+                if not response.prepared:
+                    raise
+                # Headers are sent: cut the connection so the client sees a truncated body.
+                if is_unreachable(exc) or isinstance(exc, asyncpg.PostgresError):
+                    log.warning(
+                        "export stream failed after %d rows: %s", progress.rows, describe(exc)
+                    )
+                else:
+                    log.exception("export stream failed after %d rows", progress.rows)
+                _abandon(conn)
+                if request.transport is not None:
+                    request.transport.abort()
+        finally:
+            try:
+                await chunks.aclose()
+            except Exception as exc:
+                log.debug("closing the export query failed: %s", describe(exc))
     return response
+
+
+def _abandon(conn: Any) -> None:
+    """Give up a connection whose export query may still run: the pool replaces it."""
+    conn.terminate()
 
 
 # jobs ---------------------------------------------------------------------------------------
 
 
+def _status(job: Any, now: datetime | None = None) -> str:
+    """The job's status, `expired` from the moment its file expires (cleanup comes later)."""
+    status = job["status"]
+    if status == "succeeded" and job["expires_at"] <= (now or datetime.now(UTC)):
+        return "expired"
+    return status
+
+
 def _job_json(job: Any) -> dict[str, Any]:
     params = json.loads(job["params"])
     jid = str(job["job_id"])
+    status = _status(job)
     out: dict[str, Any] = {
         "job_id": jid,
-        "status": job["status"],
+        "status": status,
         "workflow_id": job["workflow_id"],
         "dataset": job["dataset"],
         "format": job["format"],
@@ -185,9 +230,7 @@ def _job_json(job: Any) -> dict[str, Any]:
         "bytes": job["bytes"],
         "error": job["error"],
         "status_url": f"{API_PREFIX}/exports/{jid}",
-        "download_url": f"{API_PREFIX}/exports/{jid}/download"
-        if job["status"] == "succeeded"
-        else None,
+        "download_url": f"{API_PREFIX}/exports/{jid}/download" if status == "succeeded" else None,
     }
     if job["dataset"] == "funnel":
         out["mode"] = params.get("mode", "cohort")
@@ -245,7 +288,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def download(request: web.Request) -> web.StreamResponse:
     """GET /exports/{job_id}/download: the finished file."""
     job = await _job(request)
-    status = job["status"]
+    status = _status(job)
     if status in ("queued", "running"):
         raise ProblemError(
             409,

@@ -37,6 +37,13 @@ def _obj(props: J, required: list[str] | None = None, **extra: Any) -> J:
 
 _STR = {"type": "string"}
 _TIME = {"type": "string", "format": "date-time"}
+_DATA_AS_OF = {
+    "type": ["string", "null"],
+    "format": "date-time",
+    "description": "Freshness: the start of the last poll cycle that read the source until "
+    "caught up. Every source change committed before it (with updated_at within the "
+    "exporter's overlap of its commit) is in these numbers. Null before the first cycle.",
+}
 _RATIO = {"type": ["number", "null"], "minimum": 0}
 _SECONDS = {"type": ["number", "null"], "minimum": 0}
 
@@ -52,6 +59,16 @@ SCHEMAS: J = {
             "param": _STR,
             "instance": _STR,
             "request_id": _STR,
+            "data_as_of": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "On /readyz: the store's freshness, as on analytics answers.",
+            },
+            "ingest_lag_seconds": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "On /readyz: now minus data_as_of.",
+            },
         },
         required=["type", "title", "status"],
         description="RFC 9457 problem details; `param` names the offending parameter.",
@@ -83,6 +100,7 @@ SCHEMAS: J = {
         {
             "workflow_id": _STR,
             "range": _ref("Range"),
+            "data_as_of": _DATA_AS_OF,
             **{k: _int() for k in _COUNTS},
             "exits_by_reason": {"type": "object", "additionalProperties": _int()},
             "completion_rate": _RATIO,
@@ -112,6 +130,7 @@ SCHEMAS: J = {
         {
             "workflow_id": _STR,
             "range": _ref("Range"),
+            "data_as_of": _DATA_AS_OF,
             "mode": {"type": "string", "enum": ["cohort", "activity"]},
             "enrolled": _int(),
             "completed": _int(),
@@ -159,6 +178,7 @@ SCHEMAS: J = {
         {
             "workflow_id": _STR,
             "range": _ref("Range"),
+            "data_as_of": _DATA_AS_OF,
             "actions": {"type": "array", "items": _ref("ActionStep")},
             "action_types": {"type": "array", "items": _ref("ActionType")},
         }
@@ -175,6 +195,17 @@ SCHEMAS: J = {
         required=["workflow_id", "ingested", "workflow_changed", "rollups_refreshed", "seconds"],
     ),
     "Status": _obj({"status": {"type": "string", "enum": ["alive", "ready"]}}),
+    "Ready": _obj(
+        {
+            "status": {"type": "string", "enum": ["ready"]},
+            "data_as_of": _DATA_AS_OF,
+            "ingest_lag_seconds": {
+                "type": ["number", "null"],
+                "minimum": 0,
+                "description": "Now minus data_as_of; at most exporter.ready_max_lag.",
+            },
+        }
+    ),
 }
 
 _TEXT_PARAM = {"type": "string", "maxLength": 64}
@@ -243,6 +274,12 @@ def _problem(description: str, headers: J | None = None) -> J:
 
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+_FRESHNESS = {
+    "X-Data-As-Of": {
+        "description": "The body's data_as_of (absent before the first poll cycle).",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+}
 RESPONSES: J = {
     "BadRequest": _problem("An invalid parameter or body, named in `param`."),
     "Unauthorized": _problem(
@@ -255,7 +292,12 @@ RESPONSES: J = {
     "NotFound": _problem("No such workflow for the token's tenant."),
     "UriTooLong": _problem("The query string is too long."),
     "TooMany": _problem("Rate or connection limit reached.", _RETRY_AFTER),
-    "Unavailable": _problem("A dependency is not available."),
+    "Unavailable": _problem(
+        "The store is not reachable, not migrated or too slow (try again after "
+        "`Retry-After` seconds), or a dependency of the operation is missing.",
+        _RETRY_AFTER,
+    ),
+    "Timeout": _problem("The request body did not arrive in time."),
 }
 
 
@@ -287,20 +329,26 @@ def _analytics_op(summary: str, schema: str, op_id: str, *extra: str) -> J:
             "tags": ["analytics"],
             "parameters": _params("workflow_id", *_TIME_PARAMS, *extra),
             "responses": {
-                "200": _json(schema),
+                "200": {**_json(schema), "headers": _FRESHNESS},
                 "400": _resp("BadRequest"),
                 **_AUTH_ERRORS,
                 "404": _resp("NotFound"),
                 "414": _resp("UriTooLong"),
+                "503": _resp("Unavailable"),
             },
         }
     }
 
 
 def _probe(op_id: str, summary: str, ready: bool) -> J:
-    responses: J = {"200": _json("Status"), "400": _resp("BadRequest")}
+    responses: J = {"200": _json("Ready" if ready else "Status"), "400": _resp("BadRequest")}
     if ready:
-        responses["503"] = _resp("Unavailable")
+        responses["503"] = _problem(
+            "Not ready: the store is unreachable or not migrated, the exporter in this process "
+            "is starting or cannot reach the source, or ingestion lags more than "
+            "exporter.ready_max_lag (then data_as_of and ingest_lag_seconds are given).",
+            _RETRY_AFTER,
+        )
     return {
         "get": {
             "operationId": op_id,
@@ -559,7 +607,12 @@ _FILES = {
     "application/x-ndjson": {"schema": {"type": "string"}},
     "application/pdf": {"schema": {"type": "string", "format": "binary"}},
 }
-_COMMON_ERRORS = {"400": _resp("BadRequest"), **_AUTH_ERRORS, "414": _resp("UriTooLong")}
+_COMMON_ERRORS = {
+    "400": _resp("BadRequest"),
+    **_AUTH_ERRORS,
+    "414": _resp("UriTooLong"),
+    "503": _resp("Unavailable"),
+}
 
 
 def _export_paths() -> J:
@@ -575,7 +628,11 @@ def _export_paths() -> J:
                 "tags": ["exports"],
                 "parameters": params,
                 "responses": {
-                    "200": {"description": "The file, as an attachment.", "content": _FILES},
+                    "200": {
+                        "description": "The file, as an attachment.",
+                        "content": _FILES,
+                        "headers": _FRESHNESS,
+                    },
                     **_COMMON_ERRORS,
                     "404": _resp("NotFound"),
                     "429": _resp("TooMany"),
@@ -598,6 +655,7 @@ def _export_paths() -> J:
                     },
                     **_COMMON_ERRORS,
                     "404": _resp("NotFound"),
+                    "408": _resp("Timeout"),
                     "413": _problem("The body is too large."),
                     "429": _resp("TooMany"),
                 },
@@ -688,6 +746,7 @@ def _retention_paths() -> J:
                     "200": _json("RetentionPolicyResult"),
                     **_COMMON_ERRORS,
                     "404": _problem("No such dataset, or workflow of the token's tenant."),
+                    "408": _resp("Timeout"),
                     "413": _problem("The body is too large."),
                 },
             },
@@ -721,6 +780,7 @@ def openapi_document() -> J:
                     "400": _resp("BadRequest"),
                     **_AUTH_ERRORS,
                     "414": _resp("UriTooLong"),
+                    "503": _resp("Unavailable"),
                 },
             }
         },
@@ -753,6 +813,7 @@ def openapi_document() -> J:
                     "404": _resp("NotFound"),
                     "414": _resp("UriTooLong"),
                     "429": _resp("TooMany"),
+                    "503": _resp("Unavailable"),
                 },
             }
         },
@@ -772,6 +833,7 @@ def openapi_document() -> J:
                     "400": _resp("BadRequest"),
                     **_AUTH_ERRORS,
                     "404": _resp("NotFound"),
+                    "408": _resp("Timeout"),
                     "413": _problem("The body is too large."),
                     "414": _resp("UriTooLong"),
                     "429": _resp("TooMany"),
@@ -798,7 +860,11 @@ def openapi_document() -> J:
     for prefix, tag in ((API_PREFIX, "Api"), ("", "")):
         paths[f"{prefix}/healthz"] = _probe(f"healthz{tag}", "The process is alive.", False)
         paths[f"{prefix}/readyz"] = _probe(
-            f"readyz{tag}", "The store is reachable and its schema current.", True
+            f"readyz{tag}",
+            "Ready to answer with fresh numbers: the store is reachable and migrated, the "
+            "source reachable (when the exporter runs in this process), and the ingest lag "
+            "(now - data_as_of) within exporter.ready_max_lag.",
+            True,
         )
     paths.update(_export_paths())
     paths.update(_retention_paths())

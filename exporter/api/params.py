@@ -11,6 +11,7 @@ taken to the whole second.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -24,6 +25,7 @@ from aiohttp import web
 from multidict import MultiMapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exporter.api.app import CONFIG
 from exporter.api.errors import ProblemError
 from exporter.timerange import GRANULARITIES
 
@@ -157,6 +159,8 @@ def parse_query(query: MultiMapping[str], model: type[M]) -> M:
     for key, value in query.items():
         if key in values:
             raise _bad(key, "given more than once")
+        if "\x00" in value:
+            raise _bad(key, "must not contain a NUL character")
         values[key] = value
     try:
         return model.model_validate(values)
@@ -164,17 +168,40 @@ def parse_query(query: MultiMapping[str], model: type[M]) -> M:
         raise _model_error(exc) from None
 
 
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    """An optional JSON object body validated against `model` (empty body: defaults)."""
-    raw = await request.read()
-    if not raw.strip():
-        return model()
+async def read_body(request: web.Request) -> bytes:
+    """The request body, which must arrive within `api.header_timeout` (else 408)."""
+    timeout = request.app[CONFIG].api.header_timeout.total_seconds()
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ProblemError(
+            408,
+            "Request Timeout",
+            f"the request body did not arrive within {timeout:g} s",
+            param="body",
+            headers={"Connection": "close"},
+        ) from None
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object body; 400 naming `body` (or the field holding a NUL) otherwise."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("body", "is not valid JSON") from None
     if not isinstance(data, dict):
         raise _bad("body", "must be a JSON object")
+    for key, value in data.items():
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise _bad(f"body.{key}", "must not contain a NUL character")
+    return data
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """An optional JSON object body validated against `model` (empty body: `{}`)."""
+    raw = await read_body(request)
+    data = json_object(raw) if raw.strip() else {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

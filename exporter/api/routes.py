@@ -8,13 +8,23 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from exporter import queries
-from exporter.api.app import API_PREFIX, CACHE, CONFIG, HUB, POOL, SETTINGS, service_of
+from exporter.api.app import (
+    API_PREFIX,
+    CACHE,
+    CONFIG,
+    HUB,
+    OUTAGES,
+    POOL,
+    SETTINGS,
+    service_of,
+)
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
 from exporter.api.openapi import openapi_document
@@ -30,11 +40,16 @@ from exporter.api.params import (
     resolve_time,
 )
 from exporter.api.sse import run_stream
-from exporter.store.migrate import SchemaError, require_current
+from exporter.db import describe, is_unreachable
+from exporter.health import check_store, data_as_of, iso
+from exporter.store.migrate import SchemaError
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 5.0
+READY_RETRY_AFTER_S = 5
+DATA_AS_OF_HEADER = "X-Data-As-Of"
+"""Response header: the store's freshness (see exporter.health), as in the body's data_as_of."""
 _STEP_FIELDS = ("index", "step_id", "name", "action_type")
 _PERF_FIELDS = (
     "executions",
@@ -82,7 +97,8 @@ def not_found() -> ProblemError:
 def workflow_id_of(request: web.Request) -> str:
     """The {workflow_id} path segment (404 when absurdly long)."""
     wid = request.match_info["workflow_id"]
-    if not wid or len(wid) > MAX_ID_CHARS:
+    if not wid or len(wid) > MAX_ID_CHARS or "\x00" in wid:
+        # The store keeps ids as text, which cannot hold NUL: no workflow has such an id.
         raise not_found()
     return wid
 
@@ -205,31 +221,50 @@ _BODIES: dict[str, Body] = {
 }
 
 
-async def analytics_bytes(
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An analytics document as JSON bytes and its freshness (RFC 3339, None when unknown)."""
+
+    body: bytes
+    data_as_of: str | None
+
+    def response(self) -> web.Response:
+        """The 200 response: the body, with `X-Data-As-Of` when the freshness is known."""
+        resp = json_body(self.body)
+        if self.data_as_of is not None:
+            resp.headers[DATA_AS_OF_HEADER] = self.data_as_of
+        return resp
+
+
+async def analytics_answer(
     app: web.Application,
     principal: Principal,
     workflow_id: str,
     tr: TimeRange,
     kind: str,
     question: tuple = (),
-) -> bytes:
-    """One analytics document as JSON bytes, from the cache when it is fresh.
+) -> Answer:
+    """One analytics document with its freshness, from the cache when it is fresh.
 
     `question` identifies the request's own wording of a relative range (its query
     parameters), so an answer a second old can stand in while the new one is computed.
+    The freshness is read before the numbers, so they include at least what it claims;
+    a cached answer keeps the freshness it was computed with.
     """
     body_fn = _BODIES[kind]
     scope = (kind, principal.tenant, workflow_id)
     key = (*scope, tr.start, tr.end, tr.granularity, tr.tz)
     family = (*scope, question) if tr.relative else None
 
-    async def compute() -> bytes:
+    async def compute() -> Answer:
         async with app[POOL].acquire() as conn:
+            as_of = iso(await data_as_of(conn))
             wf = await app[WORKFLOWS].get(conn, principal.tenant, workflow_id)
             if wf is None:
                 raise not_found()
             doc = await body_fn(conn, wf, tr)
-        return dumps({"workflow_id": workflow_id, "range": tr.to_json(), **doc})
+        body = {"workflow_id": workflow_id, "range": tr.to_json(), "data_as_of": as_of, **doc}
+        return Answer(dumps(body), as_of)
 
     return await app[CACHE].get(key, workflow_id, compute, family)
 
@@ -254,10 +289,10 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def _analytics(request: web.Request, kind: str, q: TimeQuery) -> web.Response:
     principal = require_scope(request, "read")
     tr = time_range(request, q)
-    body = await analytics_bytes(
+    answer = await analytics_answer(
         request.app, principal, workflow_id_of(request), tr, kind, question_of(q)
     )
-    return json_body(body)
+    return answer.response()
 
 
 async def get_summary(request: web.Request) -> web.Response:
@@ -299,7 +334,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
     async def snapshot() -> bytes:
         tr = time_range(request, q)
-        return await analytics_bytes(app, principal, wid, tr, "summary", question_of(q))
+        answer = await analytics_answer(app, principal, wid, tr, "summary", question_of(q))
+        return answer.body
 
     return await run_stream(
         request, hub, wid, principal.name, snapshot, heartbeat=app[SETTINGS].heartbeat
@@ -387,18 +423,40 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """GET /readyz: the store is reachable and its schema is current."""
+    """GET /readyz: store reachable, schema current, source reachable, ingest lag bounded."""
     parse_query(request.query, NoQuery)
+    app = request.app
+    service = service_of(app)
+    if service is not None and not service.opened:
+        raise _not_ready("the exporter is still starting: waiting for the store")
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with request.app[POOL].acquire() as conn:
-                await require_current(conn)
+            async with app[POOL].acquire() as conn:
+                state = await check_store(
+                    conn,
+                    max_lag=app[CONFIG].exporter.ready_max_lag,
+                    health=service.state.health if service is not None else None,
+                )
     except SchemaError as exc:
-        raise ProblemError(503, "Service Unavailable", str(exc)) from None
+        raise _not_ready(str(exc)) from None
     except Exception as exc:
-        log.warning("readiness check failed: %s", exc)
-        raise ProblemError(503, "Service Unavailable", "the store is not reachable") from None
-    return json_body(dumps({"status": "ready"}))
+        if is_unreachable(exc):
+            await app[POOL].expire_connections()
+        app[OUTAGES].note(request, describe(exc))
+        raise _not_ready("the store is not reachable") from None
+    if not state.ready:
+        raise _not_ready(state.reason or "not ready", **state.to_json())
+    return json_body(dumps({"status": "ready", **state.to_json()}))
+
+
+def _not_ready(detail: str, **extra: Any) -> ProblemError:
+    return ProblemError(
+        503,
+        "Service Unavailable",
+        detail,
+        headers={"Retry-After": str(READY_RETRY_AFTER_S)},
+        **extra,
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:

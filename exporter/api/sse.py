@@ -22,11 +22,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from exporter.db import connect
+from exporter.db import Backoff, connect, describe
 from exporter.ingest import NOTIFY_CHANNEL
 from exporter.store.migrate import current_version
 
@@ -37,6 +38,9 @@ RETRY_MS = 3000
 
 DEBOUNCE_S = 1.0
 """At most one event per stream per this many seconds."""
+
+MAX_RECONNECT_DELAY_S = 10.0
+"""Longest wait between attempts to reconnect the listening connection."""
 
 
 @dataclass(eq=False, slots=True)
@@ -73,7 +77,7 @@ class IngestHub:
     # lifecycle -----------------------------------------------------------------------------
 
     async def start(self, wait: float = 5.0) -> None:
-        """Start listening in the background; wait up to `wait` s for the first connection."""
+        """Start listening in the background; wait up to `wait` s for the first attempt."""
         self._task = asyncio.create_task(self._run(), name="wfa-ingest-listener")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -97,8 +101,10 @@ class IngestHub:
             self._task = None
 
     async def _run(self) -> None:
+        backoff = Backoff(self.reconnect_delay, MAX_RECONNECT_DELAY_S)
         while not self._stop.is_set():
             conn: asyncpg.Connection | None = None
+            delay = self.reconnect_delay
             try:
                 conn = await connect(self.dsn, application_name="wfa-api-listen")
                 lost = asyncio.Event()
@@ -106,6 +112,9 @@ class IngestHub:
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 self.connection_no += 1
                 self.connected = True
+                if backoff.attempt:
+                    log.info("ingest listener connected again")
+                backoff.reset()
                 self._ready.set()
                 self._changed(None)
                 while not (lost.is_set() or self._stop.is_set()):
@@ -118,7 +127,14 @@ class IngestHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("ingest listener connection failed: %s", exc)
+                self._ready.set()  # the first attempt is over: start() need not wait longer
+                delay = backoff.next_delay()
+                if backoff.level_changed:
+                    log.warning(
+                        "ingest listener connection failed (%s); retrying every %.3g s",
+                        describe(exc),
+                        delay,
+                    )
             finally:
                 if self.connected:
                     self.connected = False
@@ -126,7 +142,7 @@ class IngestHub:
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.reconnect_delay):
+                async with asyncio.timeout(delay):
                     await self._stop.wait()
 
     # notifications -------------------------------------------------------------------------
@@ -215,12 +231,13 @@ class IngestHub:
 class _Entry:
     version: tuple[int, int]
     expires: float
-    body: bytes
+    body: Any
     computed_at: float = 0.0
 
 
 class ResultCache:
-    """Response bodies per request key, valid until ingestion touches their workflow.
+    """Answers (immutable response bodies) per request key, valid until ingestion touches
+    their workflow.
 
     Values are only kept while the hub listens; identical concurrent misses share
     one computation. A TTL bounds staleness from changes that send no notification
@@ -245,7 +262,7 @@ class ResultCache:
         self.misses = 0
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._latest: OrderedDict[tuple, _Entry] = OrderedDict()
-        self._inflight: dict[tuple, tuple[tuple[int, int], asyncio.Task[bytes]]] = {}
+        self._inflight: dict[tuple, tuple[tuple[int, int], asyncio.Task[Any]]] = {}
         hub.on_change(self._invalidate)
 
     def _invalidate(self, ids: list[str] | None) -> None:
@@ -265,14 +282,14 @@ class ResultCache:
         family: tuple | None,
         workflow_id: str,
         version: tuple[int, int],
-        compute: Callable[[], Awaitable[bytes]],
-    ) -> asyncio.Task[bytes]:
+        compute: Callable[[], Awaitable[Any]],
+    ) -> asyncio.Task[Any]:
         running = self._inflight.get(key)
         if running is not None and running[0] == version:
             return running[1]
         started = time.monotonic()
 
-        async def run() -> bytes:
+        async def run() -> Any:
             try:
                 body = await compute()
             finally:
@@ -294,10 +311,10 @@ class ResultCache:
         self,
         key: tuple,
         workflow_id: str,
-        compute: Callable[[], Awaitable[bytes]],
+        compute: Callable[[], Awaitable[Any]],
         family: tuple | None = None,
-    ) -> bytes:
-        """The cached body for `key`, or compute it (once for concurrent callers)."""
+    ) -> Any:
+        """The cached answer for `key`, or compute it (once for concurrent callers)."""
         if not self.hub.connected or self.max_entries <= 0:
             self.misses += 1
             return await compute()
@@ -326,7 +343,7 @@ class ResultCache:
         self._inflight.clear()
 
 
-def _consume(task: asyncio.Task[bytes]) -> None:
+def _consume(task: asyncio.Task[Any]) -> None:
     """Retrieve a background computation's outcome so no error goes unobserved."""
     if not task.cancelled():
         task.exception()

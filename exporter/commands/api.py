@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import resource
-import signal
 
 import asyncpg
 from aiohttp import web
@@ -15,10 +13,19 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.api import ApiSettings, create_app
 from exporter.api.errors import AccessLogger
-from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
+from exporter.commands.common import (
+    StartupFailed,
+    add_config_arg,
+    config_or_exit,
+    open_until_stopped,
+    raise_open_files_limit,
+    run,
+    setup_logging,
+    stop_event,
+)
 from exporter.config import Config
 from exporter.config.schema import parse_listen
-from exporter.db import create_pool
+from exporter.db import Backoff, describe, lazy_pool, retry_unreachable, warm_up
 from exporter.metrics import attach_metrics
 from exporter.service import ExporterService
 from exporter.store.migrate import SchemaError, require_current
@@ -37,26 +44,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
-def raise_open_files_limit() -> None:
-    """Lift the soft limit on open files to the hard limit (many SSE clients)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def serve(
+    app: web.Application,
+    listen: str,
+    stop: asyncio.Event,
+    grace: float,
+    header_timeout: float = 10.0,
+) -> None:
+    """Serve `app` on `listen` until `stop`; then stop accepting, end streams, wait `grace` s.
 
-
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def serve(app: web.Application, listen: str, stop: asyncio.Event, grace: float) -> None:
-    """Serve `app` on `listen` until `stop`; then stop accepting, end streams, wait `grace` s."""
+    A connection that has not sent a complete request head `header_timeout` s after connecting
+    (or after its previous response) is closed: aiohttp's keep-alive timer runs from the
+    connection's start, so half-open requests cannot pile up.
+    """
     host, port = parse_listen(listen)
-    runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=grace)
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        shutdown_timeout=grace,
+        keepalive_timeout=header_timeout,
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -67,57 +74,101 @@ async def serve(app: web.Application, listen: str, stop: asyncio.Event, grace: f
         await runner.cleanup()
 
 
-async def _check_schema(pool: asyncpg.Pool) -> None:
-    try:
+async def _check_schema(pool: asyncpg.Pool, cfg: Config) -> None:
+    """Wait for the store, say whether its schema is current, open a few connections."""
+
+    async def check() -> None:
         async with pool.acquire() as conn:
             await require_current(conn)
+
+    st = cfg.store
+    backoff = Backoff(
+        st.connect_retry_delay.total_seconds(), st.connect_retry_max_delay.total_seconds()
+    )
+    try:
+        await retry_unreachable(check, "store", retries=None, backoff=backoff)
     except SchemaError as exc:
         log.warning("%s (readyz answers 503 until then)", exc)
+    except Exception as exc:
+        log.warning("store check failed: %s", describe(exc))
+    await warm_up(pool, st.pool_min_size)
 
 
 async def _api(cfg: Config, settings: ApiSettings) -> int:
     raise_open_files_limit()
+    stop = stop_event()
     st = cfg.store
-    pool = await create_pool(
+    pool = await lazy_pool(
         cfg.store_dsn,
-        min_size=st.pool_min_size,
         max_size=st.pool_max_size,
         statement_timeout=st.statement_timeout,
-        retries=st.connect_retries,
-        retry_delay=st.connect_retry_delay,
         application_name="wfa-api",
     )
+    checker = asyncio.create_task(_check_schema(pool, cfg), name="wfa-schema-check")
     try:
-        await _check_schema(pool)
         app = create_app(cfg, pool, None, settings=settings)
-        await serve(app, cfg.api.listen, _stop_event(), settings.shutdown_grace)
+        await serve(
+            app,
+            cfg.api.listen,
+            stop,
+            settings.shutdown_grace,
+            cfg.api.header_timeout.total_seconds(),
+        )
     finally:
+        checker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checker
         await pool.close()
     return 0
 
 
+async def _start_exporter(
+    service: ExporterService, scheduler: AsyncIOScheduler, stop: asyncio.Event
+) -> int:
+    """Open the service when the store allows, then schedule its jobs; 1 when it cannot."""
+    try:
+        if await open_until_stopped(service, stop):
+            service.start(scheduler)
+        return 0
+    except StartupFailed:
+        stop.set()
+        return 1
+
+
 async def _run(cfg: Config, settings: ApiSettings) -> int:
     raise_open_files_limit()
-    stop = _stop_event()
+    stop = stop_event()
     service = ExporterService(cfg)
-    await service.open()
+    await service.connect()
+    assert service.store is not None
     scheduler = AsyncIOScheduler(timezone="UTC")
-    metrics = None
+    service.watch(scheduler)
+    metrics = attach_metrics(service, scheduler, cfg)
+    starter: asyncio.Task[int] | None = None
     try:
-        assert service.store is not None
-        service.start(scheduler)
-        metrics = attach_metrics(service, scheduler, cfg)
         await metrics.start()
         scheduler.start()
         app = create_app(cfg, service.store, service, settings=settings)
-        await serve(app, cfg.api.listen, stop, settings.shutdown_grace)
+        starter = asyncio.create_task(_start_exporter(service, scheduler, stop), name="wfa-start")
+        await serve(
+            app,
+            cfg.api.listen,
+            stop,
+            settings.shutdown_grace,
+            cfg.api.header_timeout.total_seconds(),
+        )
     finally:
+        code = 0
+        if starter is not None:
+            if not starter.done():
+                starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                code = await starter
         if scheduler.running:
             scheduler.shutdown(wait=False)
-        if metrics is not None:
-            await metrics.stop()
+        await metrics.stop()
         await _close_service(service, settings.shutdown_grace)
-    return 0
+    return code
 
 
 async def _close_service(service: ExporterService, grace: float) -> None:

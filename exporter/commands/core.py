@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 
 import asyncpg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
+from exporter.commands.common import (
+    StartupFailed,
+    add_config_arg,
+    config_or_exit,
+    open_until_stopped,
+    raise_open_files_limit,
+    run,
+    setup_logging,
+    stop_event,
+)
 from exporter.config import Config
 from exporter.dashboards.tenant import referenced_relations
-from exporter.db import connect
+from exporter.db import connect, describe, is_unreachable
 from exporter.metrics import attach_metrics
 from exporter.service import ExporterService, store_dsn
 from exporter.store import make_backend
-from exporter.store.migrate import migrate
+from exporter.store.migrate import SchemaError, migrate
 from exporter.store.roles import READER, RoleError, ensure_reader
 
 READER_PASSWORD_ENV = "WFA_READER_PASSWORD"
@@ -110,49 +117,65 @@ def cmd_source_init(args: argparse.Namespace) -> int:
     return run(_source_init(config_or_exit(args)))
 
 
-async def _exporter(cfg: Config, once: bool) -> int:
+async def _exporter_once(cfg: Config) -> int:
     service = ExporterService(cfg)
-    await service.open()
     try:
-        if once:
-            result = await service.poll_once()
-            if result is None:
-                print("another exporter holds the poll lock", file=sys.stderr)
-                return 1
-            print(
-                json.dumps(
-                    {
-                        "batches": result.batches,
-                        "read": result.read,
-                        "written": result.written,
-                        "skipped": result.skipped,
-                        "rejected": result.rejected,
-                        "rows": result.rows,
-                        "seconds": round(result.seconds, 3),
-                    }
-                )
-            )
-            return 0
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        scheduler = AsyncIOScheduler(timezone="UTC")
-        service.start(scheduler)
-        metrics = attach_metrics(service, scheduler, cfg)
+        await service.open()
+        result = await service.poll_once()
+    except Exception as exc:
+        if not is_unreachable(exc) and not isinstance(exc, SchemaError):
+            raise
+        print(f"exporter: {describe(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        await service.close()
+    if result is None:
+        print("another exporter holds the poll lock", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "batches": result.batches,
+                "read": result.read,
+                "written": result.written,
+                "skipped": result.skipped,
+                "rejected": result.rejected,
+                "rows": result.rows,
+                "seconds": round(result.seconds, 3),
+            }
+        )
+    )
+    return 0
+
+
+async def _exporter(cfg: Config) -> int:
+    """Serve /metrics at once, wait for the store as long as it takes, then poll until stopped."""
+    raise_open_files_limit()
+    stop = stop_event()
+    service = ExporterService(cfg)
+    await service.connect()
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    service.watch(scheduler)
+    metrics = attach_metrics(service, scheduler, cfg)
+    try:
         await metrics.start()
         scheduler.start()
         try:
-            await stop.wait()
-        finally:
-            scheduler.shutdown(wait=False)
-            await metrics.stop()
+            if await open_until_stopped(service, stop):
+                service.start(scheduler)
+                await stop.wait()
+        except StartupFailed:
+            return 1
         return 0
     finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        await metrics.stop()
         await service.close()
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:
     """Run the exporter."""
     setup_logging()
-    return run(_exporter(config_or_exit(args), args.once))
+    cfg = config_or_exit(args)
+    return run(_exporter_once(cfg) if args.once else _exporter(cfg))

@@ -8,7 +8,7 @@ import signal
 import time
 from datetime import UTC, datetime
 
-from exporter.commands.common import add_config_arg, config_or_exit, run
+from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
 from exporter.db import connect
 
@@ -141,6 +141,7 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
             stop=stop,
             duration=args.duration,
             executions_table=cfg.source.executions_table,
+            reconnect=lambda: connect(cfg.source.dsn),
         )
     finally:
         await conn.close()
@@ -150,4 +151,5 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Generate and write a workload."""
+    setup_logging()
     return run(_simulate(config_or_exit(args), args))

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     WrapSerializer,
     field_validator,
     model_validator,
@@ -313,6 +314,7 @@ class StoreConfig(BaseModel):
     pool_max_size: PositiveInt = 10
     connect_retries: NonNegativeInt = 10
     connect_retry_delay: Duration = timedelta(seconds=1)
+    connect_retry_max_delay: PositiveDuration = timedelta(seconds=10)
 
 
 class ExporterConfig(BaseModel):
@@ -329,6 +331,19 @@ class ExporterConfig(BaseModel):
         dict[TextId, PositiveDuration], AfterValidator(_freeze), WrapSerializer(_thaw)
     ] = Field(default_factory=dict)
     lock_id: BigInt = 727274
+    ready_max_lag: PositiveDuration = Field(timedelta(minutes=5), validate_default=True)
+
+    @field_validator("ready_max_lag")
+    @classmethod
+    def _lag_above_interval(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        """A readiness lag within the poll interval would report every healthy exporter late."""
+        interval = info.data.get("poll_interval")
+        if isinstance(interval, timedelta) and value <= interval:
+            raise _error(
+                "ready_max_lag",
+                f"must be longer than exporter.poll_interval ({interval.total_seconds():g} s)",
+            )
+        return value
 
     def conversion_window_for(self, workflow_id: str) -> timedelta | None:
         """The conversion window of a workflow: its own, else the global one, else None."""
@@ -362,6 +377,7 @@ class MetricsConfig(BaseModel):
     exclude: tuple[TextId, ...] = ()
     tenants: TenantFilter = Field(default_factory=TenantFilter)
     min_volume: NonNegativeInt = 20
+    header_timeout: PositiveDuration = timedelta(seconds=10)
 
 
 class ApiToken(BaseModel):
@@ -387,6 +403,7 @@ class ApiConfig(BaseModel):
     sse_max_per_token: PositiveInt = 20
     refresh_min_interval: Duration = timedelta(seconds=10)
     max_body_bytes: PositiveInt = 65536
+    header_timeout: PositiveDuration = timedelta(seconds=10)
 
 
 class ExportsConfig(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ import asyncpg
 
 from exporter import queries
 from exporter.config.schema import ExportsConfig
-from exporter.db import connect
+from exporter.db import Backoff, connect, describe, is_unreachable
 from exporter.exports.datasets import ExportSpec
 from exporter.exports.formats import FORMATS
 from exporter.exports.render import Progress, render
@@ -94,13 +95,24 @@ class ExportJobs:
     # lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> list[uuid.UUID]:
-        """Take the owner lock, adopt orphaned jobs, start housekeeping; the jobs resumed."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        await self._ensure_lock()
+        """Take the owner lock, adopt orphaned jobs, start housekeeping; the jobs resumed.
+
+        Neither a store that is down nor an unusable directory stops the API from starting:
+        housekeeping adopts later, and jobs fail with the directory's reason.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("export directory %s is not usable: %s", self.directory, _reason(exc))
         try:
             resumed = await self.adopt()
         except asyncpg.UndefinedTableError:
             log.warning("export jobs are not in the store yet: run `wfa migrate`")
+            resumed = []
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            log.warning("export jobs: the store is not reachable yet; adopting later")
             resumed = []
         self._housekeeper = asyncio.create_task(self._housekeeping(), name="export-housekeeping")
         return resumed
@@ -141,6 +153,7 @@ class ExportJobs:
     async def submit(self, spec: ExportSpec, requested_by: str) -> asyncpg.Record:
         """Store a new job for `spec` and start it; TooManyJobs past the tenant's limit."""
         job_id = uuid.uuid4()
+        await self._ensure_lock()  # a job is only stored while its owner lock is held
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(Q["job_lock_tenant"], OWNER_LOCK_CLASS, spec.tenant)
             active = await conn.fetchval(Q["job_active_count"], spec.tenant)
@@ -187,17 +200,14 @@ class ExportJobs:
         final = self.directory / file_name(job_id, spec.format)
         part = final.with_name(f"{final.name}.{self.owner}.part")
         progress = Progress()
-        for stale in self.directory.glob(f"{final.name}.*.part"):
-            stale.unlink(missing_ok=True)  # left by an owner that died: this run replaces it
         try:
+            for stale in self.directory.glob(f"{final.name}.*.part"):
+                _discard(stale)  # left by an owner that died: this run replaces it
             async with self.pool.acquire() as conn:
                 wf = await queries.get_workflow(conn, spec.tenant, spec.workflow_id)
                 if wf is not None:
-                    with part.open("wb") as f:
-                        async for chunk in render(conn, wf, spec, progress, datetime.now(UTC)):
-                            f.write(chunk)
-                        f.flush()
-                        await asyncio.to_thread(os.fsync, f.fileno())
+                    chunks = render(conn, wf, spec, progress, datetime.now(UTC))
+                    await _write_file(conn, chunks, part)
             if wf is None:
                 await self._finish(job_id, "the workflow no longer exists")
                 return
@@ -215,24 +225,44 @@ class ExportJobs:
                 log.warning("export %s was taken over by another process", job_id)
             self._changed(job_id)
         except asyncio.CancelledError:
-            part.unlink(missing_ok=True)
+            _discard(part)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0), self.pool.acquire() as conn:
                     await conn.execute(
                         Q["job_release"], job_id, self.owner, "interrupted by a shutdown"
                     )
             raise
+        except OSError as exc:
+            _discard(part)
+            if _raised_by_files(exc):
+                reason = _file_reason(exc)
+                log.error("export %s failed in %s: %s", job_id, self.directory, reason)
+                await self._finish(job_id, reason)
+            else:
+                log.warning("export %s failed: %s", job_id, _reason(exc))
+                await self._finish(job_id, f"export failed: {_reason(exc)}")
         except Exception as exc:
-            part.unlink(missing_ok=True)
-            log.exception("export %s failed", job_id)
+            _discard(part)
+            if is_unreachable(exc) or isinstance(exc, asyncpg.PostgresError):
+                log.warning("export %s failed: %s", job_id, _reason(exc))
+            else:
+                log.exception("export %s failed", job_id)
             await self._finish(job_id, f"export failed: {_reason(exc)}")
 
     async def _finish(self, job_id: uuid.UUID, error: str) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                await conn.execute(Q["job_failed"], job_id, self.owner, error)
-        except Exception as exc:
-            log.error("could not record the failure of export %s: %s", job_id, exc)
+        """Record a job's failure, retrying while the store is unreachable (the job must not
+        stay `running`, holding a slot of the tenant's limit)."""
+        backoff = Backoff(1.0, 30.0)
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(Q["job_failed"], job_id, self.owner, error)
+                break
+            except Exception as exc:
+                if self._closing or not is_unreachable(exc):
+                    log.error("could not record the failure of export %s: %s", job_id, exc)
+                    break
+                await asyncio.sleep(backoff.next_delay())
         self._changed(job_id)
 
     def _changed(self, job_id: uuid.UUID) -> None:
@@ -281,9 +311,7 @@ class ExportJobs:
         removed = 0
         for row in expired:
             path = self.directory / file_name(row["job_id"], row["format"])
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed += 1
+            removed += _discard(path)
         removed += await self._remove_strays()
         return removed
 
@@ -292,15 +320,22 @@ class ExportJobs:
         now = time.time()
         found: dict[uuid.UUID, list[Path]] = {}
         removed = 0
-        for path in self.directory.iterdir():
+        try:
+            paths = list(self.directory.iterdir())
+        except OSError as exc:
+            log.debug("cannot list %s: %s", self.directory, exc)
+            return 0
+        for path in paths:
             m = _FILE_RE.match(path.name)
             if m is None:
                 continue
-            age = now - path.stat().st_mtime
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                continue
             if path.name.endswith(".part"):
                 if age > STRAY_PART_AGE.total_seconds():
-                    path.unlink(missing_ok=True)
-                    removed += 1
+                    removed += _discard(path)
                 continue
             if age > 60:
                 found.setdefault(uuid.UUID(m.group(1)), []).append(path)
@@ -312,23 +347,87 @@ class ExportJobs:
                 for r in await conn.fetch(Q["job_files"], list(found))
                 if r["status"] in ("succeeded", "running", "queued")
             }
-        for job_id, paths in found.items():
+        for job_id, stale in found.items():
             if job_id not in live:
-                for path in paths:
-                    path.unlink(missing_ok=True)
-                    removed += 1
+                removed += sum(_discard(path) for path in stale)
         return removed
 
     async def _housekeeping(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.settings.housekeeping_s)
             try:
                 await self.adopt()
                 await self.cleanup()
             except Exception as exc:
-                log.warning("export housekeeping failed: %s", exc)
+                if not failing:
+                    log.warning("export housekeeping failed: %s", _reason(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("export housekeeping works again")
+                failing = False
+
+
+async def _write_file(conn: Any, chunks: AsyncIterator[bytes], part: Path) -> None:
+    """Write the rendered export to `part` and fsync it.
+
+    When writing stops half-way (a full disk, a shutdown) the export's query may still be
+    running on `conn`: the connection is terminated, so the pool replaces it instead of
+    taking back a busy one, and the original error is what propagates.
+    """
+    try:
+        with part.open("wb") as f:
+            async for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+    except BaseException:
+        conn.terminate()
+        raise
+    finally:
+        try:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.debug("closing the export query: %s", describe(exc))
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+    return describe(exc)
+
+
+def _discard(path: Path) -> int:
+    """Delete a file if it is there; 1 when deleted. Never raises (a read-only directory)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.debug("cannot delete %s: %s", path, exc)
+        return 0
+    return 1
+
+
+def _raised_by_files(exc: OSError) -> bool:
+    """An OSError about a file (it has a file name or an errno of the file system family)."""
+    return exc.filename is not None or exc.errno in _FS_ERRNOS
+
+
+_FS_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO,
+              errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.EFBIG}
+
+
+def _file_reason(exc: OSError) -> str:
+    """Why the export directory cannot take the file, for the job's `error` (no path)."""
+    what = {
+        errno.EROFS: "is read-only",
+        errno.ENOSPC: "is full",
+        errno.EDQUOT: "is over its quota",
+        errno.EACCES: "is not writable",
+        errno.EPERM: "is not writable",
+        errno.ENOTDIR: "is not a directory",
+        errno.ENOENT: "does not exist",
+        errno.EFBIG: "does not accept a file this large",
+    }.get(exc.errno or 0, "cannot be written")
+    detail = exc.strerror or str(exc)
+    return f"the export directory {what} ({detail})"[:300]

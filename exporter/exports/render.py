@@ -162,10 +162,12 @@ async def copy_chunks(
             yield chunk
         await task
     finally:
+        # Also when the COPY already failed (its connection was terminated by a reader that
+        # gave up): its outcome is retrieved here, not reported as never retrieved.
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 async def _executions(

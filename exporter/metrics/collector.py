@@ -60,20 +60,18 @@ class PollDurations:
 
 @dataclass(slots=True)
 class MetricsState:
-    """The metrics side's own state: current snapshot, snapshot errors, store health."""
+    """The metrics side's own state: current snapshot, snapshot errors, poll durations."""
 
     started_at: float = field(default_factory=time.time)
     snapshot: Snapshot | None = None
     snapshot_errors: Counter = field(default_factory=Counter)
     dropped_total: int = 0
-    store_up: bool = False
     polls: PollDurations = field(default_factory=PollDurations)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current and add its dropped series to the running total."""
         self.snapshot = snapshot
         self.dropped_total += snapshot.dropped_series
-        self.store_up = True
 
     def snapshot_age(self, now: float | None = None) -> float:
         """Seconds since the current snapshot was read (since start when there is none yet)."""
@@ -256,8 +254,13 @@ class SelfCollector:
         )
         yield GaugeMetricFamily(
             "wfa_exporter_store_up",
-            "1 when the last store access succeeded.",
-            value=1 if ms.store_up else 0,
+            "1 when the analytics store answered its last use or probe.",
+            value=1 if ex.health.store_up else 0,
+        )
+        yield GaugeMetricFamily(
+            "wfa_exporter_source_up",
+            "1 when the source database answered its last use or probe.",
+            value=1 if ex.health.source_up else 0,
         )
         yield GaugeMetricFamily(
             "wfa_exporter_leader",

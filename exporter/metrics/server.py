@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from exporter.config import Config
 from exporter.config.schema import MetricsConfig, parse_listen
+from exporter.db import describe, is_unreachable
 from exporter.ingest import PollResult
 from exporter.metrics.collector import (
     MetricsState,
@@ -28,7 +29,7 @@ from exporter.metrics.collector import (
     render_snapshot,
 )
 from exporter.metrics.snapshot import Snapshot, build_snapshot
-from exporter.service import ExporterService, ExporterState, error_reason
+from exporter.service import ExporterService, ExporterState, error_reason, scheduled
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
@@ -78,7 +79,7 @@ class MetricsServer:
     ):
         self.cfg = cfg
         self.exporter = exporter
-        self.state = MetricsState(store_up=exporter.store_up)
+        self.state = MetricsState()
         self._pool = pool
         self._timeout = store_timeout.total_seconds()
         self.snapshot_collector = SnapshotCollector(lambda: self.state.snapshot)
@@ -91,6 +92,7 @@ class MetricsServer:
         self._self_registry.register(self.self_collector)
         self._rendered = Rendered.of(b"")
         self._runner: web.AppRunner | None = None
+        self._failing = False
         self.port: int | None = None
 
     # snapshot ------------------------------------------------------------------------------
@@ -106,11 +108,18 @@ class MetricsServer:
         except Exception as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else error_reason(exc)
             self.state.snapshot_errors[reason] += 1
-            self.state.store_up = False
-            log.error("metrics snapshot failed (%s): %s", reason, exc)
+            if pool is None or is_unreachable(exc):
+                self.exporter.health.set("store", False, describe(exc))
+            if not self._failing:
+                log.error("metrics snapshot failed (%s): %s", reason, describe(exc))
+            self._failing = True
             return None
+        if self._failing:
+            log.info("metrics snapshot works again")
+            self._failing = False
         self._rendered = rendered
         self.state.publish(snapshot)
+        self.exporter.health.set("store", True)
         if snapshot.dropped_series:
             log.warning(
                 "metrics.max_series %d: left out %d series of %d workflows",
@@ -124,14 +133,14 @@ class MetricsServer:
         async with pool.acquire() as conn:
             return await build_snapshot(conn, self.cfg, now)
 
+    @scheduled
     async def _refresh_job(self) -> None:
         await self.refresh()
 
     def on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:
-        """ExporterService listener: record the poll duration and the store's health."""
+        """ExporterService listener: record the poll duration."""
         if result is not None:
             self.state.polls.observe(result.seconds)
-        self.state.store_up = self.exporter.store_up
 
     def schedule(self, scheduler: BaseScheduler) -> None:
         """Add the snapshot job (first run now) to `scheduler`."""
@@ -167,7 +176,8 @@ class MetricsServer:
             "status": "ok",
             "snapshot": snap is not None,
             "snapshot_age_seconds": round(self.state.snapshot_age(), 3),
-            "store_up": self.state.store_up,
+            "store_up": self.exporter.health.store_up,
+            "source_up": self.exporter.health.source_up,
             "leader": self.exporter.is_leader,
         }
         return web.Response(text=json.dumps(body), content_type="application/json")
@@ -185,7 +195,14 @@ class MetricsServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family)
         self.port = sock.getsockname()[1]
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A connection that sends no complete request head `header_timeout` after connecting
+        # (or after its previous response) is closed: aiohttp's keep-alive timer runs from the
+        # start of the connection, so slow clients cannot pile up.
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.cfg.header_timeout.total_seconds(),
+        )
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         log.info("metrics on http://%s:%s/metrics", host, self.port)

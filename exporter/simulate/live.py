@@ -20,13 +20,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from random import Random
 
 import asyncpg
 
+from exporter.db import Backoff, describe, is_unreachable
 from exporter.simulate.generate import advance, generate, profile_for, simulate_execution
 from exporter.simulate.model import (
     SimAttempt,
@@ -341,23 +342,71 @@ async def run_live(
     clock: Callable[[], datetime] = utc_now,
     executions_table: str = EXECUTIONS_TABLE,
     report_every: float = 60.0,
+    reconnect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
 ) -> int:
-    """Tick until `stop` is set (or `duration` seconds passed); returns the rows written."""
+    """Tick until `stop` is set (or `duration` seconds passed); returns the rows written.
+
+    With `reconnect`, a source that goes away (a restart) is reconnected with backoff: the
+    changes of the ticks in between are kept and written once it is back (the latest state of
+    each execution). Connections opened that way are closed here; `conn` stays the caller's.
+    """
     stop = stop or asyncio.Event()
     started = last_report = time.monotonic()
     written = 0
-    while not stop.is_set():
-        began = time.monotonic()
-        changed = live.step(clock())
-        written += await upsert_executions(conn, changed, executions_table=executions_table)
-        now = time.monotonic()
-        if now - last_report >= report_every:
-            last_report = now
-            log.info(
-                "live: %d enrolled, %d active, %d rows written", live.enrolled, live.active, written
-            )
-        if duration is not None and now - started >= duration:
-            break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, tick - (now - began)))
+    current: asyncpg.Connection | None = conn
+    pending: dict[str, SimExecution] = {}
+    backoff = Backoff(min(max(tick, 0.1), 1.0), 30.0)
+    down_since: float | None = None
+    try:
+        while not stop.is_set():
+            began = time.monotonic()
+            for ex in live.step(clock()):
+                pending[ex.id] = ex
+            wait = tick
+            try:
+                if current is None:
+                    assert reconnect is not None
+                    current = await reconnect()
+                if pending:
+                    written += await upsert_executions(
+                        current, list(pending.values()), executions_table=executions_table
+                    )
+                    pending.clear()
+                if down_since is not None:
+                    log.info(
+                        "live: source reachable again after %.1f s; caught up",
+                        time.monotonic() - down_since,
+                    )
+                    down_since = None
+                    backoff.reset()
+            except Exception as exc:
+                if reconnect is None or not is_unreachable(exc):
+                    raise
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning(
+                        "live: source unreachable (%s); keeping changes and reconnecting "
+                        "with backoff",
+                        describe(exc),
+                    )
+                if current is not None and current is not conn:
+                    current.terminate()
+                current = None
+                wait = backoff.next_delay()
+            now = time.monotonic()
+            if now - last_report >= report_every:
+                last_report = now
+                log.info(
+                    "live: %d enrolled, %d active, %d rows written",
+                    live.enrolled,
+                    live.active,
+                    written,
+                )
+            if duration is not None and now - started >= duration:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, wait - (now - began)))
+    finally:
+        if current is not None and current is not conn:
+            await current.close()
     return written

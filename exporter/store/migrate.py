@@ -8,12 +8,13 @@ from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 MIGRATE_LOCK = 727_273
 _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
     3: ["common/003_tenants.sql"],
+    5: ["common/005_ingest_status.sql"],
 }
 
 

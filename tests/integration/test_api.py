@@ -474,7 +474,11 @@ async def test_health_ready_openapi_and_unknown_routes(client: TestClient, spec:
         assert (status, body) == (200, {"status": "alive"})
     for path in ("/readyz", f"{P}/readyz"):
         status, _, body = await call(client, spec, path, token=None)
-        assert (status, body) == (200, {"status": "ready"})
+        assert (status, body["status"]) == (200, "ready")
+        assert set(body) == {"status", "data_as_of", "ingest_lag_seconds"}
+        as_of = parse_ts(body["data_as_of"])
+        assert 0 <= body["ingest_lag_seconds"] < 86400
+        assert abs((datetime.now(UTC) - as_of).total_seconds() - body["ingest_lag_seconds"]) < 5
     assert spec.doc["openapi"] == "3.1.0"
     resp = await client.get(f"{P}/nothing-here")
     assert resp.status == 404 and resp.content_type == "application/problem+json"

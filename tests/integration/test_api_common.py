@@ -51,6 +51,8 @@ def api_config(dsn: str, **api: Any) -> Config:
         {
             "source": {"dsn": dsn},
             "store": {"backend": "postgres", "pool_max_size": 6},
+            # The stores of these tests are filled once; they stay "ready" for a day.
+            "exporter": {"ready_max_lag": "1d"},
             "api": {"tokens": tokens, **api},
         }
     )

@@ -36,6 +36,7 @@ from exporter.simulate.generate import advance, generate
 from exporter.simulate.model import SimData
 from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
+from tests.integration.faults import Proxy
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 WINDOWS = (timedelta(hours=1), timedelta(hours=24), timedelta(days=7))
@@ -457,45 +458,6 @@ async def test_tenant_filter_keeps_excluded_tenants_out(db_dsn):
                 check_truth(samples, kept_data, NOW)
     finally:
         await svc.close()
-
-
-class Proxy:
-    """A TCP proxy to PostgreSQL that the test can take down and bring back."""
-
-    def __init__(self, port: int):
-        self.target = port
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.conns: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        """Listen (on the same port after a restart)."""
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-        self.conns |= {w, uw}
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
-
-    async def stop(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        assert self.server is not None
-        self.server.close()
-        for w in self.conns:
-            w.transport.abort()
-        self.conns.clear()
-        await self.server.wait_closed()
 
 
 async def test_store_down_keeps_last_snapshot_and_tells_the_truth(pg, db_dsn):

@@ -757,3 +757,40 @@ def test_check_config_names_the_bad_token_key_and_exits_1(
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "api.tokens[0].scopes: an operator token" in err and "export" in err
+# --- degraded operation ------------------------------------------------------------------------
+
+
+def test_degradation_keys_have_defaults() -> None:
+    """Readiness lag, header timeouts and the retry cap have working defaults."""
+    cfg = config_from_dict(minimal())
+    assert cfg.exporter.ready_max_lag == timedelta(minutes=5)
+    assert cfg.api.header_timeout == cfg.metrics.header_timeout == timedelta(seconds=10)
+    assert cfg.store.connect_retry_max_delay == timedelta(seconds=10)
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        ({"exporter": {"ready_max_lag": "0s"}}, "exporter.ready_max_lag: must be greater than 0"),
+        ({"exporter": {"ready_max_lag": "soon"}}, "exporter.ready_max_lag: invalid duration"),
+        (
+            {"exporter": {"poll_interval": "1m", "ready_max_lag": "30s"}},
+            "exporter.ready_max_lag: must be longer than exporter.poll_interval (60 s)",
+        ),
+        (
+            {"exporter": {"poll_interval": "10m"}},  # the default lag is shorter
+            "exporter.ready_max_lag: must be longer than exporter.poll_interval (600 s)",
+        ),
+        ({"api": {"header_timeout": 0}}, "api.header_timeout: must be greater than 0"),
+        ({"api": {"header_timeout": "-1s"}}, "api.header_timeout: invalid duration"),
+        ({"metrics": {"header_timeout": "0ms"}}, "metrics.header_timeout: must be greater than 0"),
+        (
+            {"store": {"connect_retry_max_delay": "0s"}},
+            "store.connect_retry_max_delay: must be greater than 0",
+        ),
+    ],
+)
+def test_bad_degradation_keys_name_the_key(sections: dict[str, Any], problem: str) -> None:
+    """Each bad value is reported with its key."""
+    problems = problems_of(minimal(**sections))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
