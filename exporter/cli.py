@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "exporter.commands.api",
     "exporter.commands.simulate",
     "exporter.commands.backfill",
+    "exporter.commands.reconcile",
     "exporter.commands.demo",
 )
 

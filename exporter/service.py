@@ -16,8 +16,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter import retention
 from exporter.config import Config
-from exporter.db import CONNECT_ERRORS, connect, create_pool
+from exporter.db import CONNECT_ERRORS, create_pool
 from exporter.ingest import Ingestor, IngestSettings, PollResult
+from exporter.leadership import Leadership, NotLeader
+from exporter.reconcile import ReconcileResult, reconcile
 from exporter.store import Backend, RefreshResult, make_backend
 from exporter.store.migrate import migrate
 
@@ -39,6 +41,8 @@ def ingest_settings(cfg: Config) -> IngestSettings:
         overlap=e.overlap,
         conversion_window=e.conversion_window,
         conversion_windows=dict(e.conversion_windows),
+        valid_from=s.valid_from,
+        valid_until=s.valid_until,
     )
 
 
@@ -84,7 +88,13 @@ class ExporterService:
         self.backend: Backend | None = None
         self.ingestor: Ingestor | None = None
         self.scheduler: AsyncIOScheduler | None = None
-        self._lock_conn: asyncpg.Connection | None = None
+        self.leadership = Leadership(
+            store_dsn(cfg),
+            cfg.exporter.lock_id,
+            self._leader_changed,
+            cfg.store.statement_timeout,
+        )
+        self._epoch: int | None = None
         self._last_refresh = 0.0
         self._poll_lock = asyncio.Lock()
         self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = []
@@ -118,19 +128,19 @@ class ExporterService:
         self.ingestor = Ingestor(ingest_settings(self.cfg), self.backend)
         self.state.store_up = True
 
-    async def _leader(self) -> bool:
-        """Hold the advisory lock that makes this replica the only poller."""
-        if self._lock_conn is not None and not self._lock_conn.is_closed():
-            return True
-        self._lock_conn = await connect(store_dsn(self.cfg), application_name="wfa-exporter-lock")
-        got = await self._lock_conn.fetchval(
-            "SELECT pg_try_advisory_lock($1)", self.cfg.exporter.lock_id
-        )
-        if not got:
-            await self._lock_conn.close()
-            self._lock_conn = None
-        self.state.is_leader = bool(got)
-        return bool(got)
+    def _leader_changed(self, held: bool) -> None:
+        self.state.is_leader = held
+
+    async def _leader(self, wait: timedelta | None = None, take_over: bool = False) -> bool:
+        """Hold the fenced poll lock; after a takeover, forget every cached store state."""
+        assert self.ingestor
+        if not await self.leadership.acquire(wait, take_over):
+            return False
+        if self.leadership.epoch != self._epoch:
+            # Another replica may have written since this one last led: read it all again.
+            self.ingestor.reset()
+            self._epoch = self.leadership.epoch
+        return True
 
     async def poll_once(self, refresh: bool = True) -> PollResult | None:
         """One poll cycle (until caught up) and a rollup refresh; None on a standby replica."""
@@ -148,20 +158,22 @@ class ExporterService:
                 lookup = None
                 if self.cfg.store.pool_max_size > 1:
                     lookup = await stack.enter_async_context(self.store.acquire())
-                result = await self.ingestor.poll(src, st, lookup)
+                result = await self.ingestor.poll(src, st, lookup, self.leadership)
                 due = time.monotonic() - self._last_refresh
                 every = self.cfg.exporter.refresh_interval.total_seconds()
                 if refresh and (result.written or result.rejected or due >= every):
                     self.state.last_refresh = await self.backend.refresh(st)
                     self._last_refresh = time.monotonic()
+        except NotLeader as exc:
+            log.warning("poll stopped, this replica no longer leads: %s", exc)
+            await self.leadership.release()
+            return None
         except Exception as exc:
             reason = error_reason(exc)
             self.state.errors[reason] += 1
             self.state.store_up = reason != "unreachable"
             log.error("poll failed (%s): %s", reason, exc)
-            if self._lock_conn is not None:
-                await self._lock_conn.close()
-                self._lock_conn = None
+            await self.leadership.release()
             for cb in self.listeners:
                 cb(None, exc)
             raise
@@ -181,6 +193,32 @@ class ExporterService:
         # Errors are counted and logged in poll_once; the schedule goes on.
         with contextlib.suppress(Exception):
             await self.poll_once()
+
+    async def reconcile_once(
+        self, wait: timedelta | None = None, take_over: bool = False
+    ) -> ReconcileResult | None:
+        """Compare source and store per (workflow, day) and re-ingest the days that differ;
+        None when another replica holds the poll lock."""
+        assert self.store and self.source and self.ingestor
+        async with self._poll_lock:
+            if not await self._leader(wait, take_over):
+                return None
+            try:
+                async with self.store.acquire() as st, self.source.acquire() as src:
+                    return await reconcile(self.cfg, self.ingestor, src, st, self.leadership)
+            except NotLeader as exc:
+                log.warning("reconcile stopped, this replica no longer leads: %s", exc)
+                await self.leadership.release()
+                return None
+
+    async def _reconcile_job(self) -> None:
+        try:
+            result = await self.reconcile_once()
+        except Exception as exc:
+            log.error("reconcile failed: %s", exc)
+            return
+        if result is not None:
+            log.info("reconcile: %s", result.summary())
 
     async def _maintain_job(self) -> None:
         assert self.store and self.backend
@@ -233,12 +271,21 @@ class ExporterService:
             coalesce=True,
             id="retention",
         )
+        if e.reconcile_interval is not None:
+            every = e.reconcile_interval.total_seconds()
+            scheduler.add_job(
+                self._reconcile_job,
+                "interval",
+                seconds=every,
+                next_run_time=now + e.reconcile_interval,
+                max_instances=1,
+                coalesce=True,
+                id="reconcile",
+            )
 
     async def close(self) -> None:
-        """Close the lock connection and pools."""
-        if self._lock_conn is not None:
-            await self._lock_conn.close()
-            self._lock_conn = None
+        """Give up the poll lock and close the pools."""
+        await self.leadership.release()
         for pool in (self.source, self.store):
             if pool is not None:
                 await pool.close()
