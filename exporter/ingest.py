@@ -708,7 +708,10 @@ def _parse_workflow(r: Mapping[str, Any], window: Plausible) -> list[tuple[str, 
         if r[what] is None:
             raise Rejected("invalid_row", f"{what} is required")
         check_id(r[what], what)
-    window.check(r["updated_at"], "updated_at")
+    # Definitions are not partitioned by time: only a stamp from the future is refused (it
+    # would carry the cursor past every change to come).
+    updated = r["updated_at"]
+    Plausible(updated or window.earliest, window.latest).check(updated, "updated_at")
     steps = _parse_steps(r["steps"])
     for sid, _name, action in steps:
         check_id(sid, "step id")
