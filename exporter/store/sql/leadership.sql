@@ -21,7 +21,7 @@ SELECT l.pid, l.granted
   FROM pg_locks l
  WHERE l.locktype = 'advisory' AND l.objsubid = 1
    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid;
+   AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid;
 
 -- name: terminate
 SELECT pg_terminate_backend($1);
