@@ -113,7 +113,8 @@ async def test_lock_sessions_killed_mid_batch_count_nothing_twice(store_dsn, con
                 if old is not None:
                     drop.append(await _flag_drop(conn, old, held[1]))
             t0 = time.monotonic()
-            await wait_for(lambda: _led(conn, held[1]), 60, 0.05, "a new leader")
+            epoch = held[1]
+            await wait_for(lambda e=epoch: _led(conn, e), 60, 0.05, "a new leader")
             recover.append(time.monotonic() - t0)
         seen = [d for d in drop if d is not None]
         figures["leader_flag_dropped"] = len(seen)
@@ -301,7 +302,8 @@ async def test_reconcile_command_and_a_running_exporter(db_dsn, conn_pg, tmp_pat
         )
         victim.status, victim.exited_at, victim.exit_reason = "exited", victim.updated_at, "by-hand"
         victim.current_step_id, victim.updated_at = None, back
-        cmd = [sys.executable, "-m", "exporter", "reconcile", "--config", str(fleet.config(running.port))]
+        config = str(fleet.config(running.port))
+        cmd = [sys.executable, "-m", "exporter", "reconcile", "--config", config]
         refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert refused.returncode == 1 and "--take-over" in refused.stderr
         epoch = (await leader(conn))[1]
