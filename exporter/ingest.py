@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
@@ -31,6 +30,15 @@ from exporter.source.reader import (
 )
 from exporter.store.backend import Backend
 from exporter.store.sqlfiles import named
+from exporter.storeio import (
+    NOTIFY_CHANNEL,
+    notify,
+    old_states,
+    reject_record,
+    save_cursor,
+    unnest,
+    write_batch,
+)
 from exporter.transform import (
     EVENTS,
     Batch,
@@ -40,59 +48,12 @@ from exporter.transform import (
     SourceExecution,
     WorkflowInfo,
     apply_execution,
-    bounded_key,
     bounded_text,
-    check_id,
-    hour_start,
+    parse_workflow,
 )
 
 log = logging.getLogger(__name__)
 Q = named("ingest.sql")
-NOTIFY_CHANNEL = "wfa_ingest"
-_NOTIFY_MAX = 7000
-_EXEC_COLS = (
-    "execution_id",
-    "enrolled_at",
-    "tenant_id",
-    "workflow_id",
-    "contact_id",
-    "status",
-    "completed_at",
-    "converted_at",
-    "converted_in_window",
-    "exited_at",
-    "exit_reason",
-    "failed_at",
-    "current_step_id",
-    "attempts",
-    "source_updated_at",
-)
-_EVENT_COLS = (
-    "execution_id",
-    "event",
-    "occurred_at",
-    "tenant_id",
-    "workflow_id",
-    "reason",
-    "duration_ms",
-    "duration_le",
-)
-_RUN_COLS = (
-    "execution_id",
-    "step_id",
-    "entered_at",
-    "tenant_id",
-    "workflow_id",
-    "action_type",
-    "status",
-    "finished_at",
-    "duration_ms",
-    "duration_le",
-    "error",
-)
-_STEP_COLS = ("execution_id", "step_id", "enrolled_at", "tenant_id", "workflow_id")
-_MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-
 ROW_FAULT_CLASSES = frozenset({"22", "23", "54", "P0"})
 """SQLSTATE classes a single row can cause (data exception, integrity constraint, program
 limit, PL/pgSQL raise). Anything else (connection, timeout, lock, resources) is not the row's
@@ -263,7 +224,7 @@ class Ingestor:
             if not rows:
                 continue
             res.read += len(rows)
-            olds = await self._old_states(store, rows)
+            olds = await old_states(store, rows)
             batch, rejected = self._transform(rows, olds, window)
             await self._commit(ctx, _Chunk(rows, olds, heal=True), batch, rejected)
         res.seconds = time.perf_counter() - started
@@ -289,7 +250,7 @@ class Ingestor:
         async with self._writing(ctx):
             # Losing this write in a crash only widens the next re-read.
             await ctx.store.execute("SET LOCAL synchronous_commit = off")
-            await _save(ctx.store, name, state)
+            await save_cursor(ctx.store, name, state)
 
     @contextlib.asynccontextmanager
     async def _writing(self, ctx: _Ctx) -> AsyncIterator[None]:
@@ -326,7 +287,7 @@ class Ingestor:
             if not is_row_fault(exc):
                 raise
             if len(rows) == 1:
-                rec = _reject_rec("workflows", rows[0], _store_error(exc))
+                rec = reject_record("workflows", rows[0], _store_error(exc))
                 async with self._writing(ctx):
                     await self._finish(ctx, "workflows", rows, [rec], {}, position)
                 return
@@ -342,9 +303,9 @@ class Ingestor:
         async with self._writing(ctx):
             for r in changed:
                 try:
-                    steps = _parse_workflow(r, ctx.window)
+                    steps = parse_workflow(r, ctx.window)
                 except Rejected as exc:
-                    rejected.append(_reject_rec("workflows", r, exc))
+                    rejected.append(reject_record("workflows", r, exc))
                     continue
                 await store.execute(
                     Q["upsert_workflow"],
@@ -396,7 +357,7 @@ class Ingestor:
                     if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
                         await pending
                         pending = None
-                    olds = await self._old_states(lookup or store, rows)
+                    olds = await old_states(lookup or store, rows)
                     batch, rejected = self._transform(rows, olds, ctx.window)
                     res.read += len(rows)
                     if pending:
@@ -440,10 +401,10 @@ class Ingestor:
                     window,
                 )
             except Rejected as exc:
-                rejected.append(_reject_rec("executions", r, exc))
+                rejected.append(reject_record("executions", r, exc))
             except (ValueError, TypeError, OverflowError) as exc:
                 # A value no rule foresaw: the row is quarantined, the stream goes on.
-                rejected.append(_reject_rec("executions", r, Rejected("invalid_row", repr(exc))))
+                rejected.append(reject_record("executions", r, Rejected("invalid_row", repr(exc))))
         return batch, rejected
 
     async def _commit(self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[tuple]) -> None:
@@ -483,7 +444,7 @@ class Ingestor:
         for reason, n in healed.items():
             counters[("reconciled_rows", *_EXPORTER[:4], reason)] += n
         async with self._writing(ctx):
-            await self._write_batch(ctx.store, batch)
+            await write_batch(ctx.store, batch)
             late = await self._finish(
                 ctx,
                 "executions",
@@ -505,7 +466,7 @@ class Ingestor:
     async def _quarantine(self, ctx: _Ctx, chunk: _Chunk, exc: BaseException) -> None:
         """Put one row the store refused into the quarantine, with the database's error."""
         row = chunk.rows[0]
-        rec = _reject_rec("executions", row, _store_error(exc))
+        rec = reject_record("executions", row, _store_error(exc))
         log.error("row %s refused by the store, quarantined: %s", rec[1], rec[4])
         async with self._writing(ctx):
             late = await self._finish(
@@ -518,53 +479,6 @@ class Ingestor:
                 late=0 if chunk.late else None,
             )
         ctx.res.late += late
-
-    async def _old_states(self, store: asyncpg.Connection, rows) -> dict[str, OldExecution]:
-        keyed = [r for r in rows if r["enrolled_at"] is not None and r["id"] is not None]
-        ids = [r["id"] for r in keyed]
-        enrolled = [r["enrolled_at"] for r in keyed]
-        out = {}
-        for o in await store.fetch(Q["old_executions"], ids, enrolled):
-            times = {
-                "enrolled": o["enrolled_at"],
-                "completed": o["completed_at"],
-                "converted": o["converted_at"],
-                "exited": o["exited_at"],
-                "failed": o["failed_at"],
-            }
-            out[o["execution_id"]] = OldExecution(
-                o["enrolled_at"],
-                o["source_updated_at"],
-                times,
-                o["exit_reason"],
-                o["failed_at"],
-                list(o["attempts"]),
-            )
-        return out
-
-    async def _write_batch(self, store: asyncpg.Connection, b: Batch) -> None:
-        new_exec = [e for e in b.executions if e[0] in b.executions_new]
-        upd_exec = [
-            (*e[:13], "\x1e".join(e[13]), *e[14:])
-            for e in b.executions
-            if e[0] not in b.executions_new
-        ]
-        await _copy(store, "executions", _EXEC_COLS, new_exec)
-        await _copy(store, "execution_steps", _STEP_COLS, b.steps_new)
-        await _copy(store, "workflow_events", _EVENT_COLS, b.events_new)
-        await _copy(store, "step_runs", _RUN_COLS, b.runs_new)
-        for name, recs in (
-            ("delete_events", b.events_del),
-            ("delete_step_runs", b.runs_del),
-            ("delete_execution_steps", b.steps_del),
-        ):
-            if recs:
-                await store.executemany(Q[name], recs)
-        await _unnest(store, "upsert_executions", upd_exec, len(_EXEC_COLS))
-        await _unnest(store, "upsert_events", b.events_upd, len(_EVENT_COLS))
-        await _unnest(store, "upsert_step_runs", b.runs_upd, len(_RUN_COLS))
-        invalid = [(name, hour_start(h)) for name, h in sorted(b.invalid)]
-        await _unnest(store, "invalidate", invalid, 2)
 
     async def _finish(
         self,
@@ -595,14 +509,14 @@ class Ingestor:
             counters[("late_commits", *_EXPORTER)] += n_late
         if counters:
             recs = [(*k, v) for k, v in counters.items()]
-            await _unnest(store, "bump_counters", recs, 7)
+            await unnest(store, "bump_counters", recs, 7)
         if position is not None:
             state = _position_of(rows, position, ctx.window)
             if state is not None:
-                await _save(store, name, state)
+                await save_cursor(store, name, state)
         res.batches += 1
         if touched:
-            await _notify(store, sorted(touched))
+            await notify(store, sorted(touched))
         return n_late
 
 
@@ -660,98 +574,6 @@ def _heal_reasons(batch: Batch, olds: Mapping[str, OldExecution]) -> Counter:
         else:
             out["set_back"] += 1
     return out
-
-
-async def _save(store: asyncpg.Connection, name: str, s: CursorState) -> None:
-    assert s.head is not None
-    checked = s.checked or Key(None, None)  # type: ignore[arg-type]
-    await store.execute(
-        Q["save_cursor"],
-        name,
-        s.head.updated_at,
-        s.head.id,
-        checked.updated_at,
-        checked.id,
-        s.read_at,
-        s.rest_from,
-    )
-
-
-async def _copy(store: asyncpg.Connection, table: str, cols: tuple[str, ...], recs: list) -> None:
-    if recs:
-        await store.copy_records_to_table(table, schema_name="wfa", columns=cols, records=recs)
-
-
-async def _unnest(store: asyncpg.Connection, name: str, recs: list, width: int) -> None:
-    if recs:
-        columns = [list(c) for c in zip(*recs, strict=True)]
-        assert len(columns) == width
-        await store.execute(Q[name], *columns)
-
-
-async def _notify(store: asyncpg.Connection, workflow_ids: list[str]) -> None:
-    chunk: list[str] = []
-    size = 0
-    for wid in workflow_ids:
-        if size + len(wid) + 4 > _NOTIFY_MAX and chunk:
-            await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
-            chunk, size = [], 0
-        chunk.append(wid)
-        size += len(wid) + 4
-    if chunk:
-        await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
-
-
-def _parse_workflow(r: Mapping[str, Any], window: Plausible) -> list[tuple[str, str, str]]:
-    """Validate a workflow row; its steps as (id, name, action type)."""
-    for what in ("id", "tenant_id"):
-        if r[what] is None:
-            raise Rejected("invalid_row", f"{what} is required")
-        check_id(r[what], what)
-    # Definitions are not partitioned by time: only a stamp from the future is refused (it
-    # would carry the cursor past every change to come).
-    updated = r["updated_at"]
-    Plausible(updated or window.earliest, window.latest).check(updated, "updated_at")
-    steps = _parse_steps(r["steps"])
-    for sid, _name, action in steps:
-        check_id(sid, "step id")
-        check_id(action, "action_type")
-    return steps
-
-
-def _parse_steps(raw: str | None) -> list[tuple[str, str, str]]:
-    try:
-        data = json.loads(raw) if raw is not None else None
-    except ValueError:
-        raise Rejected("invalid_steps", "steps is not valid JSON") from None
-    if not isinstance(data, list):
-        raise Rejected("invalid_steps", "steps is not a JSON array")
-    out = []
-    seen = set()
-    for i, s in enumerate(data):
-        if not isinstance(s, dict) or s.get("id") is None:
-            raise Rejected("invalid_steps", f"step {i} has no id")
-        sid = str(s["id"])
-        check_id(sid, f"step {i} id")
-        if sid in seen:
-            raise Rejected("invalid_steps", f"step id {sid!r} repeats")
-        seen.add(sid)
-        name = bounded_text(str(s.get("name") or sid))
-        out.append((sid, name or sid, str(s.get("action_type") or "unknown")))
-    return out
-
-
-def _reject_rec(table: str, r: Mapping[str, Any], exc: Rejected) -> tuple:
-    raw = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(r).items()}
-    updated = r["updated_at"] or _MIN_TIME
-    return (
-        table,
-        bounded_key(str(r["id"])),
-        updated,
-        exc.reason,
-        bounded_text(exc.detail) or "",
-        json.dumps(raw, default=str),
-    )
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from exporter.histogram import BOUNDS, bucket_le
 
@@ -477,3 +478,43 @@ def _count_event(
         name = "time_to_complete" if event == "completed" else "time_to_convert"
         c[(f"{name}_bucket", tenant, wfid, "", "", LE_LABELS[le])] += 1
         c[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur
+
+
+def parse_workflow(r: Mapping[str, Any], window: Plausible) -> list[tuple[str, str, str]]:
+    """Validate a workflow row; its steps as (id, name, action type)."""
+    for what in ("id", "tenant_id"):
+        if r[what] is None:
+            raise Rejected("invalid_row", f"{what} is required")
+        check_id(r[what], what)
+    # Definitions are not partitioned by time: only a stamp from the future is refused (it
+    # would carry the cursor past every change to come).
+    updated = r["updated_at"]
+    Plausible(updated or window.earliest, window.latest).check(updated, "updated_at")
+    steps = parse_steps(r["steps"])
+    for sid, _name, action in steps:
+        check_id(sid, "step id")
+        check_id(action, "action_type")
+    return steps
+
+
+def parse_steps(raw: str | None) -> list[tuple[str, str, str]]:
+    """Parse and validate `workflows.steps`: (id, name, action type) in order."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        raise Rejected("invalid_steps", "steps is not valid JSON") from None
+    if not isinstance(data, list):
+        raise Rejected("invalid_steps", "steps is not a JSON array")
+    out = []
+    seen = set()
+    for i, s in enumerate(data):
+        if not isinstance(s, dict) or s.get("id") is None:
+            raise Rejected("invalid_steps", f"step {i} has no id")
+        sid = str(s["id"])
+        check_id(sid, f"step {i} id")
+        if sid in seen:
+            raise Rejected("invalid_steps", f"step id {sid!r} repeats")
+        seen.add(sid)
+        name = bounded_text(str(s.get("name") or sid))
+        out.append((sid, name or sid, str(s.get("action_type") or "unknown")))
+    return out
