@@ -103,6 +103,17 @@ class Pass:
         s = self.start
         return CursorState(head=s.head, checked=s.head, read_at=self.started)
 
+    def window_due(self, reread: bool) -> bool:
+        """Whether to save `window_done()`: after rows were re-read or from a partial state;
+        otherwise once `read_at` is half an overlap old (an older one only widens the next
+        re-read, so idle polls need not write every time)."""
+        s = self.start
+        if s.head is None:
+            return False
+        if reread or s.checked != s.head or s.read_at is None:
+            return True
+        return self.started - s.read_at >= self.overlap / 2
+
     def _recheck_since(self) -> datetime | None:
         s = self.start
         return None if s.read_at is None else s.read_at - self.overlap

@@ -268,11 +268,13 @@ class Ingestor:
         now = await source_clock(source)
         ctx = _Ctx(store, fence, self.s.plausible(now), res)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        reread = False
         for bounds in p.reads():
-            if bounds.part is Part.FORWARD and state.head is not None:
+            if bounds.part is Part.FORWARD and p.window_due(reread):
                 await self._save_state(ctx, "workflows", p.window_done())
             rows = await self.workflow_q.page(source, bounds, None, limit)
             while rows:
+                reread = reread or bounds.part is not Part.FORWARD
                 await self._write_workflows(ctx, rows, _positioner(p, bounds.part))
                 last = _last_key(rows)
                 if len(rows) < limit or last is None:
@@ -345,14 +347,16 @@ class Ingestor:
         pending: asyncio.Task | None = None
         pending_ids: set[str] = set()
         try:
+            reread = False
             for bounds in p.reads():
-                if bounds.part is Part.FORWARD and state.head is not None:
+                if bounds.part is Part.FORWARD and p.window_due(reread):
                     if pending:
                         await pending
                         pending = None
                     await self._save_state(ctx, "executions", p.window_done())
                 rows = await self.executions.page(source, bounds, None, limit)
                 while rows:
+                    reread = reread or bounds.part is not Part.FORWARD
                     ids = {r["id"] for r in rows}
                     if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
                         await pending

@@ -56,14 +56,16 @@ def run_pass(src: ModelSource, state: CursorState, seen: set, kill_after: int | 
     """One pass; returns (persisted state, pages read, finished)."""
     p = Pass(state, src.now, OVERLAP)
     pages = 0
+    reread = False
     for b in p.reads():
-        if b.part is Part.FORWARD and state.head is not None:
+        if b.part is Part.FORWARD and p.window_due(reread):
             state = p.window_done()
         after = None
         while True:
             rows = src.page(b, after)
             if not rows:
                 break
+            reread = reread or b.part is not Part.FORWARD
             pages += 1
             seen.update((v.id, v.updated_at) for v in rows)
             after = Key(rows[-1].updated_at, rows[-1].id)
