@@ -139,6 +139,7 @@ class ExporterService:
         if self.leadership.epoch != self._epoch:
             # Another replica may have written since this one last led: read it all again.
             self.ingestor.reset()
+            self.ingestor.backend.reset()
             self._epoch = self.leadership.epoch
         return True
 
