@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "exporter.commands.grafana",
     "exporter.commands.simulate",
     "exporter.commands.backfill",
+    "exporter.commands.reconcile",
     "exporter.commands.demo",
 )
 

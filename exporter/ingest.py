@@ -1,85 +1,85 @@
-"""The poll loop body: read changed source rows by keyset, write them to the store in batches."""
+"""The poll loop body: read changed source rows by keyset, write them to the store in batches.
+
+Every write transaction is fenced (the writer proves it still leads), validated rows only
+reach the store, and a batch the database still refuses is split down to the row at fault,
+which is quarantined with the database's error; the rest goes on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
+from exporter.cursor import CursorState, Key, Part, Pass
 from exporter.source.reader import (
     EXECUTION_COLUMNS,
     WORKFLOW_FIELDS,
     KeysetQuery,
     execution_query,
+    source_clock,
     workflow_query,
 )
 from exporter.store.backend import Backend
 from exporter.store.sqlfiles import named
+from exporter.storeio import (
+    NOTIFY_CHANNEL,
+    notify,
+    old_states,
+    reject_record,
+    save_cursor,
+    unnest,
+    write_batch,
+)
 from exporter.transform import (
     EVENTS,
     Batch,
     OldExecution,
+    Plausible,
     Rejected,
     SourceExecution,
     WorkflowInfo,
     apply_execution,
-    hour_start,
+    bounded_text,
+    parse_workflow,
 )
 
 log = logging.getLogger(__name__)
 Q = named("ingest.sql")
-NOTIFY_CHANNEL = "wfa_ingest"
-_NOTIFY_MAX = 7000
-_EXEC_COLS = (
-    "execution_id",
-    "enrolled_at",
-    "tenant_id",
-    "workflow_id",
-    "contact_id",
-    "status",
-    "completed_at",
-    "converted_at",
-    "converted_in_window",
-    "exited_at",
-    "exit_reason",
-    "failed_at",
-    "current_step_id",
-    "attempts",
-    "source_updated_at",
-)
-_EVENT_COLS = (
-    "execution_id",
-    "event",
-    "occurred_at",
-    "tenant_id",
-    "workflow_id",
-    "reason",
-    "duration_ms",
-    "duration_le",
-)
-_RUN_COLS = (
-    "execution_id",
-    "step_id",
-    "entered_at",
-    "tenant_id",
-    "workflow_id",
-    "action_type",
-    "status",
-    "finished_at",
-    "duration_ms",
-    "duration_le",
-    "error",
-)
-_STEP_COLS = ("execution_id", "step_id", "enrolled_at", "tenant_id", "workflow_id")
-_MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+ROW_FAULT_CLASSES = frozenset({"22", "23", "54", "P0"})
+"""SQLSTATE classes a single row can cause (data exception, integrity constraint, program
+limit, PL/pgSQL raise). Anything else (connection, timeout, lock, resources) is not the row's
+fault: the batch is retried by the next poll."""
+STORE_ERROR = "store_error"
+"""Reason of a row the store refused although it passed validation."""
+HEAL_REASONS = ("missing", "stale", "set_back")
+"""Why reconcile rewrote a row: not in the store, older there, or newer there (set back)."""
+_EXPORTER = ("", "", "", "", "")
+
+
+def is_row_fault(exc: BaseException) -> bool:
+    """Whether a failed write may be caused by one of its rows (then split and retry)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (exc.sqlstate or "")[:2] in ROW_FAULT_CLASSES
+    return isinstance(exc, OverflowError)
+
+
+class Fence(Protocol):
+    """Proof of leadership checked in every write transaction (see exporter.leadership)."""
+
+    def check(self) -> None:
+        """Raise when leadership is known to be lost, without a round trip."""
+
+    async def fence(self, conn: asyncpg.Connection) -> None:
+        """Inside a transaction: raise unless this writer still leads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +94,17 @@ class IngestSettings:
     overlap: timedelta = timedelta(seconds=30)
     conversion_window: timedelta | None = None
     conversion_windows: Mapping[str, timedelta] = field(default_factory=dict)
+    valid_from: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    valid_until: timedelta = timedelta(days=1)
+
+    def plausible(self, source_now: datetime) -> Plausible:
+        """The plausible-time window at a source clock reading."""
+        return Plausible(self.valid_from, source_now + self.valid_until)
 
 
 @dataclass(slots=True)
 class PollResult:
-    """What one poll cycle did."""
+    """What one poll cycle (or one reconcile) did."""
 
     batches: int = 0
     read: int = 0
@@ -110,11 +116,34 @@ class PollResult:
     touched: set[str] = field(default_factory=set)
     newest: datetime | None = None
     seconds: float = 0.0
+    late: int = 0
+    healed: dict[str, int] = field(default_factory=dict)
 
     def add_rows(self, table: str, n: int) -> None:
         """Count rows written to a store table."""
         if n:
             self.rows[table] = self.rows.get(table, 0) + n
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """One cycle's store connection, fence, plausible window and result."""
+
+    store: asyncpg.Connection
+    fence: Fence | None
+    window: Plausible
+    res: PollResult
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Source rows written in one transaction, and what that transaction also records."""
+
+    rows: list[asyncpg.Record]
+    olds: dict[str, OldExecution]
+    position: Callable[[Key], CursorState] | None = None  # None: the cursor stays
+    late: bool = False  # rows behind the head: first-seen ones are late commits
+    heal: bool = False  # reconcile: count rewritten rows by reason
 
 
 def _cols(defaults: tuple[str, ...], mapping: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -129,10 +158,7 @@ class Ingestor:
     def __init__(self, settings: IngestSettings, backend: Backend):
         self.s = settings
         self.backend = backend
-        ex_cols = _cols(
-            EXECUTION_COLUMNS,
-            settings.columns,
-        )
+        ex_cols = _cols(EXECUTION_COLUMNS, settings.columns)
         ex_cols.setdefault("failed_at", None)
         self.executions: KeysetQuery = execution_query(settings.executions_table, ex_cols)
         self.workflow_q: KeysetQuery = workflow_query(
@@ -142,97 +168,152 @@ class Ingestor:
         self.workflows: dict[str, WorkflowInfo] = {}
         self._versions: dict[str, datetime] = {}
 
+    def reset(self) -> None:
+        """Forget what was learnt of the store (after a takeover another writer may have run)."""
+        self.workflows = {}
+        self._versions = {}
+
     async def load_workflows(self, store: asyncpg.Connection) -> None:
         """Read the mirrored workflow definitions into memory."""
         acc: dict[str, tuple[str, dict[str, str]]] = {}
+        versions: dict[str, datetime] = {}
         for r in await store.fetch(Q["load_workflows"]):
             _tenant, steps = acc.setdefault(r["workflow_id"], (r["tenant_id"], {}))
-            self._versions[r["workflow_id"]] = r["source_updated_at"]
+            versions[r["workflow_id"]] = r["source_updated_at"]
             if r["step_id"] is not None:
                 steps[r["step_id"]] = r["action_type"]
         self.workflows = {k: WorkflowInfo(k, t, s) for k, (t, s) in acc.items()}
+        self._versions = versions
 
     async def poll(
         self,
         source: asyncpg.Connection,
         store: asyncpg.Connection,
         lookup: asyncpg.Connection | None = None,
+        fence: Fence | None = None,
     ) -> PollResult:
         """One cycle: workflows, then executions until a short page; each batch one transaction.
 
         With a second store connection `lookup`, batch N+1 is read and transformed while batch N
-        is being written, so Python and the database work at the same time.
+        is being written, so Python and the database work at the same time. With `fence`,
+        every write transaction first proves this writer still leads.
         """
         started = time.perf_counter()
         res = PollResult()
         if not self.workflows:
             await self.load_workflows(store)
-        since, limit = await self._since(store, "workflows"), self.s.batch_size
-        rows = await self.workflow_q.first(source, since, limit)
-        while rows:
-            await self._write_workflows(store, rows, res)
-            if len(rows) < limit:
-                break
-            rows = await self.workflow_q.after(source, *_key(rows[-1]), limit)
-        await self._execution_cycle(source, store, lookup, res)
+        await self._workflow_pass(source, store, fence, res)
+        await self._execution_pass(source, store, lookup, fence, res)
         res.seconds = time.perf_counter() - started
         return res
 
-    async def _since(self, store: asyncpg.Connection, name: str) -> datetime:
-        cur = await store.fetchrow(Q["get_cursor"], name)
-        return (cur["updated_at"] - self.s.overlap) if cur else _MIN_TIME
+    async def reingest(
+        self,
+        pages: AsyncIterator[list[asyncpg.Record]],
+        store: asyncpg.Connection,
+        window: Plausible,
+        fence: Fence | None = None,
+    ) -> PollResult:
+        """Write `pages` of source execution rows through the normal path, cursor untouched;
+        rewritten rows are counted by heal reason (reconcile)."""
+        started = time.perf_counter()
+        res = PollResult()
+        await self.load_workflows(store)
+        ctx = _Ctx(store, fence, window, res)
+        async for rows in pages:
+            if not rows:
+                continue
+            res.read += len(rows)
+            olds = await old_states(store, rows)
+            batch, rejected = self._transform(rows, olds, window)
+            await self._commit(ctx, _Chunk(rows, olds, heal=True), batch, rejected)
+        res.seconds = time.perf_counter() - started
+        return res
 
-    async def _execution_cycle(self, source, store, lookup, res: PollResult) -> None:
-        since, limit = await self._since(store, "executions"), self.s.batch_size
-        rows = await self.executions.first(source, since, limit)
-        pending: asyncio.Task | None = None
-        pending_ids: set[str] = set()
-        try:
-            while rows:
-                ids = {r["id"] for r in rows}
-                if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
-                    await pending
-                    pending = None
-                olds = await self._old_states(lookup or store, rows)
-                batch, rejected = self._transform(rows, olds)
-                res.read += len(rows)
-                if pending:
-                    await pending
-                pending = asyncio.create_task(self._commit(store, rows, batch, rejected, res))
-                pending_ids = ids
-                last = rows[-1]
-                res.newest = max(res.newest or last["updated_at"], last["updated_at"])
-                if len(rows) < limit:
-                    break
-                rows = await self.executions.after(source, *_key(last), limit)
-            if pending:
-                await pending
-                pending = None
-        finally:
-            if pending and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
+    # cursor ----------------------------------------------------------------------------------
 
-    # workflows -----------------------------------------------------------------------------
+    async def _load_state(self, store: asyncpg.Connection, name: str) -> CursorState:
+        r = await store.fetchrow(Q["load_cursor"], name)
+        if r is None:
+            return CursorState()
+        head = Key(r["updated_at"], r["id"])
+        if r["read_at"] is None:
+            return CursorState.legacy(head, self.s.overlap)
+        checked = None
+        if r["checked_updated_at"] is not None:
+            checked = Key(r["checked_updated_at"], r["checked_id"])
+        return CursorState(head, checked, r["read_at"], r["rest_from"])
 
-    async def _write_workflows(self, store: asyncpg.Connection, rows, res: PollResult) -> None:
-        rejected: list[tuple] = []
-        rows_changed = [r for r in rows if self._versions.get(r["id"]) != r["updated_at"]]
-        if not rows_changed:
+    async def _save_state(self, ctx: _Ctx, name: str, state: CursorState) -> None:
+        if state.head is None:
             return
-        async with store.transaction():
-            for r in rows_changed:
+        async with self._writing(ctx):
+            # Losing this write in a crash only widens the next re-read.
+            await ctx.store.execute("SET LOCAL synchronous_commit = off")
+            await save_cursor(ctx.store, name, state)
+
+    @contextlib.asynccontextmanager
+    async def _writing(self, ctx: _Ctx) -> AsyncIterator[None]:
+        if ctx.fence is not None:
+            ctx.fence.check()
+        async with ctx.store.transaction():
+            if ctx.fence is not None:
+                await ctx.fence.fence(ctx.store)
+            yield
+
+    # workflows -------------------------------------------------------------------------------
+
+    async def _workflow_pass(self, source, store, fence: Fence | None, res: PollResult) -> None:
+        state = await self._load_state(store, "workflows")
+        now = await source_clock(source)
+        ctx = _Ctx(store, fence, self.s.plausible(now), res)
+        p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        reread = False
+        for bounds in p.reads():
+            if bounds.part is Part.FORWARD and p.window_due(reread):
+                await self._save_state(ctx, "workflows", p.window_done())
+            rows = await self.workflow_q.page(source, bounds, None, limit)
+            while rows:
+                reread = reread or bounds.part is not Part.FORWARD
+                await self._write_workflows(ctx, rows, _positioner(p, bounds.part))
+                last = _last_key(rows)
+                if len(rows) < limit or last is None:
+                    break
+                rows = await self.workflow_q.page(source, bounds, last, limit)
+
+    async def _write_workflows(self, ctx: _Ctx, rows, position) -> None:
+        """Write a page of workflow rows; when the database refuses it, split it."""
+        try:
+            await self._write_workflow_rows(ctx, rows, position)
+        except Exception as exc:
+            if not is_row_fault(exc):
+                raise
+            if len(rows) == 1:
+                rec = reject_record("workflows", rows[0], _store_error(exc))
+                async with self._writing(ctx):
+                    await self._finish(ctx, "workflows", rows, [rec], {}, position)
+                return
+            mid = len(rows) // 2
+            await self._write_workflows(ctx, rows[:mid], position)
+            await self._write_workflows(ctx, rows[mid:], position)
+
+    async def _write_workflow_rows(self, ctx: _Ctx, rows, position) -> None:
+        rejected: list[tuple] = []
+        changed = [r for r in rows if self._versions.get(r["id"]) != r["updated_at"]]
+        store = ctx.store
+        updates: dict[str, WorkflowInfo] = {}
+        async with self._writing(ctx):
+            for r in changed:
                 try:
-                    steps = _parse_steps(r["steps"])
+                    steps = parse_workflow(r, ctx.window)
                 except Rejected as exc:
-                    rejected.append(_reject_rec("workflows", r, exc))
+                    rejected.append(reject_record("workflows", r, exc))
                     continue
                 await store.execute(
                     Q["upsert_workflow"],
                     r["id"],
                     r["tenant_id"],
-                    r["name"] or r["id"],
+                    bounded_text(r["name"] or r["id"]),
                     r["updated_at"],
                 )
                 ids = [s[0] for s in steps]
@@ -245,25 +326,74 @@ class Ingestor:
                     [s[2] for s in steps],
                 )
                 await store.execute(Q["remove_steps"], r["id"], ids)
-                known = (
-                    dict(self.workflows[r["id"]].action_types) if r["id"] in self.workflows else {}
-                )
+                before = self.workflows.get(r["id"])
+                known = dict(before.action_types) if before is not None else {}
                 known.update({s[0]: s[2] for s in steps})
-                self.workflows[r["id"]] = WorkflowInfo(r["id"], r["tenant_id"], known)
-                res.workflows += 1
-            for r in rows_changed:
-                self._versions[r["id"]] = r["updated_at"]
-            await self._finish(store, "workflows", rows, rejected, {}, res)
+                updates[r["id"]] = WorkflowInfo(r["id"], r["tenant_id"], known)
+            await self._finish(ctx, "workflows", rows, rejected, {}, position)
+        # Only what committed is remembered.
+        ctx.res.workflows += len(updates)
+        self.workflows.update(updates)
+        for r in changed:
+            self._versions[r["id"]] = r["updated_at"]
 
-    # executions ----------------------------------------------------------------------------
+    # executions ------------------------------------------------------------------------------
 
-    def _transform(self, rows, olds: dict[str, OldExecution]) -> tuple[Batch, list[tuple]]:
+    async def _execution_pass(self, source, store, lookup, fence, res: PollResult) -> None:
+        state = await self._load_state(store, "executions")
+        now = await source_clock(source)
+        ctx = _Ctx(store, fence, self.s.plausible(now), res)
+        p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        pending: asyncio.Task | None = None
+        pending_ids: set[str] = set()
+        try:
+            reread = False
+            for bounds in p.reads():
+                if bounds.part is Part.FORWARD and p.window_due(reread):
+                    if pending:
+                        await pending
+                        pending = None
+                    await self._save_state(ctx, "executions", p.window_done())
+                rows = await self.executions.page(source, bounds, None, limit)
+                while rows:
+                    reread = reread or bounds.part is not Part.FORWARD
+                    ids = {r["id"] for r in rows}
+                    if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
+                        await pending
+                        pending = None
+                    olds = await old_states(lookup or store, rows)
+                    batch, rejected = self._transform(rows, olds, ctx.window)
+                    res.read += len(rows)
+                    if pending:
+                        await pending
+                    behind = bounds.part is not Part.FORWARD
+                    chunk = _Chunk(rows, olds, _positioner(p, bounds.part), behind)
+                    pending = asyncio.create_task(self._commit(ctx, chunk, batch, rejected))
+                    pending_ids = ids
+                    last = _last_key(rows)
+                    if last is not None:
+                        res.newest = max(res.newest or last.updated_at, last.updated_at)
+                    if len(rows) < limit or last is None:
+                        break
+                    rows = await self.executions.page(source, bounds, last, limit)
+            if pending:
+                await pending
+                pending = None
+        finally:
+            if pending and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+
+    def _transform(
+        self, rows, olds: dict[str, OldExecution], window: Plausible
+    ) -> tuple[Batch, list[tuple]]:
         batch = Batch()
         rejected: list[tuple] = []
         windows, default_window = self.s.conversion_windows, self.s.conversion_window
         for r in rows:
             try:
-                srow = SourceExecution(*tuple(r)[:14])
+                srow = SourceExecution(*r)
                 if srow.enrolled_at is None or srow.updated_at is None:
                     raise Rejected("invalid_row", "enrolled_at and updated_at are required")
                 apply_execution(
@@ -272,160 +402,191 @@ class Ingestor:
                     self.workflows.get(srow.workflow_id),
                     olds.get(srow.id),
                     windows.get(srow.workflow_id, default_window),
+                    window,
                 )
             except Rejected as exc:
-                rejected.append(_reject_rec("executions", r, exc))
+                rejected.append(reject_record("executions", r, exc))
+            except (ValueError, TypeError, OverflowError) as exc:
+                # A value no rule foresaw: the row is quarantined, the stream goes on.
+                rejected.append(reject_record("executions", r, Rejected("invalid_row", repr(exc))))
         return batch, rejected
 
-    async def _commit(self, store, rows, batch: Batch, rejected: list[tuple], res) -> None:
-        res.skipped += batch.skipped
+    async def _commit(self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[tuple]) -> None:
+        """Write one chunk; when the database refuses it for a row's sake, split it."""
+        try:
+            await self._write_chunk(ctx, chunk, batch, rejected)
+        except Exception as exc:
+            if not is_row_fault(exc):
+                raise
+            if len(chunk.rows) == 1:
+                await self._quarantine(ctx, chunk, exc)
+                return
+            mid = len(chunk.rows) // 2
+            log.warning("batch of %d rows refused (%s): splitting", len(chunk.rows), exc)
+            for rows in (chunk.rows[:mid], chunk.rows[mid:]):
+                part = _Chunk(rows, chunk.olds, chunk.position, chunk.late, chunk.heal)
+                sub_batch, sub_rejected = self._transform(rows, chunk.olds, ctx.window)
+                await self._commit(ctx, part, sub_batch, sub_rejected)
+
+    async def _write_chunk(
+        self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[tuple]
+    ) -> None:
+        res = ctx.res
         if not batch.executions and not rejected:
+            res.skipped += batch.skipped
+            if chunk.position is not None:
+                state = _position_of(chunk.rows, chunk.position, ctx.window)
+                if state is not None:
+                    await self._save_state(ctx, "executions", state)
             return
         if batch.spans:
             await self.backend.prepare_write(
-                store, {k: (v[0], v[1]) for k, v in batch.spans.items()}
+                ctx.store, {k: (v[0], v[1]) for k, v in batch.spans.items()}
             )
-        async with store.transaction():
-            await self._write_batch(store, batch, res)
-            await self._finish(
-                store, "executions", rows, rejected, batch.counters, res, batch.touched
+        counters = Counter(batch.counters)
+        healed = _heal_reasons(batch, chunk.olds) if chunk.heal else Counter()
+        for reason, n in healed.items():
+            counters[("reconciled_rows", *_EXPORTER[:4], reason)] += n
+        async with self._writing(ctx):
+            await write_batch(ctx.store, batch)
+            late = await self._finish(
+                ctx,
+                "executions",
+                chunk.rows,
+                rejected,
+                counters,
+                chunk.position,
+                batch.touched,
+                late=len(batch.executions) if chunk.late else None,
             )
+        # Counted once the transaction committed.
+        res.skipped += batch.skipped
+        res.late += late
         res.touched |= batch.touched
+        _count_batch(res, batch)
+        for reason, n in healed.items():
+            res.healed[reason] = res.healed.get(reason, 0) + n
 
-    async def _old_states(self, store: asyncpg.Connection, rows) -> dict[str, OldExecution]:
-        ids = [r["id"] for r in rows if r["enrolled_at"] is not None]
-        enrolled = [r["enrolled_at"] for r in rows if r["enrolled_at"] is not None]
-        out = {}
-        for o in await store.fetch(Q["old_executions"], ids, enrolled):
-            times = {
-                "enrolled": o["enrolled_at"],
-                "completed": o["completed_at"],
-                "converted": o["converted_at"],
-                "exited": o["exited_at"],
-                "failed": o["failed_at"],
-            }
-            out[o["execution_id"]] = OldExecution(
-                o["enrolled_at"],
-                o["source_updated_at"],
-                times,
-                o["exit_reason"],
-                o["failed_at"],
-                list(o["attempts"]),
+    async def _quarantine(self, ctx: _Ctx, chunk: _Chunk, exc: BaseException) -> None:
+        """Put one row the store refused into the quarantine, with the database's error."""
+        row = chunk.rows[0]
+        rec = reject_record("executions", row, _store_error(exc))
+        log.error("row %s refused by the store, quarantined: %s", rec[1], rec[4])
+        async with self._writing(ctx):
+            late = await self._finish(
+                ctx,
+                "executions",
+                chunk.rows,
+                [rec],
+                {},
+                chunk.position,
+                late=0 if chunk.late else None,
             )
-        return out
-
-    async def _write_batch(self, store: asyncpg.Connection, b: Batch, res: PollResult) -> None:
-        new_exec = [e for e in b.executions if e[0] in b.executions_new]
-        upd_exec = [
-            (*e[:13], "\x1e".join(e[13]), *e[14:])
-            for e in b.executions
-            if e[0] not in b.executions_new
-        ]
-        await _copy(store, "executions", _EXEC_COLS, new_exec)
-        await _copy(store, "execution_steps", _STEP_COLS, b.steps_new)
-        await _copy(store, "workflow_events", _EVENT_COLS, b.events_new)
-        await _copy(store, "step_runs", _RUN_COLS, b.runs_new)
-        for name, recs in (
-            ("delete_events", b.events_del),
-            ("delete_step_runs", b.runs_del),
-            ("delete_execution_steps", b.steps_del),
-        ):
-            if recs:
-                await store.executemany(Q[name], recs)
-        await _unnest(store, "upsert_executions", upd_exec, len(_EXEC_COLS))
-        await _unnest(store, "upsert_events", b.events_upd, len(_EVENT_COLS))
-        await _unnest(store, "upsert_step_runs", b.runs_upd, len(_RUN_COLS))
-        invalid = [(name, hour_start(h)) for name, h in sorted(b.invalid)]
-        await _unnest(store, "invalidate", invalid, 2)
-        res.add_rows("executions", len(b.executions))
-        res.add_rows("execution_steps", len(b.steps_new))
-        res.add_rows("workflow_events", len(b.events_new) + len(b.events_upd))
-        res.add_rows("step_runs", len(b.runs_new) + len(b.runs_upd))
-        res.written += len(b.executions)
+        ctx.res.late += late
 
     async def _finish(
         self,
-        store,
-        name,
+        ctx: _Ctx,
+        name: str,
         rows,
-        rejected,
-        counters,
-        res: PollResult,
+        rejected: list[tuple],
+        counters: Mapping[tuple, int],
+        position: Callable[[Key], CursorState] | None,
         touched: set[str] | None = None,
-    ) -> None:
-        counters = dict(counters)
+        late: int | None = None,
+    ) -> int:
+        """Quarantine, counters, cursor and notification of a write transaction.
+
+        With `late` (rows written behind the head), those and the rows newly quarantined
+        are counted as late commits; returns that count.
+        """
+        store, res = ctx.store, ctx.res
+        counters = Counter(counters)
+        new_rejects = 0
         if rejected:
             for r in await store.fetch(Q["reject"], *map(list, zip(*rejected, strict=True))):
-                key = ("rejected_rows", "", "", "", "", r["reason"])
-                counters[key] = counters.get(key, 0) + 1
+                counters[("rejected_rows", *_EXPORTER[:4], r["reason"])] += 1
                 res.rejected[r["reason"]] = res.rejected.get(r["reason"], 0) + 1
+                new_rejects += 1
+        n_late = 0 if late is None else late + new_rejects
+        if n_late:
+            counters[("late_commits", *_EXPORTER)] += n_late
         if counters:
             recs = [(*k, v) for k, v in counters.items()]
-            await _unnest(store, "bump_counters", recs, 7)
-        last = rows[-1]
-        await store.execute(Q["set_cursor"], name, last["updated_at"], str(last["_key"]))
+            await unnest(store, "bump_counters", recs, 7)
+        if position is not None:
+            state = _position_of(rows, position, ctx.window)
+            if state is not None:
+                await save_cursor(store, name, state)
         res.batches += 1
         if touched:
-            await _notify(store, sorted(touched))
+            await notify(store, sorted(touched))
+        return n_late
 
 
-async def _copy(store: asyncpg.Connection, table: str, cols: tuple[str, ...], recs: list) -> None:
-    if recs:
-        await store.copy_records_to_table(table, schema_name="wfa", columns=cols, records=recs)
+def _count_batch(res: PollResult, b: Batch) -> None:
+    res.add_rows("executions", len(b.executions))
+    res.add_rows("execution_steps", len(b.steps_new))
+    res.add_rows("workflow_events", len(b.events_new) + len(b.events_upd))
+    res.add_rows("step_runs", len(b.runs_new) + len(b.runs_upd))
+    res.written += len(b.executions)
 
 
-async def _unnest(store: asyncpg.Connection, name: str, recs: list, width: int) -> None:
-    if recs:
-        columns = [list(c) for c in zip(*recs, strict=True)]
-        assert len(columns) == width
-        await store.execute(Q[name], *columns)
+def _store_error(exc: BaseException) -> Rejected:
+    state = getattr(exc, "sqlstate", None) or type(exc).__name__
+    return Rejected(STORE_ERROR, f"{state}: {exc}")
 
 
-async def _notify(store: asyncpg.Connection, workflow_ids: list[str]) -> None:
-    chunk: list[str] = []
-    size = 0
-    for wid in workflow_ids:
-        if size + len(wid) + 4 > _NOTIFY_MAX and chunk:
-            await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
-            chunk, size = [], 0
-        chunk.append(wid)
-        size += len(wid) + 4
-    if chunk:
-        await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
+def _positioner(p: Pass, part: Part) -> Callable[[Key], CursorState]:
+    def position(key: Key) -> CursorState:
+        return p.after(part, key)
+
+    return position
 
 
-def _key(row: Mapping[str, Any]) -> tuple[datetime, Any]:
-    return row["updated_at"], row["_key"]
+def _position_of(
+    rows: Iterable[Mapping[str, Any]],
+    position: Callable[[Key], CursorState],
+    window: Plausible,
+) -> CursorState | None:
+    """The cursor after `rows`: at the last row not stamped in the future (those are re-read,
+    so one bad clock cannot push the cursor past every row to come)."""
+    last = None
+    for r in rows:
+        t = r["updated_at"]
+        if t is None or t > window.latest:
+            break
+        last = r
+    return None if last is None else position(Key(last["updated_at"], last["id"]))
 
 
-def _parse_steps(raw: str | None) -> list[tuple[str, str, str]]:
-    try:
-        data = json.loads(raw) if raw is not None else None
-    except ValueError:
-        raise Rejected("invalid_steps", "steps is not valid JSON") from None
-    if not isinstance(data, list):
-        raise Rejected("invalid_steps", "steps is not a JSON array")
-    out = []
-    seen = set()
-    for i, s in enumerate(data):
-        if not isinstance(s, dict) or s.get("id") is None:
-            raise Rejected("invalid_steps", f"step {i} has no id")
-        sid = str(s["id"])
-        if sid in seen:
-            raise Rejected("invalid_steps", f"step id {sid!r} repeats")
-        seen.add(sid)
-        out.append((sid, str(s.get("name") or sid), str(s.get("action_type") or "unknown")))
+def _last_key(rows: list[asyncpg.Record]) -> Key | None:
+    last = rows[-1]
+    if last["updated_at"] is None or last["id"] is None:
+        return None
+    return Key(last["updated_at"], last["id"])
+
+
+def _heal_reasons(batch: Batch, olds: Mapping[str, OldExecution]) -> Counter:
+    out: Counter = Counter()
+    for e in batch.executions:
+        old = olds.get(e[0])
+        if old is None:
+            out["missing"] += 1
+        elif old.source_updated_at < e[14]:
+            out["stale"] += 1
+        else:
+            out["set_back"] += 1
     return out
 
 
-def _reject_rec(table: str, r: Mapping[str, Any], exc: Rejected) -> tuple:
-    raw = {
-        k: (v.isoformat() if isinstance(v, datetime) else v)
-        for k, v in dict(r).items()
-        if k != "_key"
-    }
-    updated = r["updated_at"] or _MIN_TIME
-    return (table, str(r["id"]), updated, exc.reason, exc.detail, json.dumps(raw, default=str))
-
-
-__all__ = ["EVENTS", "NOTIFY_CHANNEL", "IngestSettings", "Ingestor", "PollResult"]
+__all__ = [
+    "EVENTS",
+    "HEAL_REASONS",
+    "NOTIFY_CHANNEL",
+    "Fence",
+    "IngestSettings",
+    "Ingestor",
+    "PollResult",
+    "is_row_fault",
+]

@@ -21,7 +21,6 @@ from exporter.config import Config
 from exporter.db import (
     CONNECT_ERRORS,
     Backoff,
-    connect,
     describe,
     is_unreachable,
     lazy_pool,
@@ -31,6 +30,8 @@ from exporter.db import (
 )
 from exporter.health import Health
 from exporter.ingest import Ingestor, IngestSettings, PollResult
+from exporter.leadership import Leadership, NotLeader
+from exporter.reconcile import ReconcileResult, reconcile
 from exporter.store import Backend, RefreshResult, make_backend
 from exporter.store.migrate import migrate
 
@@ -71,6 +72,8 @@ def ingest_settings(cfg: Config) -> IngestSettings:
         overlap=e.overlap,
         conversion_window=e.conversion_window,
         conversion_windows=dict(e.conversion_windows),
+        valid_from=s.valid_from,
+        valid_until=s.valid_until,
     )
 
 
@@ -104,8 +107,6 @@ class ExporterState:
     rows: Counter = field(default_factory=Counter)
     newest_updated_at: datetime | None = None
     is_leader: bool = False
-    store_up: bool = False
-    """The last poll did not fail as unreachable (either database); see `health` instead."""
     health: Health = field(default_factory=Health)
     """Which database answered: what the self-metrics and readiness report."""
 
@@ -121,7 +122,13 @@ class ExporterService:
         self.backend: Backend | None = None
         self.ingestor: Ingestor | None = None
         self.scheduler: AsyncIOScheduler | None = None
-        self._lock_conn: asyncpg.Connection | None = None
+        self.leadership = Leadership(
+            store_dsn(cfg),
+            cfg.exporter.lock_id,
+            self._leader_changed,
+            cfg.store.statement_timeout,
+        )
+        self._epoch: int | None = None
         self._last_refresh = 0.0
         self._poll_lock = asyncio.Lock()
         self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = [
@@ -182,7 +189,6 @@ class ExporterService:
             backoff=self._backoff(),
         )
         self.ingestor = Ingestor(ingest_settings(self.cfg), self.backend)
-        self.state.store_up = True
         self.state.health.set("store", True)
         await warm_up(store, st.pool_min_size)
         await self.check_health()
@@ -228,19 +234,20 @@ class ExporterService:
             if self._probe_task is None or self._probe_task.done():
                 self._probe_task = asyncio.create_task(self.check_health(), name="wfa-probe")
 
-    async def _leader(self) -> bool:
-        """Hold the advisory lock that makes this replica the only poller."""
-        if self._lock_conn is not None and not self._lock_conn.is_closed():
-            return True
-        self._lock_conn = await connect(store_dsn(self.cfg), application_name="wfa-exporter-lock")
-        got = await self._lock_conn.fetchval(
-            "SELECT pg_try_advisory_lock($1)", self.cfg.exporter.lock_id
-        )
-        if not got:
-            await self._lock_conn.close()
-            self._lock_conn = None
-        self.state.is_leader = bool(got)
-        return bool(got)
+    def _leader_changed(self, held: bool) -> None:
+        self.state.is_leader = held
+
+    async def _leader(self, wait: timedelta | None = None, take_over: bool = False) -> bool:
+        """Hold the fenced poll lock; after a takeover, forget every cached store state."""
+        assert self.ingestor
+        if not await self.leadership.acquire(wait, take_over):
+            return False
+        if self.leadership.epoch != self._epoch:
+            # Another replica may have written since this one last led: read it all again.
+            self.ingestor.reset()
+            self.ingestor.backend.reset()
+            self._epoch = self.leadership.epoch
+        return True
 
     async def poll_once(self, refresh: bool = True) -> PollResult | None:
         """One poll cycle (until caught up) and a rollup refresh; None on a standby replica.
@@ -274,24 +281,24 @@ class ExporterService:
                 lookup = None
                 if self.cfg.store.pool_max_size > 1:
                     lookup = await stack.enter_async_context(self.store.acquire())
-                result = await self.ingestor.poll(src, st, lookup)
+                result = await self.ingestor.poll(src, st, lookup, self.leadership)
                 due = time.monotonic() - self._last_refresh
                 every = self.cfg.exporter.refresh_interval.total_seconds()
                 if refresh and (result.written or result.rejected or due >= every):
                     self.state.last_refresh = await self.backend.refresh(st)
                     self._last_refresh = time.monotonic()
+        except NotLeader as exc:
+            log.warning("poll stopped, this replica no longer leads: %s", exc)
+            await self.leadership.release()
+            return None
         except Exception as exc:
             reason = error_reason(exc)
             self.state.errors[reason] += 1
-            self.state.store_up = reason != "unreachable"
             log.error("poll failed (%s): %s", reason, exc)
-            if self._lock_conn is not None:
-                await self._lock_conn.close()
-                self._lock_conn = None
+            await self.leadership.release()
             for cb in self.listeners:
                 cb(None, exc)
             raise
-        self.state.store_up = True
         self.state.last_success = time.time()
         self.state.last_result = result
         self.state.rows.update(result.rows)
@@ -316,6 +323,33 @@ class ExporterService:
     async def _health_job(self) -> None:
         with contextlib.suppress(Exception):
             await self.check_health()
+
+    async def reconcile_once(
+        self, wait: timedelta | None = None, take_over: bool = False
+    ) -> ReconcileResult | None:
+        """Compare source and store per (workflow, day) and re-ingest the days that differ;
+        None when another replica holds the poll lock."""
+        assert self.store and self.source and self.ingestor
+        async with self._poll_lock:
+            if not await self._leader(wait, take_over):
+                return None
+            try:
+                async with self.store.acquire() as st, self.source.acquire() as src:
+                    return await reconcile(self.cfg, self.ingestor, src, st, self.leadership)
+            except NotLeader as exc:
+                log.warning("reconcile stopped, this replica no longer leads: %s", exc)
+                await self.leadership.release()
+                return None
+
+    @scheduled
+    async def _reconcile_job(self) -> None:
+        try:
+            result = await self.reconcile_once()
+        except Exception as exc:
+            log.error("reconcile failed: %s", exc)
+            return
+        if result is not None:
+            log.info("reconcile: %s", result.summary())
 
     @scheduled
     async def _maintain_job(self) -> None:
@@ -386,16 +420,25 @@ class ExporterService:
             coalesce=True,
             id="retention",
         )
+        if e.reconcile_interval is not None:
+            every = e.reconcile_interval.total_seconds()
+            scheduler.add_job(
+                self._reconcile_job,
+                "interval",
+                seconds=every,
+                next_run_time=now + e.reconcile_interval,
+                max_instances=1,
+                coalesce=True,
+                id="reconcile",
+            )
 
     async def close(self) -> None:
-        """Close the lock connection and pools."""
+        """Give up the poll lock and close the pools."""
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe_task
-        if self._lock_conn is not None:
-            await self._lock_conn.close()
-            self._lock_conn = None
+        await self.leadership.release()
         for pool in (self.source, self.store):
             if pool is not None:
                 await pool.close()

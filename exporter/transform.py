@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zlib
@@ -9,6 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from exporter.histogram import BOUNDS, bucket_le
 
@@ -19,6 +21,15 @@ EVENTS = ("enrolled", "completed", "converted", "exited", "failed")
 _MS = timedelta(milliseconds=1)
 _SEP = "\x1f"
 
+MAX_ID_BYTES = 200
+"""Ids become store keys: one longer than this (UTF-8 bytes) is rejected, never truncated."""
+MAX_TEXT_BYTES = 1000
+"""Free text (exit reasons, step errors, names) is cut to this many UTF-8 bytes for storage,
+well below the ~2.7 kB a btree entry may hold even with four ids beside it."""
+TRUNCATED = "…[truncated]"
+"""The end of a text cut to MAX_TEXT_BYTES."""
+_TRUNCATED_BYTES = len(TRUNCATED.encode())
+
 
 class Rejected(Exception):
     """A source row that cannot be ingested; `reason` is a stable label."""
@@ -27,6 +38,48 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+def bounded_text(value: str | None, cap: int = MAX_TEXT_BYTES) -> str | None:
+    """`value` when it fits in `cap` UTF-8 bytes, else its head ending in TRUNCATED."""
+    if value is None or len(value) * 4 <= cap:
+        return value
+    raw = value.encode()
+    if len(raw) <= cap:
+        return value
+    return raw[: cap - _TRUNCATED_BYTES].decode(errors="ignore") + TRUNCATED
+
+
+def bounded_key(value: str) -> str:
+    """A key that fits MAX_ID_BYTES: `value` itself, or its head and a digest of it."""
+    if len(value.encode()) <= MAX_ID_BYTES:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    head = value.encode()[: MAX_ID_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
+
+
+def check_id(value: str | None, what: str) -> None:
+    """Reject an id longer than MAX_ID_BYTES."""
+    if value is not None and len(value) * 4 > MAX_ID_BYTES and len(value.encode()) > MAX_ID_BYTES:
+        raise Rejected("id_too_long", f"{what} is longer than {MAX_ID_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Plausible:
+    """The window every source timestamp must fall in: [earliest, latest]."""
+
+    earliest: datetime
+    latest: datetime
+
+    def check(self, t: datetime | None, what: str) -> None:
+        """Reject a timestamp outside the window."""
+        if t is not None and not self.earliest <= t <= self.latest:
+            raise Rejected(
+                "implausible_time",
+                f"{what} {t.isoformat()} is outside [{self.earliest.isoformat()}, "
+                f"{self.latest.isoformat()}]",
+            )
 
 
 def le_label(le: float) -> str:
@@ -167,7 +220,7 @@ def parse_time(value: object, what: str) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def parse_progress(text: str | None) -> list[Attempt]:
+def parse_progress(text: str | None, window: Plausible | None = None) -> list[Attempt]:
     """Parse and validate `step_progress` (JSON array of attempt objects)."""
     if text is None:
         return []
@@ -178,6 +231,7 @@ def parse_progress(text: str | None) -> list[Attempt]:
     if not isinstance(data, list):
         raise Rejected("invalid_step_progress", "not a JSON array")
     out = []
+    seen: set[tuple[str, datetime]] = set()
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise Rejected("invalid_step_progress", f"entry {i} is not an object")
@@ -190,11 +244,19 @@ def parse_progress(text: str | None) -> list[Attempt]:
         entered = parse_time(item.get("entered_at"), f"entry {i} entered_at")
         fin_raw = item.get("finished_at")
         finished = None if fin_raw is None else parse_time(fin_raw, f"entry {i} finished_at")
+        sid = str(step_id)
+        check_id(sid, f"entry {i} step_id")
         if finished is not None and finished < entered:
-            raise Rejected("finished_before_entered", f"entry {i} of step {step_id}")
+            raise Rejected("finished_before_entered", f"entry {i} of step {sid}")
+        if window is not None:
+            window.check(entered, f"entry {i} entered_at")
+            window.check(finished, f"entry {i} finished_at")
+        if (sid, entered) in seen:
+            raise Rejected("duplicate_attempt", f"entry {i}: step {sid} entered twice at {entered}")
+        seen.add((sid, entered))
         error = item.get("error")
-        err = None if error is None else str(error)
-        out.append(Attempt(str(step_id), entered, finished, status, err))
+        err = None if error is None else bounded_text(str(error))
+        out.append(Attempt(sid, entered, finished, status, err))
     return out
 
 
@@ -239,24 +301,48 @@ def _event_times(
     }
 
 
+_AFTER_ENROLLED = ("completed_at", "converted_at", "exited_at", "failed_at")
+
+
+def validate_execution(row: SourceExecution, window: Plausible | None) -> None:
+    """Reject what the store would refuse or count wrong: long ids, implausible or disordered
+    times (the attempts are checked by `parse_progress`)."""
+    check_id(row.id, "id")
+    check_id(row.contact_id, "contact_id")
+    check_id(row.current_step_id, "current_step_id")
+    if window is not None:
+        window.check(row.updated_at, "updated_at")
+        window.check(row.enrolled_at, "enrolled_at")
+        for name in _AFTER_ENROLLED:
+            window.check(getattr(row, name), name)
+    for name in _AFTER_ENROLLED:
+        t = getattr(row, name)
+        if t is not None and t < row.enrolled_at:
+            raise Rejected("before_enrolled", f"{name} is before enrolled_at")
+
+
 def apply_execution(
     batch: Batch,
     row: SourceExecution,
     wf: WorkflowInfo | None,
     old: OldExecution | None,
     conversion_window: timedelta | None,
+    window: Plausible | None = None,
 ) -> None:
     """Validate one source row and add its store changes to `batch` (raises Rejected)."""
     if wf is None:
+        check_id(row.workflow_id, "workflow_id")
         raise Rejected("unknown_workflow", f"workflow {row.workflow_id!r} is not known")
     if row.tenant_id != wf.tenant_id:
+        check_id(row.tenant_id, "tenant_id")
         raise Rejected("tenant_mismatch", f"row tenant {row.tenant_id!r} != workflow tenant")
     if row.status not in EXECUTION_STATUSES:
-        raise Rejected("unknown_status", f"status {row.status!r}")
-    attempts = parse_progress(row.step_progress)
+        raise Rejected("unknown_status", f"status {bounded_text(row.status, 100)!r}")
     if old is not None and old.source_updated_at == row.updated_at:
         batch.skipped += 1
         return
+    validate_execution(row, window)
+    attempts = parse_progress(row.step_progress, window)
     eid, tenant, wfid, enrolled = row.id, wf.tenant_id, wf.workflow_id, row.enrolled_at
     times = _event_times(row, attempts, old)
     entered_us = [_us(a.entered_at) for a in attempts]
@@ -264,7 +350,8 @@ def apply_execution(
     batch.touched.add(wfid)
 
     # events
-    reason = row.exit_reason if row.exited_at is not None else None
+    exit_reason = bounded_text(row.exit_reason)
+    reason = exit_reason if row.exited_at is not None else None
     for event in EVENTS:
         t_new = times[event]
         t_old = old.times.get(event) if old else None
@@ -353,7 +440,7 @@ def apply_execution(
             row.converted_at,
             in_window,
             row.exited_at,
-            row.exit_reason,
+            exit_reason,
             times["failed"],
             row.current_step_id if row.status == "active" else None,
             new_sigs,
@@ -391,3 +478,43 @@ def _count_event(
         name = "time_to_complete" if event == "completed" else "time_to_convert"
         c[(f"{name}_bucket", tenant, wfid, "", "", LE_LABELS[le])] += 1
         c[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur
+
+
+def parse_workflow(r: Mapping[str, Any], window: Plausible) -> list[tuple[str, str, str]]:
+    """Validate a workflow row; its steps as (id, name, action type)."""
+    for what in ("id", "tenant_id"):
+        if r[what] is None:
+            raise Rejected("invalid_row", f"{what} is required")
+        check_id(r[what], what)
+    # Definitions are not partitioned by time: only a stamp from the future is refused (it
+    # would carry the cursor past every change to come).
+    updated = r["updated_at"]
+    Plausible(updated or window.earliest, window.latest).check(updated, "updated_at")
+    steps = parse_steps(r["steps"])
+    for sid, _name, action in steps:
+        check_id(sid, "step id")
+        check_id(action, "action_type")
+    return steps
+
+
+def parse_steps(raw: str | None) -> list[tuple[str, str, str]]:
+    """Parse and validate `workflows.steps`: (id, name, action type) in order."""
+    try:
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
+        raise Rejected("invalid_steps", "steps is not valid JSON") from None
+    if not isinstance(data, list):
+        raise Rejected("invalid_steps", "steps is not a JSON array")
+    out = []
+    seen = set()
+    for i, s in enumerate(data):
+        if not isinstance(s, dict) or s.get("id") is None:
+            raise Rejected("invalid_steps", f"step {i} has no id")
+        sid = str(s["id"])
+        check_id(sid, f"step {i} id")
+        if sid in seen:
+            raise Rejected("invalid_steps", f"step id {sid!r} repeats")
+        seen.add(sid)
+        name = bounded_text(str(s.get("name") or sid))
+        out.append((sid, name or sid, str(s.get("action_type") or "unknown")))
+    return out

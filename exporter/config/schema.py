@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -157,6 +157,37 @@ def _sha256(value: str) -> str:
     return digest
 
 
+def _instant(value: object) -> object:
+    """Read a date (midnight UTC) or a timestamp (UTC when it has no offset)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(), UTC)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _error(
+                "timestamp", f"must be a date or an ISO 8601 timestamp, got {value!r}"
+            ) from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise _error("timestamp", "must be a date or an ISO 8601 timestamp")
+
+
+def _off(value: object) -> object:
+    """`off`, `false` or a zero duration disable a periodic job (None)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("off", "false", "never"):
+        return None
+    return value
+
+
+def _zero_is_none(value: timedelta | None) -> timedelta | None:
+    """A zero interval means the same as `off`."""
+    return None if value is not None and value <= timedelta(0) else value
+
+
 def _freeze(value: dict[Any, Any]) -> Mapping[Any, Any]:
     """Wrap a validated dict in a read-only view."""
     return MappingProxyType(value)
@@ -203,6 +234,14 @@ Listen = Annotated[str, AfterValidator(_listen)]
 
 Sha256 = Annotated[str, AfterValidator(_sha256)]
 """A hex SHA-256 digest, stored lower-case."""
+
+Instant = Annotated[datetime, BeforeValidator(_instant)]
+"""A point in time: a date (midnight UTC) or an ISO 8601 timestamp (UTC without an offset)."""
+
+OptionalInterval = Annotated[
+    Duration | None, BeforeValidator(_off), AfterValidator(_zero_is_none)
+]
+"""An interval of a periodic job; `off`, `false` or 0 disable it (None)."""
 
 Scope = Literal["read", "export", "admin"]
 """An API token scope."""
@@ -296,6 +335,8 @@ class SourceConfig(BaseModel):
     columns: ExecutionColumns = Field(default_factory=ExecutionColumns)
     workflow_columns: WorkflowColumns = Field(default_factory=WorkflowColumns)
     statement_timeout: PositiveDuration = timedelta(seconds=30)
+    valid_from: Instant = datetime(2000, 1, 1, tzinfo=UTC)
+    valid_until: PositiveDuration = timedelta(days=1)
 
 
 class StoreConfig(BaseModel):
@@ -344,6 +385,7 @@ class ExporterConfig(BaseModel):
                 f"must be longer than exporter.poll_interval ({interval.total_seconds():g} s)",
             )
         return value
+    reconcile_interval: OptionalInterval = timedelta(hours=6)
 
     def conversion_window_for(self, workflow_id: str) -> timedelta | None:
         """The conversion window of a workflow: its own, else the global one, else None."""

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
+from exporter.ingest import HEAL_REASONS
 from exporter.metrics.snapshot import COUNTER, GAUGE, HISTOGRAM, SPECS, Snapshot
 from exporter.service import ExporterState
 
@@ -125,6 +126,21 @@ def summary_families(snap: Snapshot) -> Iterator[Metric]:
     for reason, n in sorted(snap.rejected.items()):
         rej.add_metric([reason], n)
     yield rej
+    persisted = snap.exporter_counters
+    yield CounterMetricFamily(
+        "wfa_exporter_late_commits",
+        "Source row versions first seen behind the cursor (committed late, within the overlap).",
+        value=sum(persisted.get("late_commits", {}).values()),
+    )
+    healed = CounterMetricFamily(
+        "wfa_exporter_reconciled_rows",
+        "Rows reconcile re-ingested because the store missed them, by reason.",
+        labels=["reason"],
+    )
+    counts = persisted.get("reconciled_rows", {})
+    for reason in sorted({*HEAL_REASONS, *counts}):
+        healed.add_metric([reason], counts.get(reason, 0))
+    yield healed
     yield GaugeMetricFamily(
         "wfa_exporter_snapshot_series", "Series in the current snapshot.", value=snap.series
     )

@@ -136,6 +136,8 @@ class Snapshot:
     dropped_workflows: int
     workflows: int
     newest_ingested: datetime | None
+    exporter_counters: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Persisted counters of the exporter itself (late commits, reconciled rows), by label."""
 
     def label_names(self, spec: Spec) -> list[str]:
         """Label names of a workflow family as served."""
@@ -217,6 +219,19 @@ def _read_counters(rows: Iterable[asyncpg.Record], data: dict[str, _WorkflowData
         elif metric.endswith("_sum_ms") and metric[:-7] in _TIME_TO:
             wd.time_to[metric[:-7]].sum_ms = value
     return rejected
+
+
+EXPORTER_COUNTERS = ("late_commits", "reconciled_rows")
+"""Store counters of the exporter itself, served as wfa_exporter_<metric>_total."""
+
+
+def _exporter_counters(rows: Iterable[asyncpg.Record]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {m: {} for m in EXPORTER_COUNTERS}
+    for r in rows:
+        if r["metric"] in out:
+            by_label = out[r["metric"]]
+            by_label[r["label"]] = by_label.get(r["label"], 0) + r["value"]
+    return out
 
 
 def _hist_value(h: _Hist) -> HistogramValue:
@@ -347,4 +362,5 @@ async def build_snapshot(
         dropped_workflows=dropped_wfs,
         workflows=len(kept),
         newest_ingested=newest,
+        exporter_counters=_exporter_counters(counter_rows),
     )

@@ -1,8 +1,14 @@
 """Exact expected analytics numbers, computed from the model objects in plain Python.
 
-Nothing here reads a database or shares code with the store's SQL: it is the
-independent reference the exporter, the API and the metrics are checked against.
-Ranges are half-open [start, end) of aware datetimes.
+Nothing here reads a database or shares code with the store's SQL or the exporter's
+validation: it is the independent reference the exporter, the API and the metrics are
+checked against. Ranges are half-open [start, end) of aware datetimes.
+
+Rows the exporter must refuse are mirrored here from the documented rules, written again:
+an execution whose current row breaks a rule is left out of every number (as if it did
+not exist; the store never saw a valid version of it) and listed in `Truth.rejected` with
+the reason the exporter must give; over-long free text (exit reasons, step errors) counts
+under its stored, truncated form.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,68 @@ def bucket_start(t: datetime, granularity: str, tz: str = "UTC") -> datetime:
     elif granularity != "day":
         raise ValueError(f"unknown granularity {granularity!r}")
     return day.replace(tzinfo=zone).astimezone(UTC)
+
+
+ID_BYTES = 200
+"""Longest id (UTF-8 bytes) the exporter accepts."""
+TEXT_BYTES = 1000
+"""Free text is stored cut to this many UTF-8 bytes, ending in TEXT_MARK."""
+TEXT_MARK = "…[truncated]"
+VALID_FROM = datetime(2000, 1, 1, tzinfo=UTC)
+"""Default `source.valid_from`."""
+
+
+def stored_text(value: str | None) -> str | None:
+    """Free text as the store keeps it."""
+    if value is None or len(value.encode()) <= TEXT_BYTES:
+        return value
+    room = TEXT_BYTES - len(TEXT_MARK.encode())
+    return value.encode()[:room].decode("utf-8", "ignore") + TEXT_MARK
+
+
+def rejection(ex: SimExecution, earliest: datetime, latest: datetime) -> str | None:
+    """The reason the exporter must reject `ex`, None when it must ingest it.
+
+    Rules in the exporter's order: ids longer than ID_BYTES; any time outside
+    [earliest, latest]; completed, converted or exited before enrolled; per attempt, in
+    order: its step id too long, finished before entered, times outside the window, the
+    same (step, entered_at) twice.
+    """
+
+    def too_long(v: str | None) -> bool:
+        return v is not None and len(v.encode()) > ID_BYTES
+
+    def outside(t: datetime | None) -> bool:
+        return t is not None and not earliest <= t <= latest
+
+    if too_long(ex.id) or too_long(ex.contact_id) or too_long(ex.current_step_id):
+        return "id_too_long"
+    ends = (ex.completed_at, ex.converted_at, ex.exited_at)  # the source has no failed_at
+    if any(outside(t) for t in (ex.updated_at, ex.enrolled_at, *ends)):
+        return "implausible_time"
+    if any(t is not None and t < ex.enrolled_at for t in ends):
+        return "before_enrolled"
+    seen = set()
+    for a in ex.step_progress:
+        if too_long(a.step_id):
+            return "id_too_long"
+        if a.finished_at is not None and a.finished_at < a.entered_at:
+            return "finished_before_entered"
+        if outside(a.entered_at) or outside(a.finished_at):
+            return "implausible_time"
+        if (a.step_id, a.entered_at) in seen:
+            return "duplicate_attempt"
+        seen.add((a.step_id, a.entered_at))
+    return None
+
+
+def _as_stored(ex: SimExecution) -> SimExecution:
+    if stored_text(ex.exit_reason) == ex.exit_reason and all(
+        stored_text(a.error) == a.error for a in ex.step_progress
+    ):
+        return ex
+    attempts = [replace(a, error=stored_text(a.error)) for a in ex.step_progress]
+    return replace(ex, exit_reason=stored_text(ex.exit_reason), step_progress=attempts)
 
 
 def le_label(le: float) -> str:
@@ -93,13 +162,27 @@ def _in(start: datetime, end: datetime) -> Callable[[datetime], int | None]:
 class Truth:
     """Expected numbers for one generated data set (DESIGN §3 definitions)."""
 
-    def __init__(self, data: SimData, conversion_window: timedelta | None = None) -> None:
+    def __init__(
+        self,
+        data: SimData,
+        conversion_window: timedelta | None = None,
+        valid_from: datetime = VALID_FROM,
+        valid_until: datetime | None = None,
+    ) -> None:
+        """`valid_until` defaults to one day after the real now (the exporter's default)."""
         self.data = data
         self.conversion_window = conversion_window
         self._steps = {wf.id: wf.step_ids for wf in data.workflows}
         self._execs: dict[str, list[SimExecution]] = defaultdict(list)
+        latest = valid_until or datetime.now(UTC) + timedelta(days=1)
+        self.rejected: dict[str, str] = {}
+        """Execution id -> the reason the exporter must quarantine it with."""
         for ex in data.executions:
-            self._execs[ex.workflow_id].append(ex)
+            reason = rejection(ex, valid_from, latest)
+            if reason is None:
+                self._execs[ex.workflow_id].append(_as_stored(ex))
+            else:
+                self.rejected[ex.id] = reason
 
     def executions(self, workflow_id: str) -> list[SimExecution]:
         """All executions of a workflow."""

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from exporter.cursor import Bounds, Key
+
 EXECUTION_COLUMNS = (
     "id",
     "tenant_id",
@@ -72,33 +74,79 @@ def _select_list(fields: Sequence[str], columns: Mapping[str, str | None]) -> st
             parts.append(f"{quote_ident(col)}::timestamptz AS {f}")
         else:
             parts.append(f"{quote_ident(col)} AS {f}")
-    parts.append(f"{quote_ident(columns['id'])} AS _key")
     return ", ".join(parts)
 
 
+async def source_clock(conn: asyncpg.Connection) -> datetime:
+    """The source's clock now (before a read, so no row it misses is older than this)."""
+    return await conn.fetchval("SELECT clock_timestamp()")
+
+
 class KeysetQuery:
-    """Pages of a table ordered by (updated_at, id): the first from a time, the next after a key."""
+    """Pages of a table in (updated_at, id) order within `Bounds`, ids given as text.
+
+    Keys are compared by the source in its own order: the text of an id is cast back to the
+    id column's type, found once by preparing a query over it.
+    """
 
     def __init__(self, table: str, fields: Sequence[str], columns: Mapping[str, str | None]):
-        sel = _select_list(fields, columns)
-        upd, key = quote_ident(columns["updated_at"]), quote_ident(columns["id"])
-        base = f"SELECT {sel} FROM {quote_ident(table)}"
-        order = f"ORDER BY {upd}, {key}"
-        self.first_sql = f"{base} WHERE {upd} >= $1 {order} LIMIT $2"
-        self.next_sql = f"{base} WHERE ({upd}, {key}) > ($1, $2) {order} LIMIT $3"
-        self.newest_sql = f"SELECT max({upd}) FROM {quote_ident(table)}"
+        self.table = quote_ident(table)
+        self.upd, self.key = quote_ident(columns["updated_at"]), quote_ident(columns["id"])
+        self.select = f"SELECT {_select_list(fields, columns)} FROM {self.table}"
+        self._cast: str | None = None
+        self._sql: dict[tuple[bool, bool, bool], str] = {}
 
-    async def first(
-        self, conn: asyncpg.Connection, since: datetime, limit: int
-    ) -> list[asyncpg.Record]:
-        """Rows with updated_at >= since."""
-        return await conn.fetch(self.first_sql, since, limit)
+    async def key_cast(self, conn: asyncpg.Connection) -> str:
+        """`::text::<type of the id column>`, the cast that turns an id's text into a key."""
+        if self._cast is None:
+            stmt = await conn.prepare(f"SELECT {self.key} FROM {self.table} LIMIT 0")
+            t = stmt.get_attributes()[0].type
+            self._cast = "::text::" + ".".join(
+                '"' + part.replace('"', '""') + '"' for part in (t.schema, t.name)
+            )
+        return self._cast
 
-    async def after(
-        self, conn: asyncpg.Connection, updated_at: datetime, key: Any, limit: int
+    def _page_sql(self, cast: str, since: bool, after: bool, upto: bool) -> str:
+        sql = self._sql.get((since, after, upto))
+        if sql is None:
+            conds, n = [], 0
+            if since:
+                n += 1
+                conds.append(f"{self.upd} >= ${n}")
+            if after:
+                conds.append(f"({self.upd}, {self.key}) > (${n + 1}, ${n + 2}{cast})")
+                n += 2
+            if upto:
+                conds.append(f"({self.upd}, {self.key}) <= (${n + 1}, ${n + 2}{cast})")
+                n += 2
+            where = f" WHERE {' AND '.join(conds)}" if conds else ""
+            sql = f"{self.select}{where} ORDER BY {self.upd}, {self.key} LIMIT ${n + 1}"
+            self._sql[(since, after, upto)] = sql
+        return sql
+
+    async def page(
+        self,
+        conn: asyncpg.Connection,
+        bounds: Bounds,
+        after: Key | None,
+        limit: int,
     ) -> list[asyncpg.Record]:
-        """Rows strictly after (updated_at, key)."""
-        return await conn.fetch(self.next_sql, updated_at, key, limit)
+        """Up to `limit` rows of `bounds`, after `after` (default: the bounds' own start)."""
+        after = after or bounds.after
+        sql = self._page_sql(
+            await self.key_cast(conn),
+            bounds.since is not None,
+            after is not None,
+            bounds.upto is not None,
+        )
+        args: list[Any] = []
+        if bounds.since is not None:
+            args.append(bounds.since)
+        if after is not None:
+            args += [after.updated_at, after.id]
+        if bounds.upto is not None:
+            args += [bounds.upto.updated_at, bounds.upto.id]
+        return await conn.fetch(sql, *args, limit)
 
 
 def execution_query(table: str, columns: Mapping[str, str | None]) -> KeysetQuery:
@@ -109,3 +157,30 @@ def execution_query(table: str, columns: Mapping[str, str | None]) -> KeysetQuer
 def workflow_query(table: str, columns: Mapping[str, str | None]) -> KeysetQuery:
     """Keyset query over the workflows table."""
     return KeysetQuery(table, WORKFLOW_FIELDS, columns)
+
+
+DAY_HASH_FORMAT = "YYYY-MM-DD HH24:MI:SS.US"
+"""to_char format of `updated_at` (in UTC) in a row's fingerprint, the same on both sides."""
+
+
+class DayQueries:
+    """Per (workflow, UTC day of enrolled_at): a fingerprint of the executions table, and the
+    rows of chosen days, both limited to rows enrolled since $1 and updated until $2."""
+
+    def __init__(self, table: str, select: str, columns: Mapping[str, str | None]):
+        t = quote_ident(table)
+        wf = f"{quote_ident(columns['workflow_id'])}::text"
+        enrolled = f"{quote_ident(columns['enrolled_at'])}::timestamptz"
+        upd_raw = quote_ident(columns["updated_at"])
+        upd, key = f"{upd_raw}::timestamptz", quote_ident(columns["id"])
+        day = f"date_trunc('day', {enrolled} AT TIME ZONE 'UTC')"
+        scope = f"{enrolled} >= $1 AND {upd} <= $2"
+        days = f"({wf}, {day}) IN (SELECT * FROM unnest($3::text[], $4::timestamp[]))"
+        fingerprint = (
+            f"SELECT {wf} AS workflow_id, {day} AS day, count(*) AS n, "
+            f"sum(hashtextextended({key}::text || '/' || "
+            f"to_char({upd} AT TIME ZONE 'UTC', '{DAY_HASH_FORMAT}'), 0)) AS h FROM {t}"
+        )
+        self.fingerprint_sql = f"{fingerprint} WHERE {scope} GROUP BY 1, 2"
+        self.fingerprint_days_sql = f"{fingerprint} WHERE {scope} AND {days} GROUP BY 1, 2"
+        self.rows_sql = f"{select} WHERE {scope} AND {days} ORDER BY {upd_raw}, {key}"

@@ -83,6 +83,9 @@ class Backend(ABC):
         """DDL of the `wfa.<rollup>_range` read function (the shared SQL definition)."""
         return range_function(r)
 
+    def reset(self) -> None:  # noqa: B027 (most backends cache nothing)
+        """Forget what was cached of the store (another writer may have changed it)."""
+
     @abstractmethod
     async def prepare_write(
         self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]

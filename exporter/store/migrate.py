@@ -14,6 +14,7 @@ _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
     3: ["common/003_tenants.sql"],
+    4: ["common/004_ingest_safety.sql"],
     5: ["common/005_ingest_status.sql"],
 }
 

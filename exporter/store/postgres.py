@@ -81,6 +81,10 @@ class PostgresBackend(Backend):
             out += _mat_ddl(r)
         return out
 
+    def reset(self) -> None:
+        """Forget the known partitions; they are read again before the next write."""
+        self._known = {}
+
     async def _load_known(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch(
             """SELECT parent.relname AS parent,

@@ -136,19 +136,24 @@ async def test_late_row_in_overlap_and_idempotent_rerun(store_dsn, conn):
     assert again.written == 0
     assert await _counters(conn) == counters
     assert await _rollups(conn) == await _rollups(conn) == rollups
-    # a row committed late, with updated_at 2 minutes older than the cursor
+    # a row committed late, with updated_at 2 minutes older than the cursor; the overlap is
+    # re-read behind the source clock of the last read, so the cursor first moves to now
+    lead, late = generate(executions=2, days=1, workflows=4, tenants=2, seed=7, now=NOW).executions
+    lead.id, lead.updated_at = "lead-row-1", await conn.fetchval("SELECT now()")
+    await write(conn, type(data)(workflows=[], executions=[lead], now=data.now))
+    assert (await ingest(dsn, backend, overlap="10m")).written == 1
     cursor = await conn.fetchval("SELECT updated_at FROM wfa.cursors WHERE name = 'executions'")
-    late = generate(executions=1, days=1, workflows=4, tenants=2, seed=7, now=NOW).executions[0]
     late.id = "late-row-1"
     late.updated_at = cursor - timedelta(minutes=2)
     await write(conn, type(data)(workflows=[], executions=[late], now=data.now))
     result = await ingest(dsn, backend, overlap="10m")
     assert result.written == 1
+    assert result.late == 1
     assert (
         await conn.fetchval("SELECT count(*) FROM wfa.executions WHERE execution_id = 'late-row-1'")
         == 1
     )
-    data.executions.append(late)
+    data.executions += [lead, late]
     await _check_all(conn, data, NOW)
 
 

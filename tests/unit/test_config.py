@@ -794,3 +794,68 @@ def test_bad_degradation_keys_name_the_key(sections: dict[str, Any], problem: st
     """Each bad value is reported with its key."""
     problems = problems_of(minimal(**sections))
     assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+# --- ingest safety keys ------------------------------------------------------------------------
+
+
+def test_plausible_window_and_reconcile_interval() -> None:
+    from datetime import UTC, datetime
+
+    config = config_from_dict(minimal())
+    assert config.source.valid_from == datetime(2000, 1, 1, tzinfo=UTC)
+    assert config.source.valid_until == timedelta(days=1)
+    assert config.exporter.reconcile_interval == timedelta(hours=6)
+    config = config_from_dict(
+        {
+            "source": {"dsn": DSN, "valid_from": "2015-06-01T12:00:00+02:00", "valid_until": "2h"},
+            "exporter": {"reconcile_interval": "30m"},
+        }
+    )
+    assert config.source.valid_from == datetime(2015, 6, 1, 10, tzinfo=UTC)
+    assert config.source.valid_until == timedelta(hours=2)
+    assert config.exporter.reconcile_interval == timedelta(minutes=30)
+    for off in ("off", "OFF", False, 0, "0s", None):
+        disabled = config_from_dict(minimal(exporter={"reconcile_interval": off}))
+        assert disabled.exporter.reconcile_interval is None, off
+    dated = yaml.safe_load("source: {dsn: 'postgresql://x/y', valid_from: 2010-01-02}")
+    assert config_from_dict(dated).source.valid_from == datetime(2010, 1, 2, tzinfo=UTC)
+    naive = config_from_dict({"source": {"dsn": DSN, "valid_from": "2010-01-02 03:04:05"}})
+    assert naive.source.valid_from == datetime(2010, 1, 2, 3, 4, 5, tzinfo=UTC)
+    dumped = config.model_dump(mode="json")
+    assert config_from_dict(dumped) == config
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"source": {"valid_from": "last tuesday"}}, "source.valid_from: must be a date or an ISO"),
+        ({"source": {"valid_from": 12}}, "source.valid_from: must be a date or an ISO 8601"),
+        ({"source": {"valid_until": "0s"}}, "source.valid_until: must be greater than 0"),
+        ({"source": {"valid_until": "soon"}}, "source.valid_until: invalid duration 'soon'"),
+        ({"exporter": {"reconcile_interval": "daily"}}, "exporter.reconcile_interval: invalid"),
+        ({"exporter": {"reconcile_interval": -5}}, "exporter.reconcile_interval: invalid"),
+        ({"exporter": {"reconcile_interval": [1]}}, "exporter.reconcile_interval: invalid"),
+    ],
+)
+def test_bad_ingest_safety_values_name_the_key(data: dict, problem: str) -> None:
+    merged = {"source": {"dsn": DSN, **data.get("source", {})}}
+    if "exporter" in data:
+        merged["exporter"] = data["exporter"]
+    problems = problems_of(merged)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_bad_ingest_safety_value_exits_1_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "wfa.yaml"
+    path.write_text(f"source: {{dsn: '{DSN}', valid_from: someday}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "reconcile", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "source.valid_from" in proc.stderr

@@ -82,11 +82,20 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::
 ON CONFLICT DO NOTHING
 RETURNING reason;
 
--- name: set_cursor
-INSERT INTO wfa.cursors (name, updated_at, id, advanced_at) VALUES ($1, $2, $3, now())
+-- name: save_cursor
+-- One writer (the fenced leader) saves the state it computed; advanced_at is when the head moved.
+INSERT INTO wfa.cursors AS c (name, updated_at, id, advanced_at, checked_updated_at, checked_id,
+       read_at, rest_from)
+VALUES ($1, $2, $3, now(), $4, $5, $6, $7)
 ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, id = excluded.id,
-       advanced_at = now()
- WHERE (wfa.cursors.updated_at, wfa.cursors.id) < (excluded.updated_at, excluded.id);
+       advanced_at = CASE WHEN (c.updated_at, c.id) = (excluded.updated_at, excluded.id)
+                          THEN c.advanced_at ELSE now() END,
+       checked_updated_at = excluded.checked_updated_at, checked_id = excluded.checked_id,
+       read_at = excluded.read_at, rest_from = excluded.rest_from;
+
+-- name: load_cursor
+SELECT updated_at, id, checked_updated_at, checked_id, read_at, rest_from
+  FROM wfa.cursors WHERE name = $1;
 
 -- name: get_cursor
 SELECT updated_at, id FROM wfa.cursors WHERE name = $1;
