@@ -176,7 +176,10 @@ async def test_scheduled_reconcile_runs_on_the_leader(store_dsn, conn):
     sched = AsyncIOScheduler(timezone="UTC")
     off.start(sched)
     assert sched.get_job("reconcile") is None
-    svc = ExporterService(_config(dsn, backend, reconcile_interval="1s", poll_interval="1h"))
+    cfg = _config(
+        dsn, backend, reconcile_interval="1s", poll_interval="1h", ready_max_lag="2h"
+    )
+    svc = ExporterService(cfg)
     await svc.open()
     sched = AsyncIOScheduler(timezone="UTC")
     try:
