@@ -8,9 +8,13 @@ from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 6
 MIGRATE_LOCK = 727_273
-_COMMON = {1: ["common/001_base.sql"], 2: ["common/002_exports_retention.sql"]}
+_COMMON = {
+    1: ["common/001_base.sql"],
+    2: ["common/002_exports_retention.sql"],
+    6: ["common/006_metric_labels.sql"],
+}
 
 
 class SchemaError(RuntimeError):
