@@ -348,7 +348,8 @@ async def test_restart_and_replicas_keep_every_counter(db_dsn):
         assert await ms.refresh(new_now) is None, "a standby builds no snapshot"
         replica = parse(ms.exposition())
         assert counters_of(replica) == {}
-        assert not [k for k in replica if k[0].startswith(("wfa_workflow", "wfa_step", "wfa_funnel"))]
+        store_families = ("wfa_workflow", "wfa_step", "wfa_funnel")
+        assert not [k for k in replica if k[0].startswith(store_families)]
         assert get(replica, "wfa_exporter_leader") == 0
         assert "wfa_exporter_rejected_rows_total" not in {k[0] for k in replica}
     finally:
