@@ -42,14 +42,14 @@ ERROR_CHARS = 200
 
 TOP_ERRORS = f"""SELECT left(r.error, {ERROR_CHARS}) AS "Error", w.name AS "Workflow",
        (s.step_index + 1) || '. ' || s.name AS "Step", r.action_type AS "Action",
-       sum(r.runs) AS "Failures", max(r.bucket) AS "Last seen (hour)"
+       sum(r.runs)::bigint AS "Failures", max(r.bucket) AS "Last seen (hour)"
   FROM wfa.step_runs_1h r
   JOIN wfa.workflows w ON w.workflow_id = r.workflow_id
   LEFT JOIN wfa.workflow_steps s ON s.workflow_id = r.workflow_id AND s.step_id = r.step_id
  WHERE $__timeFilter(r.bucket) AND r.workflow_id IN ($workflow) AND r.step_id IN ($step)
    AND r.status = 'failed' AND r.error IS NOT NULL
- GROUP BY 1, 2, 3, 4
- ORDER BY "Failures" DESC, 1
+ GROUP BY 1, r.workflow_id, 2, 3, 4
+ ORDER BY "Failures" DESC, 1, 2, 3
  LIMIT 20"""
 
 
