@@ -67,9 +67,10 @@ class _M:
 
 
 def _ratio(ok: str, done: str, by: str, window: str) -> str:
+    """ok / done, absent where nothing finished (no NaN)."""
     fn = increase if window == "$__range" else rate
     agg = f"sum by ({by}) " if by else "sum"
-    return f"{agg}({fn(_OUTCOMES, ok, window)})\n/ {agg}({fn(_OUTCOMES, done, window)})"
+    return f"{agg}({fn(_OUTCOMES, ok, window)})\n/ ({agg}({fn(_OUTCOMES, done, window)}) > 0)"
 
 
 def _table_queries(s: Settings, m: _M) -> list[Json]:

@@ -36,7 +36,7 @@ _UP = steps(("red", None), ("green", 1))
 def _quantile(q: float, inst: str) -> str:
     return (
         f"histogram_quantile({q}, sum by (instance, le) "
-        f"(rate(wfa_exporter_poll_duration_seconds_bucket{{{inst}}}[$__rate_interval])))"
+        f"(rate(wfa_exporter_poll_duration_seconds_bucket{{{inst}}}[$__rate_interval]))) >= 0"
     )
 
 

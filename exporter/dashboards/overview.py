@@ -20,7 +20,7 @@ from exporter.dashboards.panels import (
     timeseries,
 )
 from exporter.dashboards.promql import increase, rate, wf, workflow_names
-from exporter.dashboards.settings import Settings, human_duration
+from exporter.dashboards.settings import Settings, last
 from exporter.metrics.snapshot import window_label
 
 UID = "wfa-overview"
@@ -120,7 +120,7 @@ def panels(s: Settings) -> list[Json]:
     """Panels of the overview dashboard, top to bottom."""
     m = wf(s)
     window = window_label(s.monitoring.conversion_drop.window)
-    trailing = human_duration(s.monitoring.conversion_drop.window)
+    trailing = last(s.monitoring.conversion_drop.window)
     out: list[Json] = [row("Activity in the time range")]
     for title, metric, description in _COUNTERS:
         out.append(

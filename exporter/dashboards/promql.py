@@ -49,8 +49,9 @@ def rate(metric: str, matchers: str, window: str = "$__rate_interval") -> str:
 
 
 def quantile(q: float, by: str, metric: str, matchers: str, window: str) -> str:
-    """`histogram_quantile(q, sum by (by, le) (rate|increase(metric_bucket[window])))`."""
+    """`histogram_quantile(q, sum by (by, le) (rate|increase(metric_bucket[window])))`, without
+    the NaN of an empty histogram (`>= 0` drops it)."""
     fn = "increase" if window == "$__range" else "rate"
     sel = f"{fn}({metric}_bucket{{{matchers}}}[{window}])"
     group = f"{by}, le" if by else "le"
-    return f"histogram_quantile({q}, sum by ({group}) ({sel}))"
+    return f"histogram_quantile({q}, sum by ({group}) ({sel})) >= 0"
