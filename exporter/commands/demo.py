@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from aiohttp import web
@@ -38,6 +38,9 @@ from exporter.config.schema import parse_listen
 from exporter.db import connect
 from exporter.service import ExporterService
 from exporter.source.reader import quote_ident
+
+if TYPE_CHECKING:
+    from exporter.simulate.incident import Incident
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     p.add_argument("--poll-interval", default="2s", help="exporter poll interval")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--incident",
+        type=_incident,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="stage an incident in the live workload so that an alert fires, e.g. "
+        "'workflow=wf-01,step=3,dropoff=0.8,after=2m,for=10m' (failure=0.6 or slowdown=10 "
+        "instead of dropoff=; repeatable; see `wfa simulate --help`)",
+    )
     p.set_defaults(func=cmd_demo)
+
+
+def _incident(text: str) -> Incident:
+    from exporter.simulate.incident import IncidentError, parse_incident
+
+    try:
+        return parse_incident(text)
+    except IncidentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # the database ------------------------------------------------------------------------------
@@ -402,6 +424,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, print the banner, run until SIGINT/SIGTERM, stop everything."""
     from exporter.api.auth import new_token
     from exporter.metrics import attach_metrics
+    from exporter.simulate.incident import IncidentError
     from exporter.simulate.live import open_live, parse_rate, run_live
 
     rate = parse_rate(args.rate)
@@ -456,9 +479,19 @@ async def run_demo(args: argparse.Namespace) -> int:
         await web.SockSite(runner, api_sock).start()
 
         live_conn = await connect(cfg.source.dsn, application_name="wfa-demo-live")
-        live = await open_live(live_conn, rate=rate, seed=args.seed, start=datetime.now(UTC))
+        try:
+            live = await open_live(
+                live_conn,
+                rate=rate,
+                seed=args.seed,
+                start=datetime.now(UTC),
+                incidents=args.incident,
+            )
+        except IncidentError as exc:
+            print(f"incident: {exc}", file=sys.stderr)
+            return 1
         live_task = asyncio.create_task(
-            run_live(live_conn, live, stop=live_stop), name="wfa-demo-live"
+            run_live(live_conn, live, stop=live_stop, announce=_announce), name="wfa-demo-live"
         )
         scheduler.start()
         if history:
@@ -479,6 +512,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         live_text = (
             f"{rate:g} enrollments/s, {live.active:,} running executions resumed"
         )
+        for inc in args.incident:
+            live_text += f"\n              incident: {inc.describe()}"
         print(
             banner(
                 api, metrics_at, token, workflow, root, prom, database, history, live_text,
@@ -516,6 +551,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         print(f"stopped; data kept in {root}", flush=True)
+
+
+def _announce(line: str) -> None:
+    """An incident starts or ends: say so on the demo's console."""
+    print(f"{datetime.now(UTC):%H:%M:%S} {line}", flush=True)
 
 
 async def _first_poll(service: ExporterService) -> None:
