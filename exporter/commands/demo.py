@@ -48,7 +48,6 @@ SOURCE_DB = "wfa_source"
 STORE_DB = "wfa_store"
 TENANT = "tenant-1"
 SCOPES = ("read", "export", "admin")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -159,6 +158,15 @@ def open_cluster(root: Path) -> tuple[Cluster, str]:
 # config and history ------------------------------------------------------------------------
 
 
+DEMO_MONITORING: dict[str, Any] = {
+    "dropoff": {"window": "1h", "for": "1m"},
+    "dropoff_jump": {"window": "1h", "for": "1m"},
+    "failure": {"window": "5m", "for": "1m"},
+    "slowdown": {"window": "5m", "for": "1m"},
+}
+"""Alerts of the demo: short windows and `for`, so that a staged incident fires in minutes."""
+
+
 def demo_config(
     source: str, store: str, token: str, api: str, metrics: str, exports: Path, poll: str
 ) -> dict[str, Any]:
@@ -170,6 +178,7 @@ def demo_config(
         "store": {"dsn": store, "backend": "auto", "pool_max_size": 8},
         "exporter": {"poll_interval": poll, "refresh_interval": "10s", "overlap": "30s"},
         "metrics": {"listen": metrics, "snapshot_interval": "5s"},
+        "monitoring": {**DEMO_MONITORING, "runbook_url": f"http://{metrics}/runbook/{{alert}}"},
         "api": {
             "listen": api,
             "tokens": [
@@ -267,22 +276,28 @@ def api_app(cfg: Config, service: ExporterService) -> web.Application:
 # Prometheus --------------------------------------------------------------------------------
 
 
-def prometheus_config(metrics: str, listen: str, rules: Path | None) -> dict[str, Any]:
-    """The shipped prometheus.yml pointed at the demo's /metrics, with absolute rule paths."""
-    shipped = REPO / "provisioning" / "prometheus" / "prometheus.yml"
-    if shipped.exists():
-        conf = yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
-    else:
-        conf = {"scrape_configs": [{"job_name": "wfa-exporter", "static_configs": [{}]}]}
-    conf["global"] = {**conf.get("global", {}), "scrape_interval": "5s",
-                      "evaluation_interval": "5s"}
-    conf.pop("alerting", None)
-    conf["rule_files"] = [str(rules / "*.yml")] if rules else []
-    for job in conf.get("scrape_configs", []):
-        target = listen if job.get("job_name") == "prometheus" else metrics
-        for sc in job.get("static_configs", []):
-            sc["targets"] = [target]
-    return conf
+def prometheus_config(cfg: Config, metrics: str, listen: str, rules: Path) -> dict[str, Any]:
+    """Prometheus for the demo, generated from its config: the exporter job, the rules."""
+    from exporter.dashboards.scrape import prometheus_config as generated
+    from exporter.dashboards.settings import Settings
+
+    return generated(
+        Settings.of(cfg), [metrics], [str(rules / "*.yml")], interval="5s", self_target=listen
+    )
+
+
+def write_rules(cfg: Config, directory: Path) -> Path:
+    """The Prometheus rule files generated from the demo config, written into `directory`."""
+    from exporter.dashboards import files
+    from exporter.dashboards.settings import Settings
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.yml"):
+        old.unlink()
+    for rel, text in files(Settings.of(cfg)).items():
+        if rel.startswith("provisioning/prometheus/rules/"):
+            (directory / Path(rel).name).write_text(text, encoding="utf-8")
+    return directory
 
 
 @dataclass
@@ -294,7 +309,8 @@ class Prometheus:
     listen: str
     metrics: str
     log_path: Path
-    rules: Path | None = None
+    cfg: Config
+    rules: Path
     proc: subprocess.Popen[bytes] | None = None
     _tmp: Path | None = field(default=None, repr=False)
 
@@ -302,7 +318,9 @@ class Prometheus:
         """Write the config to a temporary directory and start Prometheus."""
         self._tmp = Path(tempfile.mkdtemp(prefix="wfa-demo-prometheus-"))
         conf = self._tmp / "prometheus.yml"
-        conf.write_text(yaml.safe_dump(prometheus_config(self.metrics, self.listen, self.rules)))
+        conf.write_text(
+            yaml.safe_dump(prometheus_config(self.cfg, self.metrics, self.listen, self.rules))
+        )
         self.data.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -354,8 +372,10 @@ def banner(
         f"  API         {base}   (OpenAPI: {base}/openapi.json)",
     ]
     if prom is not None:
-        rules = f"rules from {prom.rules}" if prom.rules else "no rules found"
-        lines.append(f"  Prometheus  http://{prom.listen}   ({rules})")
+        lines.append(
+            f"  Prometheus  http://{prom.listen}   (alerts: http://{prom.listen}/alerts; rules "
+            f"generated into {prom.rules})"
+        )
     lines += [
         f"  token       {token}",
         f"              (tenant {TENANT}, scopes {', '.join(SCOPES)}; config {root / 'demo.yaml'})",
@@ -385,18 +405,20 @@ def has_exports(app: web.Application) -> bool:
     return any(r.canonical == route for r in app.router.resources())
 
 
-def _prometheus(args: argparse.Namespace, root: Path, metrics: str) -> Prometheus | None:
+def _prometheus(
+    args: argparse.Namespace, root: Path, metrics: str, cfg: Config
+) -> Prometheus | None:
     binary = None if args.no_prometheus else shutil.which("prometheus")
     if binary is None:
         return None
-    rules = REPO / "provisioning" / "prometheus" / "rules"
     return Prometheus(
         binary,
         root / "prometheus",
         free_listen(args.prometheus_listen),
         metrics,
         root / "prometheus.log",
-        rules if rules.is_dir() else None,
+        cfg,
+        write_rules(cfg, root / "rules"),
     )
 
 
@@ -498,7 +520,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             print(f"ingesting {history:,} executions of history ...", flush=True)
         await _wait(stop, _first_poll(service))
 
-        prom = _prometheus(args, root, metrics_at)
+        prom = _prometheus(args, root, metrics_at, cfg)
         if prom is not None:
             prom.start()
             await asyncio.sleep(0.5)
