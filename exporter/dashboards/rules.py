@@ -128,14 +128,14 @@ def recording_groups(s: Settings) -> list[dict[str, Any]]:
                     "record": "workflow_step_action_type:wfa_step_duration_seconds:p95_rate5m",
                     "expr": (
                         f"histogram_quantile(0.95,\n"
-                        f"  sum by ({BY_ACTION}, le) (rate({buckets}[5m])))"
+                        f"  sum by ({BY_ACTION}, le) (rate({buckets}[5m]))) >= 0"
                     ),
                 },
                 {
                     "record": "action_type:wfa_step_duration_seconds:p95_rate5m",
                     "expr": (
                         f"histogram_quantile(0.95,\n"
-                        f"  sum by (action_type, le) (rate({buckets}[5m])))"
+                        f"  sum by (action_type, le) (rate({buckets}[5m]))) >= 0"
                     ),
                 },
             ],
@@ -305,7 +305,7 @@ def _slowdown(s: Settings) -> Rule:
     sl, job = s.monitoring.slowdown, s.job
     r = prom_duration(sl.window)
     buckets = f"wfa_step_duration_seconds_bucket{{{job}}}"
-    now = f"histogram_quantile(0.95, sum by ({BY_ACTION}, le) (rate({buckets}[{r}])))"
+    now = f"(histogram_quantile(0.95, sum by ({BY_ACTION}, le) (rate({buckets}[{r}]))) >= 0)"
     before = (
         f"histogram_quantile(0.95, sum by ({BY_ACTION}, le) (rate({buckets}[{DAY}] offset {r})))"
     )
