@@ -154,8 +154,9 @@ class Live:
 
 
 @pytest.fixture
-async def live(db_dsn: str) -> AsyncIterator[Live]:
+async def live(store_dsn: tuple[str, str]) -> AsyncIterator[Live]:
     """The real exporter on simulated data (5 workflows, 2 tenants), serving /metrics."""
+    backend, db_dsn = store_dsn
     now = datetime.now(UTC).replace(microsecond=0)
     data = generate(
         executions=2500, days=3, workflows=5, tenants=2, seed=23, now=now - timedelta(hours=2)
@@ -163,7 +164,9 @@ async def live(db_dsn: str) -> AsyncIterator[Live]:
     conn = await asyncpg.connect(db_dsn)
     await create_source_schema(conn)
     await write(conn, data)
-    svc = ExporterService(config_from_dict({"source": {"dsn": db_dsn}}))
+    svc = ExporterService(
+        config_from_dict({"source": {"dsn": db_dsn}, "store": {"backend": backend}})
+    )
     await svc.open()
     assert await svc.poll_once() is not None
     ms = MetricsServer(svc.cfg.metrics, svc.state, lambda: svc.store)
@@ -479,7 +482,7 @@ async def test_panels_equal_the_truth_for_every_choice(live: Live) -> None:
         for name in WORKFLOW_DASHBOARDS:
             d = DASHBOARDS[name]
             for choice in CHOICES:
-                board = Board(live.conn, d, tsdb=False)
+                board = Board(live.conn, d, tsdb=live.svc.cfg.store.backend == "timescaledb")
                 ids = await board.choose(choice, at - timedelta(days=7), at)
                 truth = await _truth(live, ids)
                 truth.window_s = window.total_seconds()

@@ -79,9 +79,10 @@ def test_label_plan_folds_and_never_decreases() -> None:
     assert choose({"z": 100}, {"a": "top", "b": "top"}, [], 2) == []
 
 
-async def test_ten_thousand_reasons_keep_the_series_bounded(db_dsn: str) -> None:
+async def test_ten_thousand_reasons_keep_the_series_bounded(store_dsn: tuple[str, str]) -> None:
+    backend, db_dsn = store_dsn
     data = await fill(db_dsn, executions=1500, workflows=2, tenants=1)
-    svc = await open_service(make_config(db_dsn, top_reasons=3))
+    svc = await open_service(make_config(db_dsn, backend, top_reasons=3))
     try:
         ms = MetricsServer(svc.cfg.metrics, svc.state, lambda: svc.store)
         first = parse((await _refreshed(ms)).exposition())
@@ -128,7 +129,7 @@ async def test_ten_thousand_reasons_keep_the_series_bounded(db_dsn: str) -> None
 
         # a new process (or a replica that takes over) exposes the same label set and values
         await svc.close()
-        svc2 = await open_service(make_config(db_dsn, top_reasons=3))
+        svc2 = await open_service(make_config(db_dsn, backend, top_reasons=3))
         try:
             ms2 = MetricsServer(svc2.cfg.metrics, svc2.state, lambda: svc2.store)
             again = _exits(parse((await _refreshed(ms2, svc2.state)).exposition()), wf.id)
@@ -140,7 +141,9 @@ async def test_ten_thousand_reasons_keep_the_series_bounded(db_dsn: str) -> None
         # the new series starts at 0 and counts from now on
         allowed = "r1"
         assert allowed not in after
-        svc3 = await open_service(make_config(db_dsn, top_reasons=3, exit_reasons=[allowed]))
+        svc3 = await open_service(
+            make_config(db_dsn, backend, top_reasons=3, exit_reasons=[allowed])
+        )
         try:
             ms3 = MetricsServer(svc3.cfg.metrics, svc3.state, lambda: svc3.store)
             listed = _exits(parse((await _refreshed(ms3, svc3.state)).exposition()), wf.id)

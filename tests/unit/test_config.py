@@ -374,7 +374,7 @@ def test_every_model_is_frozen_and_forbids_extra() -> None:
         and issubclass(value, pydantic.BaseModel)
         and value.__module__ == schema.__name__
     ]
-    assert len(models) == 12
+    assert len(models) == 22  # 12 + the monitoring section and its 9 alert models
     for model in models:
         assert model.model_config.get("extra") == "forbid", model
         assert model.model_config.get("frozen") is True, model
