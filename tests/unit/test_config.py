@@ -596,6 +596,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert config.metrics == defaults.metrics
     assert config.store == defaults.store
     assert config.source == defaults.source
+    assert config.monitoring == defaults.monitoring
 
 
 def test_example_config_without_secrets_lists_each(tmp_path: Path) -> None:
