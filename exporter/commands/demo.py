@@ -161,10 +161,11 @@ def open_cluster(root: Path) -> tuple[Cluster, str]:
 DEMO_MONITORING: dict[str, Any] = {
     "dropoff": {"window": "1h", "for": "1m"},
     "dropoff_jump": {"window": "1h", "for": "1m"},
-    "failure": {"window": "5m", "for": "1m"},
+    "failure": {"ratio": 0.25, "window": "5m", "for": "1m"},
     "slowdown": {"window": "5m", "for": "1m"},
 }
-"""Alerts of the demo: short windows and `for`, so that a staged incident fires in minutes."""
+"""Alerts of the demo: short windows and `for`, so that a staged incident fires in minutes (and
+a failure ratio the simulator's webhooks do not reach on their own in five minutes)."""
 
 
 def demo_config(
