@@ -144,8 +144,9 @@ def panels(s: Settings) -> list[Json]:
     out.append(
         stat(
             "Completion rate (cohort)",
-            "Of the executions enrolled in the time range, the share completed so far "
-            "(cohort definition; hour granularity, from the store).",
+            "Of the executions enrolled in the whole hours that start in the time range, the "
+            "share completed so far, over the selected workflows (cohort definition, from the "
+            "store).",
             [sql(COMPLETION_RATE)],
             unit="percentunit",
             thresholds=low_is_bad(0.5, 0.25),
@@ -155,7 +156,8 @@ def panels(s: Settings) -> list[Json]:
     out.append(
         stat(
             "Conversion rate (cohort)",
-            "Of the executions enrolled in the time range, the share that converted within the "
+            "Of the executions enrolled in the whole hours that start in the time range, the "
+            "share that converted within the "
             "workflow's conversion window (cohort definition; from the store).",
             [sql(CONVERSION_RATE)],
             unit="percentunit",
@@ -231,7 +233,8 @@ def panels(s: Settings) -> list[Json]:
         row("Workflows"),
         table(
             "Workflows by volume",
-            "Per workflow, the executions enrolled in the time range and what became of them "
+            "Per workflow, the executions enrolled in the whole hours that start in the time "
+            "range and what became of them "
             "(cohort definition). Click a workflow to open its funnel.",
             [sql(BY_VOLUME)],
             overrides=[
