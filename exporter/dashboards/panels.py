@@ -165,7 +165,7 @@ def window_var(windows: list[str], default: str) -> Json:
 
 
 def min_volume_var(default: int) -> Json:
-    """Minimum executions for the bottleneck: a fixed list (metrics.min_volume first)."""
+    """Minimum executions for the bottleneck: a fixed list that holds metrics.min_volume."""
     values = sorted({0, 5, 10, 20, 50, 100, 500, 1000, default})
     return custom_var(
         "min_volume",

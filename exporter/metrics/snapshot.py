@@ -43,7 +43,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("wfa_workflow_enrollments_total", COUNTER, "Executions enrolled."),
     Spec("wfa_workflow_completions_total", COUNTER, "Executions completed."),
     Spec("wfa_workflow_conversions_total", COUNTER, "Executions converted on the goal."),
-    Spec("wfa_workflow_exits_total", COUNTER, "Executions exited early, by reason.", ("reason",)),
+    Spec(
+        "wfa_workflow_exits_total",
+        COUNTER,
+        "Executions exited early, by reason (listed or most frequent reasons, then other).",
+        ("reason",),
+    ),
     Spec("wfa_workflow_failures_total", COUNTER, "Executions failed."),
     Spec("wfa_step_runs_total", COUNTER, "Step attempts entered.", ("step", "action_type")),
     Spec(

@@ -402,6 +402,26 @@ def test_sql_queries_read_rollups_with_time_macros(name: str) -> None:
         assert "workflow_id IN ($workflow)" in q.text, f"{where}: ignores the workflow variable"
 
 
+def test_no_typed_variable_reaches_sql_unquoted() -> None:
+    """Multi-value variables are quoted by the data source; any other is a cast literal."""
+    for name, d in DASHBOARDS.items():
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        assert not [v for v in variables.values() if v["type"] == "textbox"], name
+        texts = [q.text for q in queries(name, d) if q.kind == "sql"]
+        texts += [q for _, kind, q in variable_queries(d) if kind == "sql"]
+        for text in texts:
+            for m in re.finditer(r"\$(\w+)|\$\{(\w+)(?::(\w+))?\}(::\w+)?", text):
+                var = m.group(1) or m.group(2)
+                if var not in variables:
+                    assert var.startswith("__"), (name, var)
+                    continue
+                v = variables[var]
+                if v.get("multi") or v.get("includeAll"):
+                    assert m.group(3) in (None, "sqlstring"), (name, m.group(0))
+                else:
+                    assert m.group(3) == "sqlstring" and m.group(4), (name, m.group(0))
+
+
 def test_sql_panels_request_hour_buckets() -> None:
     for name, d in DASHBOARDS.items():
         for p in _panels(d):
