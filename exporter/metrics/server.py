@@ -111,9 +111,9 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         """The private registry with every collector (what /metrics serves)."""
         self._self_registry = CollectorRegistry(auto_describe=False)
+        """Self-metrics and process metrics only: rendered at each scrape."""
+        self.registry.register(self.snapshot_collector)
         for registry in (self.registry, self._self_registry):
-            if registry is self.registry:
-                registry.register(self.snapshot_collector)
             registry.register(self.self_collector)
             registry.register(process)
         self._rendered = EMPTY
