@@ -45,10 +45,12 @@ def print_problems(exc: ConfigError) -> None:
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Plain log lines on stderr."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    """Plain log lines on stderr; APScheduler's per-run lines only at DEBUG."""
+    value = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=value, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # "Running job ..." / "... executed successfully" at every poll: noise unless debugging
+    logging.getLogger("apscheduler").setLevel(
+        logging.DEBUG if value <= logging.DEBUG else max(value, logging.WARNING)
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 from aiohttp import web
@@ -39,13 +39,15 @@ from exporter.db import connect
 from exporter.service import ExporterService
 from exporter.source.reader import quote_ident
 
+if TYPE_CHECKING:
+    from exporter.simulate.incident import Incident
+
 log = logging.getLogger(__name__)
 
 SOURCE_DB = "wfa_source"
 STORE_DB = "wfa_store"
 TENANT = "tenant-1"
 SCOPES = ("read", "export", "admin")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +68,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     p.add_argument("--poll-interval", default="2s", help="exporter poll interval")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--incident",
+        type=_incident,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="stage an incident in the live workload so that an alert fires, e.g. "
+        "'workflow=wf-01,step=3,dropoff=0.8,after=2m,for=10m' (failure=0.6 or slowdown=10 "
+        "instead of dropoff=; repeatable; see `wfa simulate --help`)",
+    )
     p.set_defaults(func=cmd_demo)
+
+
+def _incident(text: str) -> Incident:
+    from exporter.simulate.incident import IncidentError, parse_incident
+
+    try:
+        return parse_incident(text)
+    except IncidentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # the database ------------------------------------------------------------------------------
@@ -137,6 +158,16 @@ def open_cluster(root: Path) -> tuple[Cluster, str]:
 # config and history ------------------------------------------------------------------------
 
 
+DEMO_MONITORING: dict[str, Any] = {
+    "dropoff": {"window": "1h", "for": "1m"},
+    "dropoff_jump": {"window": "1h", "for": "1m"},
+    "failure": {"ratio": 0.25, "window": "5m", "for": "1m"},
+    "slowdown": {"window": "5m", "for": "1m"},
+}
+"""Alerts of the demo: short windows and `for`, so that a staged incident fires in minutes (and
+a failure ratio the simulator's webhooks do not reach on their own in five minutes)."""
+
+
 def demo_config(
     source: str, store: str, token: str, api: str, metrics: str, exports: Path, poll: str
 ) -> dict[str, Any]:
@@ -148,6 +179,7 @@ def demo_config(
         "store": {"dsn": store, "backend": "auto", "pool_max_size": 8},
         "exporter": {"poll_interval": poll, "refresh_interval": "10s", "overlap": "30s"},
         "metrics": {"listen": metrics, "snapshot_interval": "5s"},
+        "monitoring": {**DEMO_MONITORING, "runbook_url": f"http://{metrics}/runbook/{{alert}}"},
         "api": {
             "listen": api,
             "tokens": [
@@ -245,22 +277,28 @@ def api_app(cfg: Config, service: ExporterService) -> web.Application:
 # Prometheus --------------------------------------------------------------------------------
 
 
-def prometheus_config(metrics: str, listen: str, rules: Path | None) -> dict[str, Any]:
-    """The shipped prometheus.yml pointed at the demo's /metrics, with absolute rule paths."""
-    shipped = REPO / "provisioning" / "prometheus" / "prometheus.yml"
-    if shipped.exists():
-        conf = yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
-    else:
-        conf = {"scrape_configs": [{"job_name": "wfa-exporter", "static_configs": [{}]}]}
-    conf["global"] = {**conf.get("global", {}), "scrape_interval": "5s",
-                      "evaluation_interval": "5s"}
-    conf.pop("alerting", None)
-    conf["rule_files"] = [str(rules / "*.yml")] if rules else []
-    for job in conf.get("scrape_configs", []):
-        target = listen if job.get("job_name") == "prometheus" else metrics
-        for sc in job.get("static_configs", []):
-            sc["targets"] = [target]
-    return conf
+def prometheus_config(cfg: Config, metrics: str, listen: str, rules: Path) -> dict[str, Any]:
+    """Prometheus for the demo, generated from its config: the exporter job, the rules."""
+    from exporter.dashboards.scrape import prometheus_config as generated
+    from exporter.dashboards.settings import Settings
+
+    return generated(
+        Settings.of(cfg), [metrics], [str(rules / "*.yml")], interval="5s", self_target=listen
+    )
+
+
+def write_rules(cfg: Config, directory: Path) -> Path:
+    """The Prometheus rule files generated from the demo config, written into `directory`."""
+    from exporter.dashboards import files
+    from exporter.dashboards.settings import Settings
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.yml"):
+        old.unlink()
+    for rel, text in files(Settings.of(cfg)).items():
+        if rel.startswith("provisioning/prometheus/rules/"):
+            (directory / Path(rel).name).write_text(text, encoding="utf-8")
+    return directory
 
 
 @dataclass
@@ -272,7 +310,8 @@ class Prometheus:
     listen: str
     metrics: str
     log_path: Path
-    rules: Path | None = None
+    cfg: Config
+    rules: Path
     proc: subprocess.Popen[bytes] | None = None
     _tmp: Path | None = field(default=None, repr=False)
 
@@ -280,7 +319,9 @@ class Prometheus:
         """Write the config to a temporary directory and start Prometheus."""
         self._tmp = Path(tempfile.mkdtemp(prefix="wfa-demo-prometheus-"))
         conf = self._tmp / "prometheus.yml"
-        conf.write_text(yaml.safe_dump(prometheus_config(self.metrics, self.listen, self.rules)))
+        conf.write_text(
+            yaml.safe_dump(prometheus_config(self.cfg, self.metrics, self.listen, self.rules))
+        )
         self.data.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -332,8 +373,10 @@ def banner(
         f"  API         {base}   (OpenAPI: {base}/openapi.json)",
     ]
     if prom is not None:
-        rules = f"rules from {prom.rules}" if prom.rules else "no rules found"
-        lines.append(f"  Prometheus  http://{prom.listen}   ({rules})")
+        lines.append(
+            f"  Prometheus  http://{prom.listen}   (alerts: http://{prom.listen}/alerts; rules "
+            f"generated into {prom.rules})"
+        )
     lines += [
         f"  token       {token}",
         f"              (tenant {TENANT}, scopes {', '.join(SCOPES)}; config {root / 'demo.yaml'})",
@@ -363,18 +406,20 @@ def has_exports(app: web.Application) -> bool:
     return any(r.canonical == route for r in app.router.resources())
 
 
-def _prometheus(args: argparse.Namespace, root: Path, metrics: str) -> Prometheus | None:
+def _prometheus(
+    args: argparse.Namespace, root: Path, metrics: str, cfg: Config
+) -> Prometheus | None:
     binary = None if args.no_prometheus else shutil.which("prometheus")
     if binary is None:
         return None
-    rules = REPO / "provisioning" / "prometheus" / "rules"
     return Prometheus(
         binary,
         root / "prometheus",
         free_listen(args.prometheus_listen),
         metrics,
         root / "prometheus.log",
-        rules if rules.is_dir() else None,
+        cfg,
+        write_rules(cfg, root / "rules"),
     )
 
 
@@ -402,6 +447,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, print the banner, run until SIGINT/SIGTERM, stop everything."""
     from exporter.api.auth import new_token
     from exporter.metrics import attach_metrics
+    from exporter.simulate.incident import IncidentError
     from exporter.simulate.live import open_live, parse_rate, run_live
 
     rate = parse_rate(args.rate)
@@ -456,16 +502,26 @@ async def run_demo(args: argparse.Namespace) -> int:
         await web.SockSite(runner, api_sock).start()
 
         live_conn = await connect(cfg.source.dsn, application_name="wfa-demo-live")
-        live = await open_live(live_conn, rate=rate, seed=args.seed, start=datetime.now(UTC))
+        try:
+            live = await open_live(
+                live_conn,
+                rate=rate,
+                seed=args.seed,
+                start=datetime.now(UTC),
+                incidents=args.incident,
+            )
+        except IncidentError as exc:
+            print(f"incident: {exc}", file=sys.stderr)
+            return 1
         live_task = asyncio.create_task(
-            run_live(live_conn, live, stop=live_stop), name="wfa-demo-live"
+            run_live(live_conn, live, stop=live_stop, announce=_announce), name="wfa-demo-live"
         )
         scheduler.start()
         if history:
             print(f"ingesting {history:,} executions of history ...", flush=True)
         await _wait(stop, _first_poll(service))
 
-        prom = _prometheus(args, root, metrics_at)
+        prom = _prometheus(args, root, metrics_at, cfg)
         if prom is not None:
             prom.start()
             await asyncio.sleep(0.5)
@@ -479,6 +535,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         live_text = (
             f"{rate:g} enrollments/s, {live.active:,} running executions resumed"
         )
+        for inc in args.incident:
+            live_text += f"\n              incident: {inc.describe()}"
         print(
             banner(
                 api, metrics_at, token, workflow, root, prom, database, history, live_text,
@@ -516,6 +574,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
         print(f"stopped; data kept in {root}", flush=True)
+
+
+def _announce(line: str) -> None:
+    """An incident starts or ends: say so on the demo's console."""
+    print(f"{datetime.now(UTC):%H:%M:%S} {line}", flush=True)
 
 
 async def _first_poll(service: ExporterService) -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
 from exporter.db import connect
+
+if TYPE_CHECKING:
+    from exporter.simulate.incident import Incident
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,9 +48,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rate", type=_rate, default=20.0, help="live enrollments: 20/s, 300/m, 5000/h"
     )
+    p.add_argument(
+        "--incident",
+        type=_incident,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="live: stage an incident, e.g. 'workflow=wf-01,step=3,dropoff=0.8,after=2m,for=10m' "
+        "(or failure=0.6, slowdown=10 instead of dropoff=; repeatable)",
+    )
     p.add_argument("--tick", type=float, default=1.0, help="live: seconds between writes")
     p.add_argument("--duration", type=float, default=None, help="live: stop after N seconds")
     p.set_defaults(func=cmd_simulate)
+
+
+def _incident(text: str) -> Incident:
+    from exporter.simulate.incident import IncidentError, parse_incident
+
+    try:
+        return parse_incident(text)
+    except IncidentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate(text: str) -> float:
@@ -62,6 +85,9 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
     from exporter.simulate.truth import Truth
     from exporter.simulate.writer import create_source_schema, write
 
+    if args.incident and not args.live:
+        print("--incident needs --live (incidents happen in the live workload)", file=sys.stderr)
+        return 1
     now = args.now or datetime.now(UTC).replace(microsecond=0)
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -108,6 +134,7 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _live(cfg: Config, args: argparse.Namespace) -> int:
     """Run the live workload until SIGINT/SIGTERM or `--duration`."""
+    from exporter.simulate.incident import IncidentError
     from exporter.simulate.live import open_live, run_live
     from exporter.simulate.writer import create_source_schema
 
@@ -121,19 +148,26 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
             await create_source_schema(
                 conn, cfg.source.executions_table, cfg.source.workflows_table
             )
-        live = await open_live(
-            conn,
-            rate=args.rate,
-            seed=args.seed,
-            start=datetime.now(UTC),
-            executions_table=cfg.source.executions_table,
-            workflows_table=cfg.source.workflows_table,
-        )
+        try:
+            live = await open_live(
+                conn,
+                rate=args.rate,
+                seed=args.seed,
+                start=datetime.now(UTC),
+                executions_table=cfg.source.executions_table,
+                workflows_table=cfg.source.workflows_table,
+                incidents=args.incident,
+            )
+        except IncidentError as exc:
+            print(f"incident: {exc}", file=sys.stderr)
+            return 1
         print(
             f"live: {len(live.workflows)} workflows, {live.active} active executions resumed, "
             f"{args.rate:g} enrollments/s; Ctrl-C stops",
             flush=True,
         )
+        for inc in args.incident:
+            print(f"incident staged: {inc.describe()}", flush=True)
         written = await run_live(
             conn,
             live,
@@ -142,6 +176,7 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
             duration=args.duration,
             executions_table=cfg.source.executions_table,
             reconnect=lambda: connect(cfg.source.dsn),
+            announce=lambda line: print(line, flush=True),
         )
     finally:
         await conn.close()

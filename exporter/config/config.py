@@ -19,6 +19,7 @@ from .schema import (
     Config,
     ExporterConfig,
     MetricsConfig,
+    MonitoringConfig,
     RetentionConfig,
     StoreConfig,
     parse_listen,
@@ -217,10 +218,23 @@ def _check_pool(store: StoreConfig) -> Iterator[Problem]:
         )
 
 
+def _check_alert_windows(metrics: MetricsConfig, monitoring: MonitoringConfig) -> Iterator[Problem]:
+    """Alerts on funnel gauges read windows the exporter serves."""
+    served = ", ".join(format_duration(w) for w in metrics.windows) or "none"
+    for name in ("dropoff", "dropoff_jump", "conversion_drop"):
+        window = getattr(monitoring, name).window
+        if window not in metrics.windows:
+            yield Problem(
+                f"monitoring.{name}.window",
+                f"must be one of metrics.windows ({served}), got {format_duration(window)}",
+            )
+
+
 _CHECKS: tuple[tuple[tuple[str, ...], Callable[..., Iterator[Problem]]], ...] = (
     (("store",), _check_pool),
     (("exporter", "retention"), _check_retention),
     (("api",), _check_tokens),
     (("api",), _check_ranges),
     (("metrics", "api"), _check_listen),
+    (("metrics", "monitoring"), _check_alert_windows),
 )

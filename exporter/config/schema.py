@@ -37,6 +37,7 @@ __all__ = [
     "ExporterConfig",
     "ExportsConfig",
     "MetricsConfig",
+    "MonitoringConfig",
     "RetentionConfig",
     "RetentionOverride",
     "SourceConfig",
@@ -291,6 +292,53 @@ def token_problems(tenant: str, scopes: frozenset[str] | set[str]) -> list[tuple
     return out
 
 
+_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+_REASON_RE = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+
+
+def _label_value(value: str) -> str:
+    """A Prometheus label value safe to paste between double quotes in generated PromQL."""
+    if not _LABEL_VALUE_RE.fullmatch(value):
+        raise _error(
+            "label_value",
+            f"must be 1 to 100 letters, digits, '_', '.', ':' or '-', got {value!r}",
+        )
+    return value
+
+
+def _reason(value: str) -> str:
+    """An exit reason allowed as a label value as is."""
+    if value in ("other", "unspecified"):
+        raise _error("reason", f"{value!r} is reserved for the reasons that are not listed")
+    if not _REASON_RE.fullmatch(value):
+        raise _error(
+            "reason",
+            f"must be 1 to 64 characters without control characters, got {value!r}",
+        )
+    return value
+
+
+def _runbook_url(value: str) -> str:
+    """An absolute http(s) URL template with optional {alert} and {anchor} fields."""
+    if not re.fullmatch(r"https?://[^\s{}]+(?:\{(?:alert|anchor)\}[^\s{}]*)*", value):
+        raise _error(
+            "runbook_url",
+            "must be an absolute http:// or https:// URL; {alert} and {anchor} are the only"
+            f" placeholders, got {value!r}",
+        )
+    return value
+
+
+LabelValue = Annotated[str, AfterValidator(_label_value)]
+"""A label value that generated PromQL may quote as is."""
+
+ExitReason = Annotated[str, BeforeValidator(_text_id), AfterValidator(_reason)]
+"""An exit reason (source free text) allowed as a `reason` label value."""
+
+Ratio = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=1)]
+"""A share in (0, 1]."""
+
+
 class ExecutionColumns(BaseModel):
     """Column names of the source executions table."""
 
@@ -420,6 +468,8 @@ class MetricsConfig(BaseModel):
     tenants: TenantFilter = Field(default_factory=TenantFilter)
     min_volume: NonNegativeInt = 20
     header_timeout: PositiveDuration = timedelta(seconds=10)
+    exit_reasons: tuple[ExitReason, ...] = ()
+    top_reasons: Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=100)] = 10
 
 
 class ApiToken(BaseModel):
@@ -502,7 +552,102 @@ class RetentionConfig(BaseModel):
         return value if value is not None else getattr(self, dataset)
 
 
-_SECTIONS = ("source", "store", "exporter", "metrics", "api", "exports", "retention")
+class _Alert(BaseModel):
+    """How long a condition must hold before its alert fires."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    for_: Annotated[PositiveDuration, Field(alias="for")] = timedelta(minutes=15)
+
+
+class DropoffAlert(_Alert):
+    """WfaStepDropoffHigh: drop-off ratio of a step in a cohort window."""
+
+    ratio: Ratio = 0.5
+    window: PositiveDuration = timedelta(days=1)
+
+
+class DropoffJumpAlert(_Alert):
+    """WfaStepDropoffJump*: drop-off ratio of a short cohort window against a baseline."""
+
+    points: Ratio = 0.2
+    window: PositiveDuration = timedelta(hours=1)
+
+
+class ConversionDropAlert(_Alert):
+    """WfaConversionRateDrop*: cohort conversion rate against a baseline."""
+
+    for_: Annotated[PositiveDuration, Field(alias="for")] = timedelta(minutes=30)
+    share: Ratio = 0.3
+    window: PositiveDuration = timedelta(days=1)
+
+
+class FailureAlert(_Alert):
+    """WfaActionFailureRatioHigh: failed / finished attempts of a step over a rate window."""
+
+    ratio: Ratio = 0.1
+    window: PositiveDuration = timedelta(minutes=30)
+
+
+class SlowdownAlert(_Alert):
+    """WfaStepSlowdown: p95 step duration over a rate window against the trailing day's p95."""
+
+    factor: Annotated[float, BeforeValidator(_no_bool), Field(gt=1, le=1000)] = 3.0
+    window: PositiveDuration = timedelta(minutes=30)
+
+
+class IngestLagAlert(_Alert):
+    """WfaIngestLagHigh: the leader is behind the source."""
+
+    for_: Annotated[PositiveDuration, Field(alias="for")] = timedelta(minutes=10)
+    lag: PositiveDuration = timedelta(minutes=10)
+
+
+class ExporterAlert(_Alert):
+    """WfaExporterAbsent and WfaPollErrors."""
+
+    for_: Annotated[PositiveDuration, Field(alias="for")] = timedelta(minutes=5)
+
+
+class PollErrorsAlert(_Alert):
+    """WfaPollErrors: polls keep failing."""
+
+    for_: Annotated[PositiveDuration, Field(alias="for")] = timedelta(minutes=10)
+
+
+class MonitoringConfig(BaseModel):
+    """Prometheus rules, Grafana-managed alerts and dashboards, generated from these values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: LabelValue = "wfa-exporter"
+    runbook_url: Annotated[str, AfterValidator(_runbook_url)] = (
+        "http://localhost:9464/runbook/{alert}"
+    )
+    dropoff: DropoffAlert = Field(default_factory=DropoffAlert)
+    dropoff_jump: DropoffJumpAlert = Field(default_factory=DropoffJumpAlert)
+    conversion_drop: ConversionDropAlert = Field(default_factory=ConversionDropAlert)
+    failure: FailureAlert = Field(default_factory=FailureAlert)
+    slowdown: SlowdownAlert = Field(default_factory=SlowdownAlert)
+    ingest_lag: IngestLagAlert = Field(default_factory=IngestLagAlert)
+    exporter_absent: ExporterAlert = Field(default_factory=ExporterAlert)
+    poll_errors: PollErrorsAlert = Field(default_factory=PollErrorsAlert)
+
+    def runbook(self, alert: str) -> str:
+        """The runbook link of one alert."""
+        return self.runbook_url.format(alert=alert, anchor=alert.lower())
+
+
+_SECTIONS = (
+    "source",
+    "store",
+    "exporter",
+    "metrics",
+    "api",
+    "exports",
+    "retention",
+    "monitoring",
+)
 
 
 class Config(BaseModel):
@@ -517,6 +662,7 @@ class Config(BaseModel):
     api: ApiConfig = Field(default_factory=ApiConfig)
     exports: ExportsConfig = Field(default_factory=ExportsConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="before")
     @classmethod

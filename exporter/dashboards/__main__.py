@@ -1,4 +1,8 @@
-"""`python -m exporter.dashboards [--check] [DIR]`: write the dashboards, or check for drift."""
+"""`python -m exporter.dashboards [--config FILE] [--out DIR] [--check]`: generate or check.
+
+Without --config the committed files (every key at its default) are generated into the
+repository; with it, a deployment's own dashboards, rules, Prometheus config and Grafana alerts.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,31 @@ import argparse
 import sys
 from pathlib import Path
 
-from exporter.dashboards import DEFAULT_DIR, drift, write
+from exporter.config import ConfigError
+from exporter.dashboards import ROOT, drift, write
+from exporter.dashboards.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write dashboards/*.json (exit 0), or with --check exit 1 when a file differs."""
+    """Write the generated files (exit 0); with --check exit 1 when a file differs."""
     parser = argparse.ArgumentParser(prog="python -m exporter.dashboards")
-    parser.add_argument("directory", nargs="?", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--config", "-c", type=Path, help="config file (default: defaults)")
+    parser.add_argument("--out", type=Path, default=ROOT, help="root directory to write into")
     parser.add_argument("--check", action="store_true", help="only report files that differ")
     args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(args.config) if args.config else Settings.defaults()
+    except ConfigError as exc:
+        print("config error:", file=sys.stderr)
+        for problem in getattr(exc, "problems", None) or [str(exc)]:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     if args.check:
-        stale = drift(args.directory)
-        for name in stale:
-            print(f"{args.directory / name} differs from the generator", file=sys.stderr)
+        stale = drift(args.out, settings)
+        for rel in stale:
+            print(f"{args.out / rel} differs from the generator", file=sys.stderr)
         return 1 if stale else 0
-    for path in write(args.directory):
+    for path in write(args.out, settings):
         print(path)
     return 0
 

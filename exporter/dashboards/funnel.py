@@ -1,20 +1,25 @@
-"""The "Funnel and drop-off" dashboard: cohort and activity funnels side by side, per workflow."""
+"""The "Funnel and drop-off" dashboard: cohort and activity funnels side by side, per workflow.
+
+Every query computes per workflow: window functions are partitioned by workflow and every join
+matches workflow and step, so several selected workflows give one funnel each, never a blend.
+The funnel row repeats once per selected workflow.
+"""
 
 from __future__ import annotations
 
 from exporter.dashboards.panels import (
-    MIN_VOLUME_VAR,
+    MIN_VOLUME,
     PROM_VAR,
     STEP_VAR,
     STORE_VAR,
     TENANT_VAR,
-    WINDOW_VAR,
     WORKFLOW_VAR,
     Json,
     Pos,
     bargauge,
     dashboard,
     high_is_bad,
+    min_volume_var,
     override,
     prom,
     row,
@@ -22,129 +27,149 @@ from exporter.dashboards.panels import (
     steps,
     table,
     timeseries,
+    window_var,
 )
-from exporter.dashboards.promql import WF_STEP, step_names
+from exporter.dashboards.promql import all_names, wf_step
+from exporter.dashboards.settings import Settings
+from exporter.metrics.snapshot import window_label
 
 UID = "wfa-funnel"
 
-_STEPS = """steps AS (
-  SELECT step_id, step_index, name, action_type
-    FROM wfa.workflow_steps
-   WHERE workflow_id IN ($workflow) AND removed_at IS NULL
+STEPS = """steps AS (
+  SELECT s.workflow_id, w.name AS workflow, s.step_id, s.step_index, s.name, s.action_type
+    FROM wfa.workflow_steps s
+    JOIN wfa.workflows w USING (workflow_id)
+   WHERE s.workflow_id IN ($workflow) AND s.removed_at IS NULL
 )"""
+"""The current steps of the selected workflows, with the workflow's name."""
 
-COHORT_FUNNEL = f"""WITH {_STEPS}, completed AS (
-  SELECT coalesce(sum(executions), 0) AS n
+LABEL = """CASE WHEN (SELECT count(DISTINCT workflow_id) FROM steps) > 1
+            THEN {s}.workflow || ' (' || {s}.workflow_id || ') / ' ELSE '' END
+       || ({s}.step_index + 1) || '. ' || {s}.name"""
+"""A step's label; prefixed with its workflow when several workflows are selected."""
+
+COHORT_FUNNEL = f"""WITH {STEPS}, cohort AS (
+  SELECT workflow_id, status, current_step_id, sum(executions)::bigint AS n
     FROM wfa.cohort_1h
-   WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow) AND status = 'completed'
-), active AS (
-  SELECT current_step_id AS step_id, sum(executions) AS n
-    FROM wfa.cohort_1h
-   WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow) AND status = 'active'
-   GROUP BY 1
+   WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
+   GROUP BY 1, 2, 3
 ), reached AS (
-  SELECT step_id, sum(reached) AS n
+  SELECT workflow_id, step_id, sum(reached)::bigint AS n
     FROM wfa.cohort_steps_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1
+   GROUP BY 1, 2
 ), funnel AS (
-  SELECT s.step_index, s.name, s.action_type,
+  SELECT s.workflow_id, s.workflow, s.step_index, s.name, s.action_type,
          coalesce(r.n, 0) AS reached,
-         coalesce(a.n, 0) AS in_progress,
-         coalesce(lead(coalesce(r.n, 0)) OVER (ORDER BY s.step_index),
-                  (SELECT n FROM completed)) AS next_reached
+         (SELECT coalesce(sum(c.n), 0) FROM cohort c
+           WHERE c.workflow_id = s.workflow_id AND c.status = 'active'
+             AND c.current_step_id = s.step_id)::bigint AS in_progress,
+         coalesce(lead(coalesce(r.n, 0)) OVER by_workflow,
+                  (SELECT coalesce(sum(c.n), 0) FROM cohort c
+                    WHERE c.workflow_id = s.workflow_id AND c.status = 'completed'))::bigint
+           AS next_reached
     FROM steps s
-    LEFT JOIN reached r USING (step_id)
-    LEFT JOIN active a USING (step_id)
+    LEFT JOIN reached r ON r.workflow_id = s.workflow_id AND r.step_id = s.step_id
+  WINDOW by_workflow AS (PARTITION BY s.workflow_id ORDER BY s.step_index)
 ), ratios AS (
   SELECT *, reached - next_reached - in_progress AS dropped,
          (reached - next_reached - in_progress)::float8 / nullif(reached, 0) AS dropoff_ratio
     FROM funnel
 ), bottleneck AS (
-  SELECT step_index FROM ratios
-   WHERE reached >= $min_volume AND dropoff_ratio > 0
-   ORDER BY dropoff_ratio DESC, step_index
-   LIMIT 1
+  SELECT DISTINCT ON (workflow_id) workflow_id, step_index
+    FROM ratios
+   WHERE reached >= {MIN_VOLUME} AND dropoff_ratio > 0
+   ORDER BY workflow_id, dropoff_ratio DESC, step_index
 )
-SELECT (step_index + 1) || '. ' || name AS "Step", action_type AS "Action",
-       reached AS "Reached", in_progress AS "In progress", dropped AS "Dropped",
-       dropoff_ratio AS "Drop-off ratio",
-       CASE WHEN step_index = (SELECT step_index FROM bottleneck) THEN 'bottleneck' ELSE ''
-       END AS "Bottleneck"
-  FROM ratios
- ORDER BY step_index"""
+SELECT r.workflow AS "Workflow", (r.step_index + 1) || '. ' || r.name AS "Step",
+       r.action_type AS "Action", r.reached AS "Reached", r.in_progress AS "In progress",
+       r.dropped AS "Dropped", r.dropoff_ratio AS "Drop-off ratio",
+       CASE WHEN b.step_index IS NULL THEN '' ELSE 'bottleneck' END AS "Bottleneck"
+  FROM ratios r
+  LEFT JOIN bottleneck b ON b.workflow_id = r.workflow_id AND b.step_index = r.step_index
+ ORDER BY r.workflow, r.workflow_id, r.step_index"""
 
-COHORT_REACHED = f"""WITH {_STEPS}, reached AS (
-  SELECT step_id, sum(reached) AS n
+COHORT_REACHED = f"""WITH {STEPS}, reached AS (
+  SELECT workflow_id, step_id, sum(reached)::bigint AS n
     FROM wfa.cohort_steps_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1
+   GROUP BY 1, 2
 )
-SELECT (s.step_index + 1) || '. ' || s.name AS "Step", coalesce(r.n, 0) AS "Reached"
-  FROM steps s LEFT JOIN reached r USING (step_id)
- ORDER BY s.step_index"""
+SELECT {LABEL.format(s="s")} AS "Step",
+       coalesce(r.n, 0) AS "Reached"
+  FROM steps s
+  LEFT JOIN reached r ON r.workflow_id = s.workflow_id AND r.step_id = s.step_id
+ ORDER BY s.workflow, s.workflow_id, s.step_index"""
 
-ACTIVITY_FUNNEL = f"""WITH {_STEPS}, runs AS (
-  SELECT step_id,
-         sum(runs) AS attempts,
-         coalesce(sum(runs) FILTER (WHERE status = 'succeeded'), 0) AS succeeded,
-         coalesce(sum(runs) FILTER (WHERE status = 'failed'), 0) AS failed,
-         coalesce(sum(runs) FILTER (WHERE status = 'skipped'), 0) AS skipped,
-         coalesce(sum(runs) FILTER (WHERE status = 'running'), 0) AS running
+ACTIVITY_FUNNEL = f"""WITH {STEPS}, runs AS (
+  SELECT workflow_id, step_id,
+         sum(runs)::bigint AS attempts,
+         coalesce(sum(runs) FILTER (WHERE status = 'succeeded'), 0)::bigint AS succeeded,
+         coalesce(sum(runs) FILTER (WHERE status = 'failed'), 0)::bigint AS failed,
+         coalesce(sum(runs) FILTER (WHERE status = 'skipped'), 0)::bigint AS skipped,
+         coalesce(sum(runs) FILTER (WHERE status = 'running'), 0)::bigint AS running
     FROM wfa.step_runs_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1
+   GROUP BY 1, 2
 )
-SELECT (s.step_index + 1) || '. ' || s.name AS "Step", s.action_type AS "Action",
+SELECT s.workflow AS "Workflow", (s.step_index + 1) || '. ' || s.name AS "Step",
+       s.action_type AS "Action",
        coalesce(r.attempts, 0) AS "Attempts entered",
        coalesce(r.succeeded, 0) AS "Succeeded", coalesce(r.failed, 0) AS "Failed",
        coalesce(r.skipped, 0) AS "Skipped", coalesce(r.running, 0) AS "Running",
        coalesce(r.attempts, 0)::float8
-         / nullif(first_value(coalesce(r.attempts, 0)) OVER (ORDER BY s.step_index), 0)
+         / nullif(first_value(coalesce(r.attempts, 0))
+                    OVER (PARTITION BY s.workflow_id ORDER BY s.step_index), 0)
          AS "Relative to first step"
-  FROM steps s LEFT JOIN runs r USING (step_id)
- ORDER BY s.step_index"""
+  FROM steps s
+  LEFT JOIN runs r ON r.workflow_id = s.workflow_id AND r.step_id = s.step_id
+ ORDER BY s.workflow, s.workflow_id, s.step_index"""
 
-ACTIVITY_ATTEMPTS = f"""WITH {_STEPS}, runs AS (
-  SELECT step_id, sum(runs) AS n
+ACTIVITY_ATTEMPTS = f"""WITH {STEPS}, runs AS (
+  SELECT workflow_id, step_id, sum(runs)::bigint AS n
     FROM wfa.step_runs_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1
+   GROUP BY 1, 2
 )
-SELECT (s.step_index + 1) || '. ' || s.name AS "Step", coalesce(r.n, 0) AS "Attempts entered"
-  FROM steps s LEFT JOIN runs r USING (step_id)
- ORDER BY s.step_index"""
+SELECT {LABEL.format(s="s")} AS "Step",
+       coalesce(r.n, 0) AS "Attempts entered"
+  FROM steps s
+  LEFT JOIN runs r ON r.workflow_id = s.workflow_id AND r.step_id = s.step_id
+ ORDER BY s.workflow, s.workflow_id, s.step_index"""
 
-DROPOFF_BY_ENROLLMENT = f"""WITH {_STEPS}, reached AS (
-  SELECT $__timeGroupAlias(bucket, $__interval), step_id, sum(reached) AS n
+DROPOFF_BY_ENROLLMENT = f"""WITH {STEPS}, reached AS (
+  SELECT $__timeGroupAlias(bucket, $__interval), workflow_id, step_id, sum(reached) AS n
     FROM wfa.cohort_steps_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1, 2
+   GROUP BY 1, 2, 3
 ), cohort AS (
-  SELECT $__timeGroupAlias(bucket, $__interval), status, current_step_id, sum(executions) AS n
+  SELECT $__timeGroupAlias(bucket, $__interval), workflow_id, status, current_step_id,
+         sum(executions) AS n
     FROM wfa.cohort_1h
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
-   GROUP BY 1, 2, 3
+   GROUP BY 1, 2, 3, 4
 ), grid AS (
-  SELECT t."time", s.step_id, s.step_index, s.name, coalesce(r.n, 0) AS reached,
-         coalesce(lead(coalesce(r.n, 0)) OVER (PARTITION BY t."time" ORDER BY s.step_index),
+  SELECT t."time", s.workflow_id, s.workflow, s.step_id, s.step_index, s.name,
+         coalesce(r.n, 0) AS reached,
+         coalesce(lead(coalesce(r.n, 0))
+                    OVER (PARTITION BY t."time", s.workflow_id ORDER BY s.step_index),
                   (SELECT coalesce(sum(c.n), 0) FROM cohort c
-                    WHERE c."time" = t."time" AND c.status = 'completed')) AS next_reached,
+                    WHERE c."time" = t."time" AND c.workflow_id = s.workflow_id
+                      AND c.status = 'completed')) AS next_reached,
          (SELECT coalesce(sum(c.n), 0) FROM cohort c
-           WHERE c."time" = t."time" AND c.status = 'active'
-             AND c.current_step_id = s.step_id) AS in_progress
-    FROM (SELECT DISTINCT "time" FROM reached) t
-   CROSS JOIN steps s
-    LEFT JOIN reached r ON r."time" = t."time" AND r.step_id = s.step_id
+           WHERE c."time" = t."time" AND c.workflow_id = s.workflow_id
+             AND c.status = 'active' AND c.current_step_id = s.step_id) AS in_progress
+    FROM (SELECT DISTINCT "time", workflow_id FROM reached) t
+    JOIN steps s ON s.workflow_id = t.workflow_id
+    LEFT JOIN reached r
+      ON r."time" = t."time" AND r.workflow_id = s.workflow_id AND r.step_id = s.step_id
 )
-SELECT "time", (step_index + 1) || '. ' || name AS metric,
-       (reached - next_reached - in_progress)::float8 / nullif(reached, 0) AS value
-  FROM grid
- WHERE step_id IN ($step)
+SELECT g."time", {LABEL.format(s="g")} AS metric,
+       (g.reached - g.next_reached - g.in_progress)::float8 / nullif(g.reached, 0) AS value
+  FROM grid g
+ WHERE g.step_id IN ($step)
  ORDER BY 1, 2"""
 
-_DROPOFF = high_is_bad(0.3, 0.5)
-_RATIO = {"unit": "percentunit", "min": 0, "max": 1}
 _BOTTLENECK = override(
     "Bottleneck",
     unit="none",
@@ -159,41 +184,51 @@ _BOTTLENECK = override(
 )
 
 
-def panels() -> list[Json]:
+def dropoff_thresholds(s: Settings) -> Json:
+    """Orange from 60% of the alert's drop-off ratio, red from the ratio itself."""
+    ratio = s.monitoring.dropoff.ratio
+    return high_is_bad(round(ratio * 0.6, 4), ratio)
+
+
+def panels(s: Settings) -> list[Json]:
     """One row per selected workflow (repeated), then drop-off over time."""
     half = Pos(12, 9)
+    dropoff = dropoff_thresholds(s)
+    ratio = {"unit": "percentunit", "min": 0, "max": 1}
     return [
         row("Funnels: ${workflow:text}", repeat="workflow"),
         bargauge(
             "Cohort funnel: reached per step",
-            "Cohort funnel: of the executions enrolled in the time range (followed to now), "
-            "how many reached each step. Compare with the activity funnel on the right, "
-            "which counts attempts whatever the enrollment time.",
+            "Cohort funnel: of the executions enrolled in the whole hours that start in the "
+            "time range (followed to now), how many reached each step. Compare with the "
+            "activity funnel on the right, which counts attempts whatever the enrollment time.",
             [sql(COHORT_REACHED)],
             unit="short",
             size=half,
         ),
         bargauge(
             "Activity funnel: attempts entered per step",
-            "Activity funnel: step attempts whose entry falls in the time range, whenever the "
-            "contact enrolled (retries count again). Not a cohort: do not read drop-off here.",
+            "Activity funnel: step attempts entered in the whole hours that start in the time "
+            "range, whenever the contact enrolled (retries count again). Not a cohort: do not "
+            "read drop-off here.",
             [sql(ACTIVITY_ATTEMPTS)],
             unit="short",
             size=half,
         ),
         table(
             "Cohort funnel: drop-off per step",
-            "Executions enrolled in the time range: reached, still in progress at the step, "
-            "dropped (reached minus reached the next step minus in progress) and the drop-off "
-            "ratio. The bottleneck is the highest ratio among steps reached by at least "
-            "$min_volume executions.",
+            "Executions enrolled in the whole hours that start in the time range, per "
+            "workflow: reached, still in progress at the step, dropped (reached minus reached "
+            "the next step minus in progress) and the drop-off ratio. The bottleneck of each "
+            "workflow is its highest ratio among steps reached by at least $min_volume "
+            "executions.",
             [sql(COHORT_FUNNEL)],
             size=half,
             overrides=[
                 override(
                     "Drop-off ratio",
-                    **_RATIO,
-                    thresholds=_DROPOFF,
+                    **ratio,
+                    thresholds=dropoff,
                     cell={"type": "color-background", "mode": "gradient"},
                 ),
                 _BOTTLENECK,
@@ -201,8 +236,8 @@ def panels() -> list[Json]:
         ),
         table(
             "Activity funnel: attempts per step",
-            "Step attempts entered in the time range and their current status; relative to the "
-            "attempts of the first step.",
+            "Step attempts entered in the whole hours that start in the time range and their "
+            "current status, per workflow; relative to the attempts of its first step.",
             [sql(ACTIVITY_FUNNEL)],
             size=half,
             overrides=[override("Relative to first step", unit="percentunit", min=0)],
@@ -210,29 +245,30 @@ def panels() -> list[Json]:
         row("Drop-off over time"),
         timeseries(
             "Drop-off ratio per step (trailing cohort window)",
-            "Per step, dropped / reached among the executions enrolled in the trailing "
-            "$window window, as the exporter computes it at each snapshot.",
+            "Per workflow and step, dropped / reached among the executions enrolled in the "
+            "trailing $window window, as the exporter computes it at each snapshot.",
             [
                 prom(
-                    step_names(
+                    all_names(
                         "max by (workflow, step) "
-                        f'(wfa_funnel_dropoff_ratio{{{WF_STEP}, window="$window"}})'
+                        f'(wfa_funnel_dropoff_ratio{{{wf_step(s)}, window="$window"}})',
+                        s,
                     ),
-                    "{{step_name}}",
+                    "{{workflow_name}} / {{step_name}}",
                 )
             ],
             unit="percentunit",
-            thresholds=_DROPOFF,
+            thresholds=dropoff,
             max_value=1,
             size=Pos(24, 9),
         ),
         timeseries(
             "Drop-off ratio per step by enrollment time (store)",
-            "Per step, the drop-off ratio of the executions enrolled in each time bucket "
-            "(cohort definition from the store's hourly rollups).",
+            "Per workflow and step, the drop-off ratio of the executions enrolled in each time "
+            "bucket (cohort definition from the store's hourly rollups).",
             [sql(DROPOFF_BY_ENROLLMENT, fmt="time_series")],
             unit="percentunit",
-            thresholds=_DROPOFF,
+            thresholds=dropoff,
             max_value=1,
             size=Pos(24, 9),
             interval="1h",
@@ -240,22 +276,24 @@ def panels() -> list[Json]:
     ]
 
 
-def build() -> Json:
+def build(s: Settings) -> Json:
     """The funnel and drop-off dashboard."""
+    windows = [window_label(w) for w in s.metrics.windows]
+    default = window_label(s.monitoring.dropoff.window)
     return dashboard(
         UID,
         "Funnel and drop-off",
         "Cohort funnel (enrolled in the range, followed to now) and activity funnel (attempts in "
-        "the range) side by side per workflow, and drop-off over time per step.",
-        panels(),
+        "the range) side by side, one per workflow, and drop-off over time per step.",
+        panels(s),
         [
             PROM_VAR,
             STORE_VAR,
             TENANT_VAR,
             WORKFLOW_VAR,
             STEP_VAR,
-            WINDOW_VAR,
-            MIN_VOLUME_VAR,
+            window_var(windows, default if default in windows else windows[0]),
+            min_volume_var(s.min_volume),
         ],
         tags=("funnel",),
         time_from="now-7d",

@@ -15,36 +15,41 @@ from exporter.dashboards.panels import (
     steps,
     timeseries,
 )
+from exporter.dashboards.settings import Settings
 
 UID = "wfa-exporter"
-INST = 'instance=~"$instance"'
 
-INSTANCE_VAR = prom_var(
-    "instance",
-    "Instance",
-    "label_values(wfa_exporter_build_info, instance)",
-    "Exporter instances (replicas) scraped by Prometheus.",
-)
+
+def instance_var(s: Settings) -> Json:
+    """The exporter replicas scraped by Prometheus (All: every replica)."""
+    return prom_var(
+        "instance",
+        "Instance",
+        f"label_values(wfa_exporter_build_info{{{s.job}}}, instance)",
+        "Exporter instances (replicas) scraped by Prometheus.",
+    )
 _LAG = high_is_bad(60, 300)
 _AGE = high_is_bad(60, 300)
 _UP = steps(("red", None), ("green", 1))
 
 
-def _quantile(q: float) -> str:
+def _quantile(q: float, inst: str) -> str:
     return (
         f"histogram_quantile({q}, sum by (instance, le) "
-        f"(rate(wfa_exporter_poll_duration_seconds_bucket{{{INST}}}[$__rate_interval])))"
+        f"(rate(wfa_exporter_poll_duration_seconds_bucket{{{inst}}}[$__rate_interval]))) >= 0"
     )
 
 
-def panels() -> list[Json]:
+def panels(s: Settings) -> list[Json]:
     """Panels of the exporter health dashboard."""
+    inst = f'{s.job}, instance=~"$instance"'
+    job = s.job
     return [
         row("Now"),
         stat(
             "Store reachable",
             "1 when the exporter's last store access succeeded (lowest over the instances).",
-            [prom(f"min(wfa_exporter_store_up{{{INST}}})", "store up")],
+            [prom(f"min(wfa_exporter_store_up{{{inst}}})", "store up")],
             unit="bool_yes_no",
             thresholds=_UP,
             graph=False,
@@ -53,7 +58,7 @@ def panels() -> list[Json]:
         stat(
             "Polling replicas",
             "Replicas holding the poll lock; exactly one is expected.",
-            [prom(f"sum(wfa_exporter_leader{{{INST}}})", "leaders")],
+            [prom(f"sum(wfa_exporter_leader{{{inst}}})", "leaders")],
             unit="short",
             thresholds=steps(("red", None), ("green", 1), ("red", 2)),
             graph=False,
@@ -62,7 +67,7 @@ def panels() -> list[Json]:
         stat(
             "Ingest lag now",
             "Now minus the newest source updated_at ingested (grows when the source is idle).",
-            [prom(f"max(wfa_exporter_ingest_lag_seconds{{{INST}}})", "lag")],
+            [prom(f"max(wfa_exporter_ingest_lag_seconds{{{inst}}})", "lag")],
             unit="s",
             thresholds=_LAG,
         ),
@@ -71,7 +76,7 @@ def panels() -> list[Json]:
             "Time since the last poll that finished without error.",
             [
                 prom(
-                    f"time() - max(wfa_exporter_last_successful_poll_timestamp_seconds{{{INST}}})",
+                    f"time() - max(wfa_exporter_last_successful_poll_timestamp_seconds{{{inst}}})",
                     "since",
                 )
             ],
@@ -81,14 +86,14 @@ def panels() -> list[Json]:
         stat(
             "Snapshot age now",
             "Age of the metrics snapshot served on /metrics.",
-            [prom(f"max(wfa_exporter_snapshot_age_seconds{{{INST}}})", "age")],
+            [prom(f"max(wfa_exporter_snapshot_age_seconds{{{inst}}})", "age")],
             unit="s",
             thresholds=_AGE,
         ),
         stat(
             "Series dropped (cardinality guard)",
-            "Series left out of the current snapshot because of metrics.max_series.",
-            [prom(f"sum(wfa_exporter_series_dropped{{{INST}}})", "dropped")],
+            "Series left out of the current snapshot because of metrics.max_series (leader).",
+            [prom(f"max(wfa_exporter_snapshot_series_dropped{{{inst}}})", "dropped")],
             unit="short",
             decimals=0,
             thresholds=high_is_bad(1, 1000),
@@ -97,7 +102,7 @@ def panels() -> list[Json]:
         timeseries(
             "Ingest lag",
             "Now minus the newest ingested source updated_at, per instance.",
-            [prom(f"wfa_exporter_ingest_lag_seconds{{{INST}}}", "{{instance}}")],
+            [prom(f"wfa_exporter_ingest_lag_seconds{{{inst}}}", "{{instance}}")],
             unit="s",
             thresholds=_LAG,
         ),
@@ -105,7 +110,7 @@ def panels() -> list[Json]:
             "Poll duration",
             "p50, p95 and p99 of poll cycle durations.",
             [
-                prom(_quantile(q), f"p{int(q * 100)} {{{{instance}}}}", ref)
+                prom(_quantile(q, inst), f"p{int(q * 100)} {{{{instance}}}}", ref)
                 for ref, q in (("A", 0.5), ("B", 0.95), ("C", 0.99))
             ],
             unit="s",
@@ -117,7 +122,7 @@ def panels() -> list[Json]:
             [
                 prom(
                     "sum by (table) "
-                    f"(rate(wfa_exporter_rows_ingested_total{{{INST}}}[$__rate_interval]))",
+                    f"(rate(wfa_exporter_rows_ingested_total{{{inst}}}[$__rate_interval]))",
                     "{{table}}",
                 )
             ],
@@ -130,7 +135,7 @@ def panels() -> list[Json]:
             [
                 prom(
                     "sum by (reason) "
-                    f"(rate(wfa_exporter_poll_errors_total{{{INST}}}[$__rate_interval])) * 60",
+                    f"(rate(wfa_exporter_poll_errors_total{{{inst}}}[$__rate_interval])) * 60",
                     "{{reason}}",
                 )
             ],
@@ -139,11 +144,12 @@ def panels() -> list[Json]:
         ),
         timeseries(
             "Rejected rows per minute",
-            "Source rows quarantined in wfa.rejected_rows per minute, by reason.",
+            "Source rows quarantined in wfa.rejected_rows per minute, by reason (a store "
+            "counter served by the leader: not per instance).",
             [
                 prom(
                     "sum by (reason) "
-                    f"(rate(wfa_exporter_rejected_rows_total{{{INST}}}[$__rate_interval])) * 60",
+                    f"(rate(wfa_exporter_rejected_rows_total{{{job}}}[$__rate_interval])) * 60",
                     "{{reason}}",
                 )
             ],
@@ -154,7 +160,7 @@ def panels() -> list[Json]:
         timeseries(
             "Snapshot age",
             "Age of the metrics snapshot; it is rebuilt every metrics.snapshot_interval.",
-            [prom(f"wfa_exporter_snapshot_age_seconds{{{INST}}}", "{{instance}}")],
+            [prom(f"wfa_exporter_snapshot_age_seconds{{{inst}}}", "{{instance}}")],
             unit="s",
             thresholds=_AGE,
             size=Pos(8, 8),
@@ -163,8 +169,8 @@ def panels() -> list[Json]:
             "Series in the snapshot",
             "Workflow series served from the snapshot, and those left out by the guard.",
             [
-                prom(f"sum(wfa_exporter_snapshot_series{{{INST}}})", "served", "A"),
-                prom(f"sum(wfa_exporter_series_dropped{{{INST}}})", "dropped", "B"),
+                prom(f"max(wfa_exporter_snapshot_series{{{inst}}})", "served", "A"),
+                prom(f"max(wfa_exporter_snapshot_series_dropped{{{inst}}})", "dropped", "B"),
             ],
             unit="short",
             size=Pos(8, 8),
@@ -175,7 +181,7 @@ def panels() -> list[Json]:
             [
                 prom(
                     "sum(rate(wfa_exporter_series_dropped_total"
-                    f"{{{INST}}}[$__rate_interval])) * 60",
+                    f"{{{inst}}}[$__rate_interval])) * 60",
                     "dropped",
                 )
             ],
@@ -186,14 +192,14 @@ def panels() -> list[Json]:
     ]
 
 
-def build() -> Json:
+def build(s: Settings) -> Json:
     """The exporter health dashboard."""
     return dashboard(
         UID,
         "Exporter health",
         "The workflow-analytics exporter itself: lag, polls, rows, errors, snapshot, cardinality.",
-        panels(),
-        [PROM_VAR, INSTANCE_VAR],
+        panels(s),
+        [PROM_VAR, instance_var(s)],
         tags=("exporter",),
         time_from="now-6h",
     )

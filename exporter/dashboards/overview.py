@@ -19,7 +19,9 @@ from exporter.dashboards.panels import (
     table,
     timeseries,
 )
-from exporter.dashboards.promql import WF, increase, rate, workflow_names
+from exporter.dashboards.promql import increase, rate, wf, workflow_names
+from exporter.dashboards.settings import Settings, last
+from exporter.metrics.snapshot import window_label
 
 UID = "wfa-overview"
 FUNNEL_LINK = (
@@ -114,15 +116,18 @@ def _workflow_link() -> Json:
     )
 
 
-def panels() -> list[Json]:
+def panels(s: Settings) -> list[Json]:
     """Panels of the overview dashboard, top to bottom."""
+    m = wf(s)
+    window = window_label(s.monitoring.conversion_drop.window)
+    trailing = last(s.monitoring.conversion_drop.window)
     out: list[Json] = [row("Activity in the time range")]
     for title, metric, description in _COUNTERS:
         out.append(
             stat(
                 title,
                 description + " Counted by the exporter's persisted counters (Prometheus).",
-                [prom(f"sum({increase(metric, WF)})", title, instant=True)],
+                [prom(f"sum({increase(metric, m)})", title, instant=True)],
                 unit="short",
                 decimals=0,
             )
@@ -131,7 +136,7 @@ def panels() -> list[Json]:
         stat(
             "Active executions",
             "Executions with status active right now, over the selected workflows.",
-            [prom(f"sum(wfa_workflow_active_executions{{{WF}}})", "active")],
+            [prom(f"sum(wfa_workflow_active_executions{{{m}}})", "active")],
             unit="short",
             decimals=0,
         )
@@ -139,8 +144,9 @@ def panels() -> list[Json]:
     out.append(
         stat(
             "Completion rate (cohort)",
-            "Of the executions enrolled in the time range, the share completed so far "
-            "(cohort definition; hour granularity, from the store).",
+            "Of the executions enrolled in the whole hours that start in the time range, the "
+            "share completed so far, over the selected workflows (cohort definition, from the "
+            "store).",
             [sql(COMPLETION_RATE)],
             unit="percentunit",
             thresholds=low_is_bad(0.5, 0.25),
@@ -150,7 +156,8 @@ def panels() -> list[Json]:
     out.append(
         stat(
             "Conversion rate (cohort)",
-            "Of the executions enrolled in the time range, the share that converted within the "
+            "Of the executions enrolled in the whole hours that start in the time range, the "
+            "share that converted within the "
             "workflow's conversion window (cohort definition; from the store).",
             [sql(CONVERSION_RATE)],
             unit="percentunit",
@@ -164,15 +171,15 @@ def panels() -> list[Json]:
             "Enrollments, completions, conversions, exits and failures per minute "
             "(rate of the exporter counters).",
             [
-                prom(f"sum({rate('wfa_workflow_enrollments_total', WF)}) * 60", "enrolled", "A"),
-                prom(f"sum({rate('wfa_workflow_completions_total', WF)}) * 60", "completed", "B"),
-                prom(f"sum({rate('wfa_workflow_conversions_total', WF)}) * 60", "converted", "C"),
+                prom(f"sum({rate('wfa_workflow_enrollments_total', m)}) * 60", "enrolled", "A"),
+                prom(f"sum({rate('wfa_workflow_completions_total', m)}) * 60", "completed", "B"),
+                prom(f"sum({rate('wfa_workflow_conversions_total', m)}) * 60", "converted", "C"),
                 prom(
-                    f"sum by (reason) ({rate('wfa_workflow_exits_total', WF)}) * 60",
+                    f"sum by (reason) ({rate('wfa_workflow_exits_total', m)}) * 60",
                     "exited: {{reason}}",
                     "D",
                 ),
-                prom(f"sum({rate('wfa_workflow_failures_total', WF)}) * 60", "failed", "E"),
+                prom(f"sum({rate('wfa_workflow_failures_total', m)}) * 60", "failed", "E"),
             ],
             unit="cpm",
         ),
@@ -181,7 +188,7 @@ def panels() -> list[Json]:
             "Executions currently active, per workflow.",
             [
                 prom(
-                    workflow_names(f"sum by (workflow) (wfa_workflow_active_executions{{{WF}}})"),
+                    workflow_names(f"sum by (workflow) (wfa_workflow_active_executions{{{m}}})", s),
                     "{{workflow_name}}",
                 )
             ],
@@ -189,20 +196,24 @@ def panels() -> list[Json]:
             stack=True,
         ),
         timeseries(
-            "Cohort conversion and completion rate (trailing day)",
-            "Of the executions enrolled in the trailing 24 hours, the share converted and "
-            "completed, per workflow (exporter funnel gauges, window 1d).",
+            f"Cohort conversion and completion rate (trailing {trailing})",
+            f"Of the executions enrolled in the trailing {trailing}, the share converted and "
+            f"completed, per workflow (exporter funnel gauges, window {window}).",
             [
                 prom(
                     workflow_names(
-                        f'max by (workflow) (wfa_funnel_conversion_ratio{{{WF}, window="1d"}})'
+                        "max by (workflow) "
+                        f'(wfa_funnel_conversion_ratio{{{m}, window="{window}"}})',
+                        s,
                     ),
                     "converted: {{workflow_name}}",
                     "A",
                 ),
                 prom(
                     workflow_names(
-                        f'max by (workflow) (wfa_funnel_completion_ratio{{{WF}, window="1d"}})'
+                        "max by (workflow) "
+                        f'(wfa_funnel_completion_ratio{{{m}, window="{window}"}})',
+                        s,
                     ),
                     "completed: {{workflow_name}}",
                     "B",
@@ -222,7 +233,8 @@ def panels() -> list[Json]:
         row("Workflows"),
         table(
             "Workflows by volume",
-            "Per workflow, the executions enrolled in the time range and what became of them "
+            "Per workflow, the executions enrolled in the whole hours that start in the time "
+            "range and what became of them "
             "(cohort definition). Click a workflow to open its funnel.",
             [sql(BY_VOLUME)],
             overrides=[
@@ -255,13 +267,13 @@ def panels() -> list[Json]:
     return out
 
 
-def build() -> Json:
+def build(s: Settings) -> Json:
     """The overview dashboard."""
     return dashboard(
         UID,
         "Workflow overview",
         "Enrollments, completions, conversions and active executions across workflows.",
-        panels(),
+        panels(s),
         [PROM_VAR, STORE_VAR, TENANT_VAR, WORKFLOW_VAR],
         tags=("overview",),
     )

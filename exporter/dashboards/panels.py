@@ -123,21 +123,6 @@ def custom_var(name: str, label: str, values: list[str], default: str, descripti
     }
 
 
-def textbox_var(name: str, label: str, default: str, description: str) -> Json:
-    """A free-text variable with a default."""
-    return {
-        "name": name,
-        "label": label,
-        "type": "textbox",
-        "query": default,
-        "current": {"selected": False, "text": default, "value": default},
-        "options": [{"selected": True, "text": default, "value": default}],
-        "hide": 0,
-        "skipUrlSync": False,
-        "description": description,
-    }
-
-
 PROM_VAR = datasource_var("datasource", "Prometheus", "prometheus", PROMETHEUS_UID, "Prometheus")
 STORE_VAR = datasource_var("store", "Store", POSTGRES_TYPE, STORE_UID, "TimescaleDB store")
 TENANT_VAR = sql_var(
@@ -156,25 +141,40 @@ WORKFLOW_VAR = sql_var(
 STEP_VAR = sql_var(
     "step",
     "Step",
-    "SELECT s.step_id AS __value, w.name || ' / ' || (s.step_index + 1) || '. ' || s.name "
-    "AS __text FROM wfa.workflow_steps s JOIN wfa.workflows w USING (workflow_id) "
+    "SELECT s.step_id AS __value, string_agg(w.name || ' / ' || (s.step_index + 1) || '. ' "
+    "|| s.name, ', ' ORDER BY w.name, s.workflow_id) AS __text "
+    "FROM wfa.workflow_steps s JOIN wfa.workflows w USING (workflow_id) "
     "WHERE s.workflow_id IN ($workflow) AND s.removed_at IS NULL "
-    "ORDER BY w.name, s.workflow_id, s.step_index",
-    "Current steps of the selected workflows, in workflow order.",
+    "GROUP BY s.step_id ORDER BY min(w.name), min(s.step_index), 1",
+    "Current steps of the selected workflows, in workflow order (a step id shared by several "
+    "workflows selects it in each).",
 )
-WINDOW_VAR = custom_var(
-    "window",
-    "Cohort window",
-    ["1h", "1d", "7d"],
-    "1d",
-    "Trailing cohort window of the exporter's funnel gauges (metrics.windows).",
-)
-MIN_VOLUME_VAR = textbox_var(
-    "min_volume",
-    "Minimum volume",
-    "20",
-    "Steps reached by fewer executions are not candidates for the bottleneck.",
-)
+MIN_VOLUME = "${min_volume:sqlstring}::int"
+"""The min_volume variable in SQL: a quoted literal cast to int, so a non-number is an error."""
+
+
+def window_var(windows: list[str], default: str) -> Json:
+    """The cohort window of the exporter's funnel gauges: one of metrics.windows."""
+    return custom_var(
+        "window",
+        "Cohort window",
+        windows,
+        default,
+        "Trailing cohort window of the exporter's funnel gauges (metrics.windows).",
+    )
+
+
+def min_volume_var(default: int) -> Json:
+    """Minimum executions for the bottleneck: a fixed list that holds metrics.min_volume."""
+    values = sorted({0, 5, 10, 20, 50, 100, 500, 1000, default})
+    return custom_var(
+        "min_volume",
+        "Minimum volume",
+        [str(v) for v in values],
+        str(default),
+        "Steps reached by fewer executions are not candidates for the bottleneck "
+        "(default: metrics.min_volume).",
+    )
 
 
 # targets -----------------------------------------------------------------------------------

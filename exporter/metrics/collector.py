@@ -90,7 +90,7 @@ def _family(name: str, kind: str, doc: str, labels: list[str]) -> Metric:
 
 
 class SnapshotCollector:
-    """Yields fresh families from the snapshot `current()` returns; nothing before the first."""
+    """Yields fresh families from the snapshot `current()` returns; nothing when it is None."""
 
     def __init__(self, current: Callable[[], Snapshot | None]):
         self.current = current
@@ -145,7 +145,7 @@ def summary_families(snap: Snapshot) -> Iterator[Metric]:
         "wfa_exporter_snapshot_series", "Series in the current snapshot.", value=snap.series
     )
     yield GaugeMetricFamily(
-        "wfa_exporter_series_dropped",
+        "wfa_exporter_snapshot_series_dropped",
         "Series left out of the current snapshot by the cardinality guard.",
         value=snap.dropped_series,
     )
@@ -280,7 +280,7 @@ class SelfCollector:
         )
         yield GaugeMetricFamily(
             "wfa_exporter_leader",
-            "1 on the replica holding the poll lock.",
+            "1 on the replica holding the poll lock (the only one serving workflow series).",
             value=1 if ex.is_leader else 0,
         )
         info = GaugeMetricFamily(

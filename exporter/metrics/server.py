@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,24 +16,28 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from apscheduler.schedulers.base import BaseScheduler
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.config import Config
 from exporter.config.schema import MetricsConfig, parse_listen
 from exporter.db import describe, is_unreachable
 from exporter.ingest import PollResult
+from exporter.metrics.activity import ActivityLog
 from exporter.metrics.collector import (
     MetricsState,
     SelfCollector,
     SnapshotCollector,
     render_snapshot,
 )
+from exporter.metrics.runbook import runbook_routes
 from exporter.metrics.snapshot import Snapshot, build_snapshot
 from exporter.service import ExporterService, ExporterState, error_reason, scheduled
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
+OM_EOF = b"# EOF\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +68,31 @@ def _render(snapshot: Snapshot) -> Rendered:
     return Rendered.of(render_snapshot(snapshot))
 
 
+def _render_openmetrics(snapshot: Snapshot) -> Rendered:
+    """The snapshot's families in OpenMetrics text, without the final `# EOF`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(lambda: snapshot))
+    return Rendered.of(openmetrics.generate_latest(registry).removesuffix(OM_EOF))
+
+
+def _render_both(snapshot: Snapshot) -> tuple[Rendered, Rendered]:
+    return _render(snapshot), _render_openmetrics(snapshot)
+
+
+EMPTY = Rendered.of(b"")
+
+
 class MetricsServer:
     """Owns the private registry, the current snapshot and the HTTP server that serves them."""
 
     # The snapshot part of the exposition is rendered (and gzip-compressed) once per snapshot,
     # off the event loop; a scrape renders only the self-metrics and appends them, so it costs
     # the same however much data the store holds.
+    #
+    # Only the leader serves the workflow series (they are the store's, the same on every
+    # replica), and only from a snapshot read after it became the leader: a replica taking over
+    # never serves a counter older than what the previous leader served. A standby serves its
+    # self-metrics, with wfa_exporter_leader 0, and builds no snapshot.
 
     def __init__(
         self,
@@ -82,29 +106,63 @@ class MetricsServer:
         self.state = MetricsState()
         self._pool = pool
         self._timeout = store_timeout.total_seconds()
-        self.snapshot_collector = SnapshotCollector(lambda: self.state.snapshot)
+        self.snapshot_collector = SnapshotCollector(self.served)
         self.self_collector = SelfCollector(exporter, self.state)
+        process = ProcessCollector(registry=None)
         self.registry = CollectorRegistry(auto_describe=False)
         """The private registry with every collector (what /metrics serves)."""
-        self.registry.register(self.snapshot_collector)
-        self.registry.register(self.self_collector)
         self._self_registry = CollectorRegistry(auto_describe=False)
-        self._self_registry.register(self.self_collector)
-        self._rendered = Rendered.of(b"")
+        """Self-metrics and process metrics only: rendered at each scrape."""
+        self.registry.register(self.snapshot_collector)
+        for registry in (self.registry, self._self_registry):
+            registry.register(self.self_collector)
+            registry.register(process)
+        self._rendered = EMPTY
+        self._openmetrics = EMPTY
+        self._leader_since: float | None = None
+        self._scheduler: BaseScheduler | None = None
+        self.activity = ActivityLog(exporter)
         self._runner: web.AppRunner | None = None
         self._failing = False
         self.port: int | None = None
 
+    # leadership ----------------------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """Whether this replica leads now (and since when)."""
+        self.activity.leadership(self.exporter.is_leader)
+        if not self.exporter.is_leader:
+            self._leader_since = None
+            return False
+        if self._leader_since is None:
+            self._leader_since = time.time()
+        return True
+
+    def _snapshot_now(self) -> None:
+        """Run the scheduled snapshot job now (a new leader has nothing to serve yet)."""
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.get_job(SNAPSHOT_JOB_ID):
+            scheduler.modify_job(SNAPSHOT_JOB_ID, next_run_time=datetime.now().astimezone())
+
+    def served(self) -> Snapshot | None:
+        """The snapshot whose workflow series are served: the leader's, read while leading."""
+        snap = self.state.snapshot
+        if not self.leading() or snap is None or self._leader_since is None:
+            return None
+        return snap if snap.built_at >= self._leader_since else None
+
     # snapshot ------------------------------------------------------------------------------
 
     async def refresh(self, now: datetime | None = None) -> Snapshot | None:
-        """Build, render and publish a new snapshot; on failure keep serving the last one."""
+        """Build, render and publish a new snapshot (leader only); on failure keep the last."""
+        if not self.leading():
+            return None
         pool = self._pool()
         try:
             if pool is None:
                 raise ConnectionError("store pool is not open")
             snapshot = await asyncio.wait_for(self._build(pool, now), self._timeout)
-            rendered = await asyncio.to_thread(_render, snapshot)
+            rendered, om = await asyncio.to_thread(_render_both, snapshot)
         except Exception as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else error_reason(exc)
             self.state.snapshot_errors[reason] += 1
@@ -117,7 +175,7 @@ class MetricsServer:
         if self._failing:
             log.info("metrics snapshot works again")
             self._failing = False
-        self._rendered = rendered
+        self._rendered, self._openmetrics = rendered, om
         self.state.publish(snapshot)
         self.exporter.health.set("store", True)
         if snapshot.dropped_series:
@@ -138,12 +196,16 @@ class MetricsServer:
         await self.refresh()
 
     def on_poll(self, result: PollResult | None, exc: BaseException | None) -> None:
-        """ExporterService listener: record the poll duration."""
+        """ExporterService listener: poll duration, store health, leadership, activity log."""
         if result is not None:
             self.state.polls.observe(result.seconds)
+        if result is not None and self.leading() and self.served() is None:
+            self._snapshot_now()
+        self.activity.on_poll(result, exc)
 
     def schedule(self, scheduler: BaseScheduler) -> None:
         """Add the snapshot job (first run now) to `scheduler`."""
+        self._scheduler = scheduler
         scheduler.add_job(
             self._refresh_job,
             "interval",
@@ -158,17 +220,31 @@ class MetricsServer:
     # exposition ----------------------------------------------------------------------------
 
     def exposition(self, gzip: bool = False) -> bytes:
-        """The full text exposition: the rendered snapshot, then fresh self-metrics."""
+        """The full text exposition: the rendered snapshot (leader), then fresh self-metrics."""
         tail = generate_latest(self._self_registry)
-        rendered = self._rendered
+        rendered = self._rendered if self.served() is not None else EMPTY
         return rendered.gzipped(tail) if gzip else rendered.plain(tail)
 
+    def openmetrics(self, gzip: bool = False) -> bytes:
+        """The full OpenMetrics exposition: snapshot families (leader), self-metrics, `# EOF`."""
+        tail = openmetrics.generate_latest(self._self_registry)
+        rendered = self._openmetrics if self.served() is not None else EMPTY
+        return rendered.gzipped(tail) if gzip else rendered.plain(tail)
+
+    def negotiate(self, accept: str, gzip: bool = False) -> tuple[bytes, str]:
+        """(body, content type) for an Accept header, chosen as prometheus_client does."""
+        _, content_type = choose_encoder(accept)
+        if content_type.startswith("application/openmetrics-text"):
+            return self.openmetrics(gzip), content_type
+        return self.exposition(gzip), content_type
+
     async def _metrics(self, request: web.Request) -> web.Response:
-        headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4}
         gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+        body, content_type = self.negotiate(request.headers.get("Accept", ""), gzip)
+        headers = {"Content-Type": content_type}
         if gzip:
             headers["Content-Encoding"] = "gzip"
-        return web.Response(body=self.exposition(gzip), headers=headers)
+        return web.Response(body=body, headers=headers)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         snap = self.state.snapshot
@@ -187,6 +263,7 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_routes(runbook_routes())
         return app
 
     async def start(self, listen: str | None = None) -> None:

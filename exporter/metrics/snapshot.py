@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ import asyncpg
 from exporter.config import format_duration
 from exporter.config.schema import MetricsConfig
 from exporter.histogram import BOUNDS, cumulative
+from exporter.metrics.labels import EXITS, OTHER, LabelPlan, promote, read_plan
 from exporter.queries import Workflow, cohort_funnels, list_workflows
 from exporter.store.sqlfiles import named
 from exporter.timerange import plan
@@ -41,7 +43,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("wfa_workflow_enrollments_total", COUNTER, "Executions enrolled."),
     Spec("wfa_workflow_completions_total", COUNTER, "Executions completed."),
     Spec("wfa_workflow_conversions_total", COUNTER, "Executions converted on the goal."),
-    Spec("wfa_workflow_exits_total", COUNTER, "Executions exited early, by reason.", ("reason",)),
+    Spec(
+        "wfa_workflow_exits_total",
+        COUNTER,
+        "Executions exited early, by reason (listed or most frequent reasons, then other).",
+        ("reason",),
+    ),
     Spec("wfa_workflow_failures_total", COUNTER, "Executions failed."),
     Spec("wfa_step_runs_total", COUNTER, "Step attempts entered.", ("step", "action_type")),
     Spec(
@@ -187,6 +194,14 @@ def _served(cfg: MetricsConfig, workflow_id: str, tenant_id: str) -> bool:
     )
 
 
+_REJECT_REASON = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def rejected_reason(label: str) -> str:
+    """The `reason` label of a rejection reason: a short code as is, anything else `other`."""
+    return label if _REJECT_REASON.fullmatch(label) else OTHER
+
+
 def _le(label: str) -> float:
     return float(label)
 
@@ -196,7 +211,8 @@ def _read_counters(rows: Iterable[asyncpg.Record], data: dict[str, _WorkflowData
     for r in rows:
         metric, value = r["metric"], r["value"]
         if metric == "rejected_rows":
-            rejected[r["label"]] = rejected.get(r["label"], 0) + value
+            reason = rejected_reason(r["label"])
+            rejected[reason] = rejected.get(reason, 0) + value
             continue
         wd = data.get(r["workflow_id"])
         if wd is None:
@@ -238,15 +254,17 @@ def _hist_value(h: _Hist) -> HistogramValue:
     return cumulative(h.buckets), h.sum_ms / 1000
 
 
-def _series(wd: _WorkflowData, tenant_label: bool) -> list[tuple[str, Labels, Any]]:
-    """Every sample of one workflow as (family, label values, value)."""
+def _series(
+    wd: _WorkflowData, tenant_label: bool, reasons: LabelPlan
+) -> list[tuple[str, Labels, Any]]:
+    """Every sample of one workflow as (family, label values, value); reasons bounded."""
     head: Labels = (wd.workflow_id, wd.tenant_id) if tenant_label else (wd.workflow_id,)
     out: list[tuple[str, Labels, Any]] = []
     add = out.append
     steps = wd.definition.steps if wd.definition else []
     for metric, name in _WORKFLOW_COUNTERS.items():
         add((name, head, wd.counters.get(metric, 0)))
-    for reason, n in sorted(wd.exits.items()):
+    for reason, n in sorted(reasons.fold(wd.tenant_id, wd.workflow_id, wd.exits).items()):
         add(("wfa_workflow_exits_total", (*head, reason), n))
     runs = dict(wd.step_runs)
     for s in steps:
@@ -305,6 +323,7 @@ async def build_snapshot(
     started = time.perf_counter()
     built_at = time.time()
     now = now or datetime.fromtimestamp(built_at, UTC)
+    await promote(conn, EXITS, EXITS, cfg.exit_reasons, cfg.top_reasons)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         # Rollup reads are short but their estimates pass jit_above_cost once the raw tables
         # are large; compiling them would cost more than running them.
@@ -321,6 +340,7 @@ async def build_snapshot(
             if wid and wid not in data and _served(cfg, wid, r["tenant_id"]):
                 data[wid] = _WorkflowData(wid, r["tenant_id"])
         rejected = _read_counters(counter_rows, data)
+        reasons = await read_plan(conn, EXITS)
         ids = list(data)
         segments = plan(ALL_TIME_START, now + timedelta(days=1)).params()
         for r in await conn.fetch(Q["active"], ids, *segments):
@@ -332,7 +352,7 @@ async def build_snapshot(
                 data[wid].funnels[label] = f
         newest = await conn.fetchval(Q["newest_ingested"])
     longest = window_label(max(cfg.windows)) if cfg.windows else None
-    per_wf = {wid: _series(wd, cfg.tenant_label) for wid, wd in data.items()}
+    per_wf = {wid: _series(wd, cfg.tenant_label, reasons) for wid, wd in data.items()}
     counts = {wid: _count(s) for wid, s in per_wf.items()}
     ranked = sorted(
         data.values(), key=lambda wd: (*(-v for v in _volume(wd, longest)), wd.workflow_id)

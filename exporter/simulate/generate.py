@@ -19,12 +19,14 @@ import bisect
 import gc
 import math
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import accumulate
 from random import Random
 from statistics import NormalDist
 
+from exporter.simulate.incident import INCIDENT_ERROR, Staged
 from exporter.simulate.model import (
     EXIT_REASONS,
     SimAttempt,
@@ -193,6 +195,17 @@ def profile_for(workflow: SimWorkflow) -> WorkflowProfile:
 
 # (step index, entered ms, finished ms, status, error)
 _Raw = tuple[int, int, int | None, str, str | None]
+Incidents = tuple[Staged, ...] | None
+"""Staged incidents of one workflow (None: none, the walk's random stream is untouched)."""
+
+
+def _incident(incidents: Incidents, kind: str, k: int, t: int) -> Staged | None:
+    """The incident of `kind` on step `k` at `t`, if one is on."""
+    if incidents:
+        for inc in incidents:
+            if inc.incident.kind == kind and inc.step_index == k and inc.active(t):
+                return inc
+    return None
 
 
 def _walk(
@@ -205,11 +218,13 @@ def _walk(
     retrying: bool = False,
     resume: bool = False,
     floor_ms: int = -(2**62),
+    incidents: Incidents = None,
 ) -> tuple[str, int, str | None]:
     """Walk from entering step `k` at `t` up to `now_ms`; append attempts to `out`.
 
     Returns (status, time of the last change, exit reason). With `resume`, the first
-    attempt was already seen running at `floor_ms` and must finish after it.
+    attempt was already seen running at `floor_ms` and must finish after it. Staged
+    `incidents` change a step's failures, durations or drop-off while they are on.
     """
     steps = prof.steps
     n = len(steps)
@@ -217,7 +232,11 @@ def _walk(
     skip_p, retry_p = prof.skip_p, prof.retry_p
     while True:
         sp = steps[k]
-        if not resume and not retrying and sp.skippable and random() < skip_p:
+        leaving = False
+        if incidents and not retrying:
+            drop = _incident(incidents, "dropoff", k, t)
+            leaving = drop is not None and random() < drop.incident.value
+        if not leaving and not resume and not retrying and sp.skippable and random() < skip_p:
             out.append((k, t, t, _SKIPPED, None))
         else:
             err = None
@@ -228,6 +247,16 @@ def _walk(
             else:
                 d = int(exp(sp.mu + sp.sigma * z[int(random() * _NORMAL_SIZE)]))
                 d = sp.base_ms + (1 if d < 1 else sp.cap_ms if d > sp.cap_ms else d)
+            if incidents:
+                failing = None if retrying else _incident(incidents, "failure", k, t)
+                if failing is not None:
+                    hit = random() < failing.incident.value
+                    err = INCIDENT_ERROR.format(action_type=sp.action_type) if hit else None
+                slow = _incident(incidents, "slowdown", k, t)
+                if slow is not None:
+                    d = max(1, int(d * slow.incident.value))
+                if leaving:  # the contact leaves during the step: no wait, no failure
+                    err, d = None, max(1, d - sp.base_ms)
             f = t + d
             if resume:
                 if f <= floor_ms:
@@ -249,6 +278,8 @@ def _walk(
         k += 1
         if k == n:
             return _COMPLETED, t, None
+        if leaving:
+            return _EXITED, t, EXIT_REASONS[bisect.bisect_right(_EXIT_CUM, random())]
         if random() < steps[k].exit_p:
             u = random()
             return _EXITED, t, EXIT_REASONS[bisect.bisect_right(_EXIT_CUM, u)]
@@ -290,11 +321,12 @@ def _simulate(
     now_ms: int,
     execution_id: str,
     contact_id: str,
+    incidents: Incidents = None,
 ) -> SimExecution:
     """`simulate_execution` on millisecond integers."""
     conv = _conversion_ms(rng, prof, e_ms, prof.convert_p)
     raw: list[_Raw] = []
-    status, end, reason = _walk(rng, prof, 0, e_ms, now_ms, raw)
+    status, end, reason = _walk(rng, prof, 0, e_ms, now_ms, raw, incidents=incidents)
     attempts = _attempts(prof, raw)
     last = attempts[-1]
     end_dt = last.entered_at if last.finished_at is None else last.finished_at
@@ -329,17 +361,23 @@ def simulate_execution(
     execution_id: str,
     contact_id: str,
     profile: WorkflowProfile | None = None,
+    incidents: Incidents = None,
 ) -> SimExecution:
     """Simulate one execution enrolled at `enrolled_at` (floored to ms) as seen at `now`."""
     e_ms, now_ms = to_ms(enrolled_at), to_ms(now)
     if e_ms > now_ms:
         raise ValueError("enrolled_at is after now")
     prof = profile or profile_for(workflow)
-    return _simulate(rng, workflow, prof, e_ms, now_ms, execution_id, contact_id)
+    return _simulate(rng, workflow, prof, e_ms, now_ms, execution_id, contact_id, incidents)
 
 
 def _continue(
-    rng: Random, ex: SimExecution, prof: WorkflowProfile, old_ms: int, new_ms: int
+    rng: Random,
+    ex: SimExecution,
+    prof: WorkflowProfile,
+    old_ms: int,
+    new_ms: int,
+    incidents: Incidents = None,
 ) -> bool:
     """Progress one active execution from `old_ms` to `new_ms` in place; True if it changed."""
     progress = ex.step_progress
@@ -364,6 +402,7 @@ def _continue(
         retrying=retrying,
         resume=True,
         floor_ms=old_ms,
+        incidents=incidents,
     )
     limit = new_ms if status == _ACTIVE else end
     if conv is not None and conv > limit:
@@ -452,7 +491,12 @@ def generate(
     return SimData(workflows=wfs, executions=out, now=now)
 
 
-def advance(data: SimData, new_now: datetime, seed: int) -> list[SimExecution]:
+def advance(
+    data: SimData,
+    new_now: datetime,
+    seed: int,
+    incidents: Mapping[str, tuple[Staged, ...]] | None = None,
+) -> list[SimExecution]:
     """Progress the active executions of `data` in place up to `new_now`; return those changed."""
     if new_now.tzinfo is None:
         raise ValueError("new_now must be timezone-aware")
@@ -464,7 +508,15 @@ def advance(data: SimData, new_now: datetime, seed: int) -> list[SimExecution]:
     changed = [
         ex
         for ex in data.executions
-        if ex.status == _ACTIVE and _continue(rng, ex, profs[ex.workflow_id], old_ms, new_ms)
+        if ex.status == _ACTIVE
+        and _continue(
+            rng,
+            ex,
+            profs[ex.workflow_id],
+            old_ms,
+            new_ms,
+            incidents.get(ex.workflow_id) if incidents else None,
+        )
     ]
     data.now = new_now
     return changed

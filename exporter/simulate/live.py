@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from random import Random
@@ -29,6 +29,7 @@ import asyncpg
 
 from exporter.db import Backoff, describe, is_unreachable
 from exporter.simulate.generate import advance, generate, profile_for, simulate_execution
+from exporter.simulate.incident import Incident, stage
 from exporter.simulate.model import (
     SimAttempt,
     SimData,
@@ -150,6 +151,7 @@ class LiveWorkload:
         start: datetime,
         active: Iterable[SimExecution] = (),
         contacts: int = 100_000,
+        incidents: Sequence[Incident] = (),
     ) -> None:
         if not workflows:
             raise ValueError("the live workload needs at least one workflow")
@@ -166,6 +168,9 @@ class LiveWorkload:
         self.written = 0
         self._prefix = f"lv-{_base36(self.now_ms)}-"
         self._profiles = {w.id: profile_for(w) for w in self.workflows}
+        self.staged = stage(incidents, self.workflows, self.now_ms)
+        """Incidents by workflow id, with their windows (IncidentError raised above if bad)."""
+        self._announced: set[tuple[int, str]] = set()
         self._weights = [self.rng.uniform(0.3, 3.0) for _ in self.workflows]
         self._next_arrival = self.now_ms + self._gap()
         self._heap: list[tuple[int, int, _Script]] = []
@@ -177,7 +182,7 @@ class LiveWorkload:
         )
         if resumed:
             data = SimData(self.workflows, resumed, start)
-            advance(data, start + HORIZON, seed)
+            advance(data, start + HORIZON, seed, self.staged)
             for ex in resumed:
                 self._push(_script(ex))
 
@@ -211,8 +216,20 @@ class LiveWorkload:
             execution_id=f"{self._prefix}{self.enrolled:07d}",
             contact_id=f"contact-{rng.randrange(self.contacts):07d}",
             profile=self._profiles[wf.id],
+            incidents=self.staged.get(wf.id),
         )
         return _script(ex)
+
+    def announcements(self) -> list[str]:
+        """Incidents that started or ended since the last call, one line each."""
+        out = []
+        for staged in (s for group in self.staged.values() for s in group):
+            for at, what in ((staged.start_ms, "starts"), (staged.end_ms, "ends")):
+                key = (id(staged), what)
+                if at <= self.now_ms and key not in self._announced:
+                    self._announced.add(key)
+                    out.append(f"incident {what}: {staged.incident.describe()}")
+        return out
 
     def step(self, now: datetime) -> list[SimExecution]:
         """Advance to `now`: the executions (as seen at `now`) that changed since the last step."""
@@ -317,6 +334,7 @@ async def open_live(
     start: datetime,
     executions_table: str = EXECUTIONS_TABLE,
     workflows_table: str = WORKFLOWS_TABLE,
+    incidents: Sequence[Incident] = (),
 ) -> LiveWorkload:
     """A live workload over the source: its workflows (made if none) and active executions."""
     workflows = await load_workflows(conn, workflows_table)
@@ -324,7 +342,9 @@ async def open_live(
         workflows = default_workflows(seed, start)
         await upsert_workflows(conn, workflows, workflows_table=workflows_table)
     active = await load_active(conn, workflows, executions_table)
-    return LiveWorkload(workflows, rate=rate, seed=seed, start=start, active=active)
+    return LiveWorkload(
+        workflows, rate=rate, seed=seed, start=start, active=active, incidents=incidents
+    )
 
 
 def utc_now() -> datetime:
@@ -343,12 +363,14 @@ async def run_live(
     executions_table: str = EXECUTIONS_TABLE,
     report_every: float = 60.0,
     reconnect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> int:
     """Tick until `stop` is set (or `duration` seconds passed); returns the rows written.
 
     With `reconnect`, a source that goes away (a restart) is reconnected with backoff: the
     changes of the ticks in between are kept and written once it is back (the latest state of
     each execution). Connections opened that way are closed here; `conn` stays the caller's.
+    Incident starts and ends go to `announce` (and the log) when they happen.
     """
     stop = stop or asyncio.Event()
     started = last_report = time.monotonic()
@@ -362,6 +384,10 @@ async def run_live(
             began = time.monotonic()
             for ex in live.step(clock()):
                 pending[ex.id] = ex
+            for line in live.announcements():
+                log.info("%s", line)
+                if announce is not None:
+                    announce(line)
             wait = tick
             try:
                 if current is None:

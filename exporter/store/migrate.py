@@ -8,7 +8,7 @@ from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATE_LOCK = 727_273
 _COMMON = {
     1: ["common/001_base.sql"],
@@ -16,6 +16,7 @@ _COMMON = {
     3: ["common/003_tenants.sql"],
     4: ["common/004_ingest_safety.sql"],
     5: ["common/005_ingest_status.sql"],
+    6: ["common/006_metric_labels.sql"],
 }
 
 

@@ -223,7 +223,7 @@ async def test_exposition_equals_truth_and_passes_promtool(store_dsn):
         assert ms.state.snapshot is not None
         assert render_snapshot(ms.state.snapshot) == reference_render(ms.state.snapshot)
         assert get(samples, "wfa_exporter_snapshot_series") == ms.state.snapshot.series
-        assert get(samples, "wfa_exporter_series_dropped") == 0
+        assert get(samples, "wfa_exporter_snapshot_series_dropped") == 0
         assert get(samples, "wfa_exporter_store_up") == 1
         assert get(samples, "wfa_exporter_leader") == 1
         assert get(samples, "wfa_exporter_rows_ingested_total", table="executions") == 3000
@@ -339,15 +339,20 @@ async def test_restart_and_replicas_keep_every_counter(db_dsn):
     after = parse(body)
     check_truth(after, data, new_now)
     assert all(after[k] >= v for k, v in first.items()), "counters never decrease"
-    # a standby replica (no poll lock) serves the same values from the store
+    # a standby replica (no poll lock) serves no workflow series (the leader serves them,
+    # Prometheus would otherwise see them twice), only its self-metrics with leader 0
     standby = ExporterService(cfg)
     await standby.open()
     try:
         assert await standby.poll_once() is None
-        _, body = await snapshot_samples(standby, new_now)
-        replica = parse(body)
-        assert counters_of(replica) == counters_of(after)
+        ms = MetricsServer(standby.cfg.metrics, standby.state, lambda: standby.store)
+        assert await ms.refresh(new_now) is None, "a standby builds no snapshot"
+        replica = parse(ms.exposition())
+        assert counters_of(replica) == {}
+        store_families = ("wfa_workflow", "wfa_step", "wfa_funnel")
+        assert not [k for k in replica if k[0].startswith(store_families)]
         assert get(replica, "wfa_exporter_leader") == 0
+        assert "wfa_exporter_rejected_rows_total" not in {k[0] for k in replica}
     finally:
         await standby.close()
         await svc.close()
@@ -392,7 +397,7 @@ async def test_cardinality_guard_many_workflows(db_dsn):
         assert _workflows_in(samples) == set(ranked[:keep]), "the lowest-volume ones are left out"
         served = sum(_series_by_workflow(samples).values())
         assert served == snap.series <= limit
-        assert get(samples, "wfa_exporter_series_dropped") == total - served
+        assert get(samples, "wfa_exporter_snapshot_series_dropped") == total - served
         assert get(samples, "wfa_exporter_series_dropped_total") == 2 * (total - served)
         assert get(samples, "wfa_exporter_snapshot_series") == served
         check_truth(
@@ -418,7 +423,7 @@ async def test_cardinality_guard_many_workflows(db_dsn):
         }
         assert _workflows_in(samples) == want
         assert not any(k == "tenant" for _, labels in samples for k, _ in labels)
-        assert get(samples, "wfa_exporter_series_dropped") == 0
+        assert get(samples, "wfa_exporter_snapshot_series_dropped") == 0
     finally:
         await svc.close()
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.dashboards.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "provisioning/prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
@@ -89,15 +91,17 @@ def test_recording_rules_follow_the_naming_convention() -> None:
 
 def test_alerts_have_summary_description_names_and_runbook() -> None:
     runbook = RUNBOOK.read_text()
-    anchors = {h.lower().replace(" ", "-") for h in re.findall(r"^## (.+)$", runbook, re.MULTILINE)}
+    sections = set(re.findall(r"^## (.+)$", runbook, re.MULTILINE))
+    settings = Settings.defaults()
     for r in _rules():
         if "alert" not in r:
             continue
         a = r["annotations"]
         assert a["summary"] and a["description"], r["alert"]
         assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
-        path, _, anchor = a["runbook_url"].partition("#")
-        assert path == "docs/runbook.md" and anchor in anchors, r["alert"]
+        assert a["runbook_url"] == settings.monitoring.runbook(r["alert"]), r["alert"]
+        assert re.fullmatch(r"https?://\S+", a["runbook_url"]), "runbook_url is a link"
+        assert r["alert"] in sections, f"{r['alert']}: no runbook section"
         if "workflow" in r["expr"] and "wfa_exporter" not in r["expr"]:
             assert "wfa_workflow_info" in r["expr"], f"{r['alert']}: workflow names not joined"
             assert "{{ $labels.workflow_name }}" in a["description"], r["alert"]
@@ -111,12 +115,21 @@ def test_required_alerts_exist() -> None:
     assert alerts == {
         "WfaStepDropoffHigh",
         "WfaStepDropoffJump",
+        "WfaStepDropoffJumpDaily",
         "WfaActionFailureRatioHigh",
+        "WfaStepSlowdown",
         "WfaConversionRateDrop",
+        "WfaConversionRateDropDaily",
         "WfaExporterAbsent",
+        "WfaExporterLeaders",
         "WfaIngestLagHigh",
         "WfaPollErrors",
     }
+    weekly = [r for r in _rules() if "offset 1w" in r.get("expr", "")]
+    assert {r["alert"] for r in weekly} == {"WfaStepDropoffJump", "WfaConversionRateDrop"}
+    for r in weekly:
+        assert "needs a week" in r["annotations"]["description"], r["alert"]
+        assert f"{r['alert']}Daily" in r["annotations"]["description"], "names its day-one twin"
     dropoff = next(r for r in _rules() if r.get("alert") == "WfaStepDropoffHigh")
     assert dropoff["for"] == "15m"
     assert "wfa:alert_dropoff_ratio:threshold" in dropoff["expr"]

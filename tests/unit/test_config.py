@@ -374,7 +374,8 @@ def test_every_model_is_frozen_and_forbids_extra() -> None:
         and issubclass(value, pydantic.BaseModel)
         and value.__module__ == schema.__name__
     ]
-    assert len(models) == 13
+    # 12, the metrics tenant filter, the monitoring section and its 9 alert models
+    assert len(models) == 23
     for model in models:
         assert model.model_config.get("extra") == "forbid", model
         assert model.model_config.get("frozen") is True, model
@@ -596,6 +597,7 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert config.metrics == defaults.metrics
     assert config.store == defaults.store
     assert config.source == defaults.source
+    assert config.monitoring == defaults.monitoring
 
 
 def test_example_config_without_secrets_lists_each(tmp_path: Path) -> None:

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.dashboards import BUILDERS, DEFAULT_DIR, drift, rendered
+from exporter.config import config_from_dict
+from exporter.dashboards import BUILDERS, DEFAULT_DIR, drift, files, rendered, write
+from exporter.dashboards.__main__ import main as generate_main
 from exporter.dashboards.grafana import queries, variable_queries
 from exporter.dashboards.panels import POSTGRES_TYPE, PROMETHEUS_UID, STORE_UID
+from exporter.dashboards.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests/fixtures/grafana/dashboard.schema.json"
@@ -117,20 +120,125 @@ def all_promql() -> list[tuple[str, str]]:
 # generator ---------------------------------------------------------------------------------
 
 
-def test_committed_dashboards_match_the_generator() -> None:
-    stale = drift(DEFAULT_DIR)
+def test_committed_files_match_the_generator() -> None:
+    stale = drift(ROOT)
     assert not stale, f"regenerate with `python -m exporter.dashboards`: {stale} differ"
     committed = {p.name for p in DEFAULT_DIR.glob("*.json")}
     assert committed == set(BUILDERS), "dashboards/ holds files the generator does not make"
+    rules = {p.name for p in RULES_DIR.glob("*.yml")}
+    assert {f"provisioning/prometheus/rules/{n}" for n in rules} <= set(files())
+    assert len(files()) == len(BUILDERS) + 4
 
 
 def test_drift_is_detected(tmp_path: Path) -> None:
-    for name, text in rendered().items():
-        (tmp_path / name).write_text(text)
+    write(tmp_path)
     assert drift(tmp_path) == []
-    path = tmp_path / "overview.json"
+    path = tmp_path / "dashboards/overview.json"
     path.write_text(path.read_text().replace('"refresh": "10s"', '"refresh": "1m"'))
-    assert drift(tmp_path) == ["overview.json"]
+    rules = tmp_path / "provisioning/prometheus/rules/wfa-alerts.yml"
+    rules.write_text(rules.read_text().replace("for: 15m", "for: 1h", 1))
+    assert drift(tmp_path) == [
+        "dashboards/overview.json",
+        "provisioning/prometheus/rules/wfa-alerts.yml",
+    ]
+    assert generate_main(["--out", str(tmp_path), "--check"]) == 1
+    assert generate_main(["--out", str(tmp_path)]) == 0
+    assert generate_main(["--out", str(tmp_path), "--check"]) == 0
+
+
+def _custom() -> Settings:
+    return Settings.of(
+        config_from_dict(
+            {
+                "source": {"dsn": "postgresql://u@h/db"},
+                "metrics": {"windows": ["30m", "1d"], "min_volume": 7},
+                "monitoring": {
+                    "job": "wfa-prod",
+                    "runbook_url": "https://wiki.example.com/wfa/runbook#{anchor}",
+                    "dropoff": {"ratio": 0.42, "window": "30m", "for": "3m"},
+                    "dropoff_jump": {"window": "30m"},
+                    "failure": {"ratio": 0.25, "window": "10m", "for": "2m"},
+                },
+            }
+        )
+    )
+
+
+def test_one_config_drives_rules_dashboards_and_grafana_alerts() -> None:
+    out = files(_custom())
+    default = files()
+    alerts = yaml.safe_load(out["provisioning/prometheus/rules/wfa-alerts.yml"])
+    by_name = {r["alert"]: r for g in alerts["groups"] for r in g["rules"]}
+    high = by_name["WfaStepDropoffHigh"]
+    assert high["for"] == "3m" and 'window="30m"' in high["expr"]
+    assert high["annotations"]["runbook_url"] == (
+        "https://wiki.example.com/wfa/runbook#wfastepdropoffhigh"
+    )
+    assert "rate(wfa_step_outcomes_total" in by_name["WfaActionFailureRatioHigh"]["expr"]
+    assert "[10m]" in by_name["WfaActionFailureRatioHigh"]["expr"]
+    everything = "\n".join(out.values())
+    assert 'job="wfa-exporter"' not in everything
+    assert everything.count('job="wfa-prod"') > 50
+    for r in (r for g in alerts["groups"] for r in g["rules"]):
+        exprs = r["expr"]
+        for sel in re.findall(r"\b(?:wfa_|up\b)\w*\{[^}]*\}", exprs):
+            assert 'job="wfa-prod"' in sel, (r["alert"], sel)
+    recording = yaml.safe_load(out["provisioning/prometheus/rules/wfa-recording.yml"])
+    thresholds = {
+        r["record"]: r["expr"]
+        for g in recording["groups"]
+        for r in g["rules"]
+        if ":alert_" in r["record"]
+    }
+    assert thresholds["wfa:alert_dropoff_ratio:threshold"] == "vector(0.42)"
+    assert thresholds["wfa:alert_failure_ratio:threshold"] == "vector(0.25)"
+    assert thresholds["wfa:alert_min_volume:threshold"] == "vector(7)"
+    grafana = yaml.safe_load(out["provisioning/grafana/alerting/wfa-dropoff.yaml"])
+    g_high = next(
+        r for g in grafana["groups"] for r in g["rules"] if r["title"] == "WfaStepDropoffHigh"
+    )
+    assert g_high["for"] == "3m"
+    cond = next(q for q in g_high["data"] if q["refId"] == "C")
+    assert cond["model"]["conditions"][0]["evaluator"]["params"] == [0.42]
+    assert ">= 7" in g_high["data"][0]["model"]["expr"]
+    scrape = yaml.safe_load(out["provisioning/prometheus/prometheus.yml"])
+    assert scrape["scrape_configs"][0]["job_name"] == "wfa-prod"
+    funnel = json.loads(out["dashboards/funnel.json"])
+    variables = {v["name"]: v for v in funnel["templating"]["list"]}
+    assert variables["min_volume"]["current"]["value"] == "7"
+    assert [o["value"] for o in variables["window"]["options"]] == ["30m", "1d"]
+    assert variables["window"]["current"]["value"] == "30m"
+    table = next(p for p in funnel["panels"] if p["title"] == "Cohort funnel: drop-off per step")
+    colors = table["fieldConfig"]["overrides"][0]["properties"]
+    assert {"color": "red", "value": 0.42} in next(
+        p["value"]["steps"] for p in colors if p["id"] == "thresholds"
+    )
+    assert out != default
+
+
+def test_bad_monitoring_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "wfa.yaml"
+    bad.write_text(
+        "source: {dsn: 'postgresql://u@h/db'}\n"
+        "monitoring:\n  job: 'a\"b'\n  runbook_url: docs/runbook.md\n"
+        "  dropoff: {ratio: 1.5, window: 2h, fr: 1m}\n"
+        "metrics: {exit_reasons: [other]}\n"
+    )
+    assert generate_main(["--config", str(bad), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    for key in (
+        "monitoring.job",
+        "monitoring.runbook_url",
+        "monitoring.dropoff.ratio",
+        "monitoring.dropoff.fr",
+        "metrics.exit_reasons[0]",
+    ):
+        assert key in err, (key, err)
+    window = tmp_path / "w.yaml"
+    window.write_text("source: {dsn: 'postgresql://u@h/db'}\nmonitoring: {dropoff: {window: 2h}}\n")
+    assert generate_main(["--config", str(window), "--out", str(tmp_path)]) == 1
+    assert "monitoring.dropoff.window: must be one of metrics.windows" in capsys.readouterr().err
+    assert not (tmp_path / "dashboards").exists(), "nothing is written from a bad config"
 
 
 # schema ------------------------------------------------------------------------------------
@@ -294,6 +402,26 @@ def test_sql_queries_read_rollups_with_time_macros(name: str) -> None:
         assert "workflow_id IN ($workflow)" in q.text, f"{where}: ignores the workflow variable"
 
 
+def test_no_typed_variable_reaches_sql_unquoted() -> None:
+    """Multi-value variables are quoted by the data source; any other is a cast literal."""
+    for name, d in DASHBOARDS.items():
+        variables = {v["name"]: v for v in d["templating"]["list"]}
+        assert not [v for v in variables.values() if v["type"] == "textbox"], name
+        texts = [q.text for q in queries(name, d) if q.kind == "sql"]
+        texts += [q for _, kind, q in variable_queries(d) if kind == "sql"]
+        for text in texts:
+            for m in re.finditer(r"\$(\w+)|\$\{(\w+)(?::(\w+))?\}(::\w+)?", text):
+                var = m.group(1) or m.group(2)
+                if var not in variables:
+                    assert var.startswith("__"), (name, var)
+                    continue
+                v = variables[var]
+                if v.get("multi") or v.get("includeAll"):
+                    assert m.group(3) in (None, "sqlstring"), (name, m.group(0))
+                else:
+                    assert m.group(3) == "sqlstring" and m.group(4), (name, m.group(0))
+
+
 def test_sql_panels_request_hour_buckets() -> None:
     for name, d in DASHBOARDS.items():
         for p in _panels(d):
@@ -394,7 +522,12 @@ def test_grafana_alert_rules_are_well_formed() -> None:
     doc = _yaml(GRAFANA_PROVISIONING / "alerting/wfa-dropoff.yaml")
     assert "policies" not in doc, "no notification policy tree is imposed"
     rules = [r for g in doc["groups"] for r in g["rules"]]
-    assert {r["title"] for r in rules} == {"WfaStepDropoffHigh", "WfaStepDropoffJump"}
+    assert {r["title"] for r in rules} == {
+        "WfaStepDropoffHigh",
+        "WfaStepDropoffJump",
+        "WfaStepDropoffJumpDaily",
+    }
+    settings = Settings.defaults()
     runbook = (ROOT / "docs/runbook.md").read_text()
     for r in rules:
         data = {q["refId"]: q for q in r["data"]}
@@ -409,8 +542,8 @@ def test_grafana_alert_rules_are_well_formed() -> None:
             assert r["annotations"][key]
         assert "{{ $labels.workflow_name }}" in r["annotations"]["description"]
         assert "{{ $labels.step_name }}" in r["annotations"]["description"]
-        anchor = r["annotations"]["runbook_url"].split("#")[1]
-        assert f"## {r['title']}".lower().replace("## ", "") == anchor
-        assert f"## {r['title']}" in runbook
+        assert r["annotations"]["runbook_url"] == settings.monitoring.runbook(r["title"])
+        assert r["annotations"]["runbook_url"].startswith("http")
+        assert f"## {r['title']}\n" in runbook
     points = _yaml(GRAFANA_PROVISIONING / "alerting/wfa-contact-points.yaml")["contactPoints"]
     assert len(points) == 1 and points[0]["receivers"][0]["settings"]["addresses"]
