@@ -8,7 +8,7 @@ from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 7
 MIGRATE_LOCK = 727_273
 _COMMON = {1: ["common/001_base.sql"], 2: ["common/002_exports_retention.sql"]}
 

@@ -143,8 +143,72 @@ def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str
     )
 
 
-def range_function(r: Rollup) -> str:
-    """SQL function reading [from, to) from raw edges, hourly and daily buckets (both backends)."""
+@dataclass(frozen=True, slots=True)
+class ReadSource:
+    """Where a backend's range functions find materialized buckets and their watermarks.
+
+    `hourly` and `daily` are relation name templates (`{name}` is the rollup's name);
+    `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
+    which those relations hold every bucket (`'infinity'` when they answer for any time
+    themselves, like real-time continuous aggregates).
+    """
+
+    hourly: str
+    daily: str
+    watermarks: str
+
+
+def _arms(r: Rollup, src: ReadSource) -> str:
+    """The body of a range read: materialized buckets, live buckets and raw edge rows."""
+    dims = [d for d in r.dims if d.name != "tenant_id"]
+    rolled = ", ".join([*(d.name for d in dims), *(m.name for m in r.measures)])
+    raw = ", ".join([*(d.expr for d in dims), *(m.per_row for m in r.measures)])
+    raw_dims = ", ".join(["tenant_id", *(f"{d.expr} AS {d.name}" for d in dims)])
+    raw_aggs = ", ".join(f"{m.agg} AS {m.name}" for m in r.measures)
+    sums = ", ".join(f"sum({m.name})::bigint AS {m.name}" for m in r.measures)
+    names = ", ".join(d.name for d in dims)
+    groups = ", ".join(str(i) for i in range(1, len(dims) + 3))
+    scope = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
+    hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
+    t = r.time
+    hour = f"date_bin('1 hour', {t}, {ORIGIN})"
+    return f"""
+    SELECT bucket, {rolled} FROM {daily}
+     WHERE {scope} AND bucket >= p_d1 AND bucket < v_dm
+    UNION ALL
+    SELECT b, {rolled} FROM (
+        SELECT date_bin('1 day', bucket, {ORIGIN}) AS b, tenant_id, {names}, {sums}
+          FROM (SELECT bucket, tenant_id, {rolled} FROM {hourly}
+                 WHERE {scope} AND bucket >= v_dm AND bucket < v_dh
+                UNION ALL
+                SELECT {t}, tenant_id, {raw} FROM {r.raw}
+                 WHERE {scope} AND {t} >= v_dh AND {t} < p_d2) live
+         GROUP BY {groups}) d
+    UNION ALL
+    SELECT bucket, {rolled} FROM {hourly}
+     WHERE {scope} AND ((bucket >= p_h1 AND bucket < v_h1) OR (bucket >= p_d2 AND bucket < v_h2))
+    UNION ALL
+    SELECT b, {rolled} FROM (
+        SELECT {hour} AS b, {raw_dims}, {raw_aggs} FROM {r.raw}
+         WHERE {scope}
+           AND (({t} >= v_h1 AND {t} < p_d1) OR ({t} >= v_h2 AND {t} < p_h2))
+         GROUP BY {groups}) h
+    UNION ALL
+    SELECT {t}, {raw} FROM {r.raw}
+     WHERE {scope}
+       AND (({t} >= p_from AND {t} < p_h1) OR ({t} >= p_h2 AND {t} < p_to))"""
+
+
+def range_function(r: Rollup, src: ReadSource) -> str:
+    """PL/pgSQL function reading [from, to) from raw edges, hourly and daily buckets.
+
+    The segments come from `exporter.timerange.plan`: [p_from, p_h1) and [p_h2, p_to) are
+    raw rows, [p_h1, p_d1) and [p_d2, p_h2) hour buckets, [p_d1, p_d2) day buckets. Buckets
+    below the watermarks are read as materialized; above them they are aggregated from
+    the raw rows, so the answer equals the real-time relations `wfa.<name>_1h/_1d`. The
+    query runs a generic plan cached per session: no planning per call, partitions and
+    chunks outside the bounds are pruned when it starts.
+    """
     dims = [d for d in r.dims if d.name != "tenant_id"]
     out_cols = ", ".join(
         [
@@ -153,22 +217,31 @@ def range_function(r: Rollup) -> str:
             *(f"{m.name} bigint" for m in r.measures),
         ]
     )
-    rolled = ", ".join([*(d.name for d in dims), *(m.name for m in r.measures)])
-    raw = ", ".join([*(d.expr for d in dims), *(m.per_row for m in r.measures)])
-    scope = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{r.name}_range(
     p_tenant text, p_workflows text[], p_from timestamptz, p_h1 timestamptz,
     p_d1 timestamptz, p_d2 timestamptz, p_h2 timestamptz, p_to timestamptz)
 RETURNS TABLE ({out_cols})
-LANGUAGE sql STABLE AS $fn$
-    SELECT bucket, {rolled} FROM {r.relation("1d")}
-     WHERE {scope} AND bucket >= p_d1 AND bucket < p_d2
-    UNION ALL
-    SELECT bucket, {rolled} FROM {r.relation("1h")}
-     WHERE {scope} AND ((bucket >= p_h1 AND bucket < p_d1) OR (bucket >= p_d2 AND bucket < p_h2))
-    UNION ALL
-    SELECT {r.time}, {raw} FROM {r.raw}
-     WHERE {scope}
-       AND (({r.time} >= p_from AND {r.time} < p_h1) OR ({r.time} >= p_h2 AND {r.time} < p_to))
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan SET max_parallel_workers_per_gather = 0 AS $fn$
+#variable_conflict use_column
+DECLARE
+    wm_h timestamptz;
+    wm_d timestamptz;
+    v_dm timestamptz;
+    v_dh timestamptz;
+    v_h1 timestamptz;
+    v_h2 timestamptz;
+BEGIN
+    {src.watermarks.format(name=r.name)}
+    -- Days [p_d1, v_dm) are materialized; days [v_dm, p_d2) are summed from materialized
+    -- hours [v_dm, v_dh) and raw rows [v_dh, p_d2).
+    v_dm := least(greatest(wm_d, p_d1), p_d2);
+    v_dh := least(greatest(wm_h, v_dm), p_d2);
+    -- Hours [p_h1, v_h1) and [p_d2, v_h2) are materialized; [v_h1, p_d1) and [v_h2, p_h2)
+    -- are aggregated from raw rows.
+    v_h1 := least(p_d1, greatest(wm_h, p_h1));
+    v_h2 := least(p_h2, greatest(wm_h, p_d2));
+    RETURN QUERY{_arms(r, src)};
+END
 $fn$;"""

@@ -21,10 +21,10 @@ from exporter.store.backend import (
 from exporter.store.partitions import day_floor, hour_floor
 from exporter.store.rollups import (
     ROLLUPS,
+    ReadSource,
     Rollup,
     daily_select,
     hourly_select,
-    range_function,
 )
 from exporter.store.sqlfiles import sql, statements
 
@@ -74,6 +74,15 @@ _BUSY: dict[str, str | None] = {
     "workflow_events": None,
 }
 _SEGMENT_BY = "workflow_id"
+# Real-time caggs answer for any time themselves: reads take them whole, raw rows only at the
+# ragged edges of a range. Read from a PL/pgSQL function, their watermark is a constant in
+# the plan (an inlined SQL function would leave it a per-row call), chunks are excluded when
+# the cached plan starts, and TimescaleDB invalidates that plan when a refresh moves it.
+READ_SOURCE = ReadSource(
+    hourly="wfa.{name}_1h",
+    daily="wfa.{name}_1d",
+    watermarks="wm_h := 'infinity'; wm_d := 'infinity';",
+)
 
 
 def _interval(d: timedelta) -> str:
@@ -103,28 +112,6 @@ def _cagg_ddl(r: Rollup, chunk_interval: timedelta) -> list[str]:
     # touch few rows, so it goes without one.
     out.append(_DROP_BUCKET_INDEX.format(view=f"{r.name}_1d"))
     return out
-
-
-def plpgsql_range_function(r: Rollup) -> str:
-    """The shared range function with its body planned as a statement of its own.
-
-    An inlined SQL function hides the caggs from TimescaleDB's planner hook, so their
-    watermark stays a per-row function call and the real-time part cannot be excluded
-    at plan time; as `RETURN QUERY` in PL/pgSQL the watermark is constified. The plan
-    is generic and cached per session (chunks excluded at executor startup): planning
-    over every chunk costs far more than running the query. TimescaleDB invalidates the
-    cached plan when a refresh moves the watermark.
-    """
-    sql_fn = range_function(r)
-    head, sep, body = sql_fn.partition("LANGUAGE sql STABLE AS $fn$")
-    if not sep or not body.rstrip().endswith("$fn$;"):
-        raise ValueError(f"unexpected shape of the {r.name} range function")
-    query = body.rstrip()[: -len("$fn$;")].rstrip()
-    return (
-        f"{head}LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $fn$\n"
-        "#variable_conflict use_column\n"
-        f"BEGIN\nRETURN QUERY{query};\nEND\n$fn$;"
-    )
 
 
 def merge_windows(
@@ -159,6 +146,7 @@ class TimescaleBackend(Backend):
     """Hypertables and continuous aggregates; refresh, retention and compression driven here."""
 
     name = "timescaledb"
+    read_source = READ_SOURCE
 
     def __init__(
         self,
@@ -190,10 +178,6 @@ class TimescaleBackend(Backend):
         for r in ROLLUPS:
             out += _cagg_ddl(r, self.chunk_interval)
         return out
-
-    def range_function(self, r: Rollup) -> str:
-        """The read function in PL/pgSQL, so the caggs' watermark is constified."""
-        return plpgsql_range_function(r)
 
     async def prepare_write(
         self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]
