@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from exporter.store.rollups import ReadSource, Rollup, range_function
+from exporter.store.rollups import ReadSource, Rollup, range_function, totals_function
 
 # Raw tables and the time column each is partitioned (or chunked) by.
 RAW_TABLES: dict[str, str] = {
@@ -80,9 +80,9 @@ class Backend(ABC):
     def migration(self, version: int) -> list[str]:
         """Backend-specific statements of schema `version`, run after the common ones."""
 
-    def range_function(self, r: Rollup) -> str:
-        """DDL of the `wfa.<rollup>_range` read function over this backend's relations."""
-        return range_function(r, self.read_source)
+    def read_functions(self, r: Rollup) -> list[str]:
+        """DDL of the `wfa.<rollup>_range` and `_totals` read functions over this backend."""
+        return [range_function(r, self.read_source), totals_function(r, self.read_source)]
 
     @abstractmethod
     async def prepare_write(

@@ -59,7 +59,8 @@ async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
                 for stmt in backend.migration(version):
                     await conn.execute(stmt)
                 for r in ROLLUPS:
-                    await conn.execute(backend.range_function(r))
+                    for ddl in backend.read_functions(r):
+                        await conn.execute(ddl)
                 await conn.execute(
                     "INSERT INTO wfa.meta VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
                     backend.name,

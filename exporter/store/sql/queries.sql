@@ -19,24 +19,25 @@ SELECT s.workflow_id, s.step_id, s.step_index, s.name, s.action_type, s.removed_
  ORDER BY s.workflow_id, s.removed_at IS NOT NULL, s.step_index;
 
 -- Each read below is one statement: every part of an answer in one round trip. The
--- `wfa.*_range` functions run cached generic plans, so no call plans across partitions.
+-- `wfa.*_totals` (summed over the range) and `wfa.*_range` (by bucket) functions run
+-- cached generic plans, so no call plans across partitions.
 
 -- name: cohort
 -- Cohort funnel of each workflow: part 'c' the cohort by status and current step of the
 -- active, part 's' executions that reached each step.
 SELECT 'c' AS part, workflow_id, status, current_step_id AS step_id,
        sum(executions)::bigint AS n, sum(converted_in_window)::bigint AS converted_in_window
-  FROM wfa.cohort_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.cohort_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY workflow_id, status, current_step_id
 UNION ALL
 SELECT 's', workflow_id, NULL, step_id, sum(reached)::bigint, NULL
-  FROM wfa.cohort_steps_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.cohort_steps_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY workflow_id, step_id;
 
 -- name: events
 SELECT workflow_id, event, reason, duration_le, sum(events)::bigint AS events,
        sum(duration_ms_sum)::bigint AS duration_ms_sum
-  FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.events_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY 1, 2, 3, 4;
 
 -- name: summary
@@ -51,21 +52,21 @@ SELECT CASE grouping(date_trunc($9, t, $10)) WHEN 1 THEN 'e' ELSE 's' END AS par
  GROUP BY GROUPING SETS ((event, reason, duration_le), (date_trunc($9, t, $10), event))
 UNION ALL
 SELECT 'c', NULL, status, NULL, NULL, sum(executions)::bigint, sum(converted_in_window)::bigint
-  FROM wfa.cohort_range($1, $2, $11, $12, $13, $14, $15, $16)
+  FROM wfa.cohort_totals($1, $2, $11, $12, $13, $14, $15, $16)
  GROUP BY status;
 
 -- name: activity
 -- Activity funnel of one workflow: part 'r' attempts entered per step, part 'e' events by kind.
 SELECT 'r' AS part, step_id AS key, sum(runs)::bigint AS n
-  FROM wfa.step_runs_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.step_runs_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY step_id
 UNION ALL
 SELECT 'e', event, sum(events)::bigint
-  FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.events_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY event;
 
 -- name: step_runs
 SELECT workflow_id, step_id, action_type, status, duration_le, error,
        sum(runs)::bigint AS runs, sum(duration_ms_sum)::bigint AS duration_ms_sum
-  FROM wfa.step_runs_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.step_runs_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY 1, 2, 3, 4, 5, 6;
