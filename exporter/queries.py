@@ -317,9 +317,10 @@ async def summary(
                 totals, r["key"], r["reason"], r["duration_le"], r["n"], r["duration_ms_sum"]
             )
         elif r["part"] == "s":
-            buckets.setdefault(r["bucket"], dict.fromkeys(SERIES_FIELDS, 0))[
-                _EVENT_FIELD[r["key"]]
-            ] += r["n"]
+            counts = buckets.get(r["bucket"])
+            if counts is None:
+                counts = buckets[r["bucket"]] = dict.fromkeys(SERIES_FIELDS, 0)
+            counts[_EVENT_FIELD[r["key"]]] += r["n"]
         else:
             _add_cohort(cohort, r["key"], r["n"], r["duration_ms_sum"], None)
     enrolled = cohort["enrolled"]
