@@ -289,7 +289,7 @@ def server(config: Path, port: int) -> Iterator[subprocess.Popen]:
     log_path = config.with_suffix(".log")
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "run", "--config", str(config)],
+            [sys.executable, "-m", "exporter", os.environ.get("WFA_CMD", "run"), "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=log_file,
         )

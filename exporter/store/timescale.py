@@ -57,6 +57,18 @@ BEGIN
     END LOOP;
 END
 $$"""
+_DROP_INDEX = """
+DO $$
+DECLARE idx regclass;
+BEGIN
+    SELECT to_regclass(format('%I.%I', c.materialization_hypertable_schema, '{index}')) INTO idx
+      FROM timescaledb_information.continuous_aggregates c
+     WHERE c.view_schema = 'wfa' AND c.view_name = '{view}';
+    IF idx IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', idx);
+    END IF;
+END
+$$"""
 _CHUNKS = """
 SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end, is_compressed
   FROM timescaledb_information.chunks
@@ -142,6 +154,21 @@ def _clip(
     return [(max(a, lo), min(b, hi)) for a, b in windows if max(a, lo) < min(b, hi)]
 
 
+def _read_index_ddl(r: Rollup) -> list[str]:
+    """Covering (workflow_id, bucket) indexes on both aggregates, replacing the plain ones, so
+    reads of a few workflows scan only the index."""
+    dims = [d.name for d in r.dims if d.name != "workflow_id"]
+    cols = ", ".join([*dims, *(m.name for m in r.measures)])
+    out = []
+    for level in ("1h", "1d"):
+        out += [
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_read_idx ON {r.relation(level)} "
+            f"(workflow_id, bucket) INCLUDE ({cols})",
+            _DROP_INDEX.format(view=f"{r.name}_{level}", index=f"{r.name}_{level}_workflow_idx"),
+        ]
+    return out
+
+
 class TimescaleBackend(Backend):
     """Hypertables and continuous aggregates; refresh, retention and compression driven here."""
 
@@ -166,6 +193,8 @@ class TimescaleBackend(Backend):
 
     def migration(self, version: int) -> list[str]:
         """Statements of `version` for TimescaleDB (all of them run inside one transaction)."""
+        if version == 7:
+            return [ddl for r in ROLLUPS for ddl in _read_index_ddl(r)]
         if version != 1:
             return []
         out = statements(sql("timescaledb/001_raw.sql"))
