@@ -317,10 +317,7 @@ async def summary(
                 totals, r["key"], r["reason"], r["duration_le"], r["n"], r["duration_ms_sum"]
             )
         elif r["part"] == "s":
-            counts = buckets.get(r["bucket"])
-            if counts is None:
-                counts = buckets[r["bucket"]] = dict.fromkeys(SERIES_FIELDS, 0)
-            counts[_EVENT_FIELD[r["key"]]] += r["n"]
+            buckets[r["bucket"]] = {f: r[f] or 0 for f in SERIES_FIELDS}
         else:
             _add_cohort(cohort, r["key"], r["n"], r["duration_ms_sum"], None)
     enrolled = cohort["enrolled"]

@@ -42,16 +42,22 @@ SELECT workflow_id, event, reason, duration_le, sum(events)::bigint AS events,
 
 -- name: summary
 -- Summary of one workflow. Part 'e': events over the range by kind, reason and duration
--- bucket; part 's': events by series bucket ($9 granularity, $10 zone), both from segments
--- planned for the series (exact for the totals too); part 'c': the cohort enrolled in the
--- range by status ($11..$16 the segments for totals).
+-- bucket; part 's': event counts per series bucket ($9 granularity, $10 zone), both from
+-- segments planned for the series (exact for the totals too); part 'c': the cohort enrolled
+-- in the range by status ($11..$16 the segments for totals).
 SELECT CASE grouping(date_trunc($9, t, $10)) WHEN 1 THEN 'e' ELSE 's' END AS part,
        date_trunc($9, t, $10) AS bucket, event AS key, reason, duration_le,
-       sum(events)::bigint AS n, sum(duration_ms_sum)::bigint AS duration_ms_sum
+       sum(events)::bigint AS n, sum(duration_ms_sum)::bigint AS duration_ms_sum,
+       sum(events) FILTER (WHERE event = 'enrolled')::bigint AS enrollments,
+       sum(events) FILTER (WHERE event = 'completed')::bigint AS completions,
+       sum(events) FILTER (WHERE event = 'converted')::bigint AS conversions,
+       sum(events) FILTER (WHERE event = 'exited')::bigint AS exits,
+       sum(events) FILTER (WHERE event = 'failed')::bigint AS failures
   FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
- GROUP BY GROUPING SETS ((event, reason, duration_le), (date_trunc($9, t, $10), event))
+ GROUP BY GROUPING SETS ((event, reason, duration_le), (date_trunc($9, t, $10)))
 UNION ALL
-SELECT 'c', NULL, status, NULL, NULL, sum(executions)::bigint, sum(converted_in_window)::bigint
+SELECT 'c', NULL, status, NULL, NULL, sum(executions)::bigint, sum(converted_in_window)::bigint,
+       NULL, NULL, NULL, NULL, NULL
   FROM wfa.cohort_totals($1, $2, $11, $12, $13, $14, $15, $16)
  GROUP BY status;
 
