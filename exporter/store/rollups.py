@@ -149,13 +149,13 @@ class ReadSource:
 
     `hourly` and `daily` are relation name templates (`{name}` is the rollup's name);
     `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
-    which those relations hold every bucket (`'infinity'` when they answer for any time
-    themselves, like real-time continuous aggregates).
+    which those relations hold every bucket, or None when they answer for any time
+    themselves (real-time continuous aggregates): then no bucket is read from raw rows.
     """
 
     hourly: str
     daily: str
-    watermarks: str
+    watermarks: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +165,11 @@ class _Sql:
     r: Rollup
     hourly: str
     daily: str
+    live: bool
+
+    def bound(self, name: str) -> str:
+        """A bound of what is materialized; without watermarks, the segment's own end."""
+        return name if self.live else {"v_dm": "p_d2", "v_h1": "p_d1", "v_h2": "p_h2"}[name]
 
     @property
     def dims(self) -> list[Dim]:
@@ -211,11 +216,12 @@ class _Sql:
         t, groups = self.r.time, ", ".join(str(i) for i in range(1, len(self.dims) + 3))
         raw_dims = ", ".join(["tenant_id", *(f"{d.expr} AS {d.name}" for d in self.dims)])
         raw_aggs = ", ".join(f"{m.agg} AS {m.name}" for m in self.r.measures)
+        b = self.bound
         settled = "\n    UNION ALL\n    ".join(
             [
-                self.mat(self.daily, "p_d1", "v_dm"),
-                self.mat(self.hourly, "p_h1", "v_h1"),
-                self.mat(self.hourly, "p_d2", "v_h2"),
+                self.mat(self.daily, "p_d1", b("v_dm")),
+                self.mat(self.hourly, "p_h1", b("v_h1")),
+                self.mat(self.hourly, "p_d2", b("v_h2")),
                 self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to")),
             ]
         )
@@ -237,15 +243,16 @@ class _Sql:
 
     def totals(self) -> tuple[str, str]:
         """Statements of the totals read: settled buckets and raw edges, live buckets."""
-        settled = "\n        UNION ALL\n        ".join(
-            [
-                self.mat(self.daily, "p_d1", "v_dm", timed=False),
-                self.mat(self.hourly, "p_h1", "v_h1", timed=False),
-                self.mat(self.hourly, "v_dm", "v_dh", timed=False),
-                self.mat(self.hourly, "p_d2", "v_h2", timed=False),
-                self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to"), timed=False),
-            ]
-        )
+        b = self.bound
+        arms = [
+            self.mat(self.daily, "p_d1", b("v_dm"), timed=False),
+            self.mat(self.hourly, "p_h1", b("v_h1"), timed=False),
+            self.mat(self.hourly, "p_d2", b("v_h2"), timed=False),
+            self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to"), timed=False),
+        ]
+        if self.live:
+            arms.insert(3, self.mat(self.hourly, "v_dm", "v_dh", timed=False))
+        settled = "\n        UNION ALL\n        ".join(arms)
         live = self.raw_rows(("v_h1", "p_d1"), ("v_dh", "p_d2"), ("v_h2", "p_h2"), timed=False)
         return (
             f"\n    SELECT {self.names}, {self.sums} FROM (\n        {settled}) x\n"
@@ -272,6 +279,11 @@ _LIVE = "v_dm < p_d2 OR v_h1 < p_d1 OR v_h2 < p_h2"
 
 
 def _function(name: str, returns: str, src: ReadSource, rollup: str, body: str) -> str:
+    declare, bounds = "", ""
+    if src.watermarks is not None:
+        names = ("wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2")
+        declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names)
+        bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{name}(
     {_ARGS})
@@ -279,23 +291,16 @@ RETURNS TABLE ({returns})
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan SET max_parallel_workers_per_gather = 0
 SET enable_sort = off AS $fn$
-#variable_conflict use_column
-DECLARE
-    wm_h timestamptz;
-    wm_d timestamptz;
-    v_dm timestamptz;
-    v_dh timestamptz;
-    v_h1 timestamptz;
-    v_h2 timestamptz;
-BEGIN
-    {src.watermarks.format(name=rollup)}{_BOUNDS}
+#variable_conflict use_column{declare}
+BEGIN{bounds}
 {body}
 END
 $fn$;"""
 
 
 def _sql(r: Rollup, src: ReadSource) -> _Sql:
-    return _Sql(r, src.hourly.format(name=r.name), src.daily.format(name=r.name))
+    hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
+    return _Sql(r, hourly, daily, src.watermarks is not None)
 
 
 def _columns(r: Rollup) -> list[str]:
@@ -315,7 +320,9 @@ def range_function(r: Rollup, src: ReadSource) -> str:
     when it starts, and the covering (workflow_id, bucket) indexes serve the buckets.
     """
     settled, live_days, live_hours = _sql(r, src).per_bucket()
-    body = f"""    RETURN QUERY{settled};
+    body = f"""    RETURN QUERY{settled};"""
+    if src.watermarks is not None:
+        body += f"""
     IF v_dm < p_d2 THEN
         RETURN QUERY{live_days};
     END IF;
@@ -334,7 +341,9 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
     ship one row per bucket.
     """
     settled, live = _sql(r, src).totals()
-    body = f"""    RETURN QUERY{settled};
+    body = f"""    RETURN QUERY{settled};"""
+    if src.watermarks is not None:
+        body += f"""
     IF {_LIVE} THEN
         RETURN QUERY{live};
     END IF;"""

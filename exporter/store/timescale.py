@@ -90,11 +90,7 @@ _SEGMENT_BY = "workflow_id"
 # ragged edges of a range. Read from a PL/pgSQL function, their watermark is a constant in
 # the plan (an inlined SQL function would leave it a per-row call), chunks are excluded when
 # the cached plan starts, and TimescaleDB invalidates that plan when a refresh moves it.
-READ_SOURCE = ReadSource(
-    hourly="wfa.{name}_1h",
-    daily="wfa.{name}_1d",
-    watermarks="wm_h := 'infinity'; wm_d := 'infinity';",
-)
+READ_SOURCE = ReadSource(hourly="wfa.{name}_1h", daily="wfa.{name}_1d", watermarks=None)
 
 
 def _interval(d: timedelta) -> str:
