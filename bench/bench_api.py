@@ -1,20 +1,23 @@
-"""HTTP API under load with wrk, beside raw GROUP BY SQL over the source tables; SSE fan-out.
+"""HTTP API under load with wrk on both store backends, beside raw GROUP BY SQL over the source
+tables; SSE fan-out.
 
 Stages, all on loopback against a private PostgreSQL cluster:
 
-1. fill: simulate N executions over 120 days (20 workflows, 4 tenants), write the source
-   tables, ingest them with the exporter and refresh the rollups (skipped when the
-   database already holds them: pass --pgdata to keep the cluster between runs);
-2. serve: `wfa run` (exporter polling every second + API) in its own process;
-3. wrk on summary, cohort funnel and actions over a 90-day range, twice: `range=90d`
-   (what a dashboard sends; answers are cached until ingestion touches the workflow)
-   and a distinct absolute range per request (every request computes its answer);
+1. fill: simulate N executions over 120 days (20 workflows, 4 tenants) into a source
+   database, then ingest it into one store database per backend (plain PostgreSQL, and
+   TimescaleDB when the extension is installed) and refresh the rollups; every step is
+   skipped when already done, so `--pgdata` keeps a filled cluster between runs;
+2. serve: `wfa run` (exporter polling every second + API) in its own process, per backend;
+3. wrk with 16 connections on summary, cohort funnel and actions over a 90-day range,
+   twice: `range=90d` (what a dashboard sends; answers are cached until ingestion touches
+   the workflow) and a distinct absolute range per request (every request computes its
+   answer); requests/s and p95 of the computed answers beside the cached ones;
 4. the peer: the same three questions as GROUP BY queries over the source tables
    (with a (workflow_id, enrolled_at) index), one client, beside our API one client,
    uncached;
-5. SSE: N clients hold streams over 10 workflows, one source change per workflow is
-   ingested by the running exporter; time from the change's commit to each client's
-   event, and the server's RSS.
+5. SSE (first backend): N clients hold streams over 10 workflows, one source change per
+   workflow is ingested by the running exporter; time from the change's commit to each
+   client's event, and the server's RSS.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +50,9 @@ from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
 
 DB = "wfa_bench_api"
+SOURCE_DB = f"{DB}_source"
+BACKENDS = ("postgres", "timescaledb")
+CONNECTIONS = 16
 TOKEN = "wfa_bench_api_token_tenant1"
 TENANT = "tenant-1"
 DAYS = 120
@@ -170,21 +177,8 @@ def pg_cluster(pgdata: str | None) -> Iterator[DevCluster]:
     yield c
 
 
-async def fill(dsn: str, executions: int) -> float:
-    """Simulate, write and ingest `executions` rows unless already there; seconds spent."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        have = None
-        if await conn.fetchval("SELECT to_regclass('wfa.meta') IS NOT NULL"):
-            have = await conn.fetchval(
-                "SELECT value FROM wfa.meta WHERE key = 'bench_api_executions'"
-            )
-    finally:
-        await conn.close()
-    if have == str(executions):
-        log(f"store already holds {executions:,} executions")
-        return 0.0
-    started = time.perf_counter()
+async def fill_source(dsn: str, executions: int) -> None:
+    """Simulate and write `executions` source rows unless they are there already."""
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
@@ -206,11 +200,28 @@ async def fill(dsn: str, executions: int) -> float:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    log("ingesting and refreshing the rollups")
+
+
+async def fill(source: str, store: str, backend: str, executions: int) -> float:
+    """Ingest the source into `store` and refresh unless already done; seconds spent."""
+    conn = await asyncpg.connect(store)
+    try:
+        have = None
+        if await conn.fetchval("SELECT to_regclass('wfa.meta') IS NOT NULL"):
+            have = await conn.fetchval(
+                "SELECT value FROM wfa.meta WHERE key = 'bench_api_executions'"
+            )
+    finally:
+        await conn.close()
+    if have == str(executions):
+        log(f"{backend} store already holds {executions:,} executions")
+        return 0.0
+    started = time.perf_counter()
+    log(f"ingesting into the {backend} store and refreshing the rollups")
     cfg = config_from_dict(
         {
-            "source": {"dsn": dsn},
-            "store": {"backend": "postgres", "statement_timeout": "1h"},
+            "source": {"dsn": source},
+            "store": {"dsn": store, "backend": backend, "statement_timeout": "1h"},
             "exporter": {"batch_size": 20000},
         }
     )
@@ -229,7 +240,7 @@ async def fill(dsn: str, executions: int) -> float:
     finally:
         await svc.close()
     took = time.perf_counter() - started
-    log(f"filled in {took:.0f} s")
+    log(f"{backend} store filled in {took:.0f} s")
     return took
 
 
@@ -247,11 +258,13 @@ async def pick_workflows(dsn: str) -> list[str]:
     return [r["workflow_id"] for r in rows]
 
 
-def write_config(dsn: str, port: int, metrics_port: int, path: Path) -> None:
+def write_config(
+    source: str, store: str, backend: str, port: int, metrics_port: int, path: Path
+) -> None:
     """The `wfa run` config of the benchmark."""
     cfg = {
-        "source": {"dsn": dsn},
-        "store": {"backend": "postgres", "pool_max_size": 10},
+        "source": {"dsn": source},
+        "store": {"dsn": store, "backend": backend, "pool_max_size": 10},
         "exporter": {"poll_interval": "1s", "refresh_interval": "30s"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "api": {
@@ -372,7 +385,10 @@ async def peer_latencies(dsn: str, wid: str, start: datetime, end: datetime, n: 
 
 
 async def api_latencies(base: str, wid: str, end: datetime, n: int) -> dict:
-    """Milliseconds per question of our API, uncached (distinct range each), one client."""
+    """Milliseconds per question of our API, uncached (distinct range each), one client.
+
+    The ranges start before the wrk runs' ones, so none of them is in the answer cache.
+    """
     out: dict[str, list[float]] = {}
     headers = {"Authorization": f"Bearer {TOKEN}"}
     to_ms = int(end.timestamp() * 1000)
@@ -382,7 +398,7 @@ async def api_latencies(base: str, wid: str, end: datetime, n: int) -> dict:
             times = []
             for i in range(n):
                 sep = "&" if "?" in suffix else "?"
-                url = f"{base}{P}/workflows/{wid}{suffix}{sep}from={from_ms}&to={to_ms + i + 1}"
+                url = f"{base}{P}/workflows/{wid}{suffix}{sep}from={from_ms - i - 1}&to={to_ms}"
                 t = time.perf_counter()
                 async with s.get(url) as r:
                     await r.read()
@@ -453,9 +469,11 @@ async def touch_source(dsn: str, wids: list[str]) -> float:
         await conn.close()
 
 
-def run_sse(base: str, dsn: str, pid: int, wids: list[str], clients: int) -> list[Figure]:
+def run_sse(
+    base: str, dsn: str, pid: int, wids: list[str], clients: int, scale: str
+) -> list[Figure]:
     """N streams, one change per workflow, delivery latency and server RSS."""
-    scale = f"{clients:,} SSE clients"
+    scale = f"{scale}, {clients:,} SSE clients"
     tmp = Path(tempfile.mkdtemp(prefix="wfa-sse-"))
     ready, out = tmp / "ready", tmp / "out.json"
     rss_before = rss_mb(pid)
@@ -524,86 +542,151 @@ def run_sse(base: str, dsn: str, pid: int, wids: list[str], clients: int) -> lis
     ]
 
 
-def run(
-    executions: int, pgdata: str | None, duration: int, connections: int, sse_clients: int
+def _load_figures(name: str, scale: str, hot: dict, cold: dict) -> list[Figure]:
+    """Requests/s and latency of computed answers, each beside the cached answer."""
+    for r in (hot, cold):
+        assert r["non2xx"] == 0 and r["errors"] == 0, r
+    label, cached = "distinct range per request (computed)", "cached (range=90d)"
+    return [
+        Figure(
+            f"api {name}",
+            scale,
+            f"{label}: requests/s, {CONNECTIONS} connections",
+            cold["rps"],
+            "req/s",
+            cached,
+            hot["rps"],
+            "≥ 300 req/s",
+        ),
+        Figure(
+            f"api {name}",
+            scale,
+            f"{label}: p95",
+            cold["p95"] / 1000,
+            "ms",
+            cached,
+            hot["p95"] / 1000,
+            "< 50 ms",
+        ),
+        Figure(
+            f"api {name}",
+            scale,
+            f"{label}: p99",
+            cold["p99"] / 1000,
+            "ms",
+            cached,
+            hot["p99"] / 1000,
+        ),
+    ]
+
+
+def serve_and_load(
+    source: str,
+    store: str,
+    backend: str,
+    scale: str,
+    wids: list[str],
+    duration: int,
+    connections: int,
+    single: int,
+    sse_clients: int,
 ) -> list[Figure]:
-    """All stages at `executions` rows."""
-    scale = f"{executions:,} executions, {RANGE_DAYS}-day range"
+    """`wfa run` on one store: wrk per endpoint, one-client timings, SSE fan-out."""
+    figures: list[Figure] = []
+    wid = wids[0]
+    port, mport = free_port(), free_port()
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = Path(tmp) / "wfa.yaml"
+        write_config(source, store, backend, port, mport, cfg_path)
+        with server(cfg_path, port) as proc:
+            base = f"http://127.0.0.1:{port}"
+            end = datetime.now(UTC)
+            to_ms = int(end.timestamp() * 1000)
+            from_ms = to_ms - RANGE_DAYS * 86_400_000
+            for name, suffix in ENDPOINTS.items():
+                sep = "&" if "?" in suffix else "?"
+                path = f"{P}/workflows/{wid}{suffix}"
+                warm_up(f"{base}{path}{sep}range=90d")
+                hot = run_wrk(
+                    f"{base}{path}", [f"{path}{sep}range=90d", "hot"], duration, connections
+                )
+                cold = run_wrk(
+                    f"{base}{path}", [path, "cold", str(from_ms), str(to_ms)], duration, connections
+                )
+                log(f"{backend} {name}: hot {hot}, cold {cold}")
+                figures += _load_figures(name, scale, hot, cold)
+            ours = asyncio.run(api_latencies(base, wid, end, single))
+            start = end - timedelta(days=RANGE_DAYS)
+            peer = asyncio.run(peer_latencies(source, wid, start, end, single))
+            for name in ENDPOINTS:
+                figures.append(
+                    Figure(
+                        f"api {name}",
+                        scale,
+                        "one client, computed: p50",
+                        percentile(ours[name], 50),
+                        "ms",
+                        "raw GROUP BY over source tables",
+                        percentile(peer[name], 50),
+                    )
+                )
+            figures += [
+                Figure("api", scale, "server RSS after the load", rss_mb(proc.pid), "MiB"),
+                Figure(
+                    "api",
+                    scale,
+                    "machine load average (1 min) before the timed runs",
+                    load,
+                    "",
+                    target="< 1.5 for comparable figures",
+                ),
+            ]
+            if sse_clients:
+                figures += run_sse(base, source, proc.pid, wids[:10], sse_clients, scale)
+    return figures
+
+
+def run(
+    executions: int,
+    *,
+    quick: bool = False,
+    pgdata: str | None = None,
+    duration: int | None = None,
+    connections: int = CONNECTIONS,
+    sse_clients: int | None = None,
+    backends: tuple[str, ...] = BACKENDS,
+) -> list[Figure]:
+    """All stages at `executions` rows, on every backend the cluster has."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    duration = duration or (2 if quick else 10)
+    sse = sse_clients if sse_clients is not None else (50 if quick else 1000)
+    single = 5 if quick else 20
     figures: list[Figure] = []
     with pg_cluster(pgdata) as c:
-        if DB not in c.psql("SELECT datname FROM pg_database"):
-            c.create_database(DB)
-        dsn = c.dsn(DB)
-        asyncio.run(fill(dsn, executions))
-        wids = asyncio.run(pick_workflows(dsn))
-        wid = wids[0]
-        port, mport = free_port(), free_port()
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_path = Path(tmp) / "wfa.yaml"
-            write_config(dsn, port, mport, cfg_path)
-            with server(cfg_path, port) as proc:
-                base = f"http://127.0.0.1:{port}"
-                end = datetime.now(UTC)
-                to_ms = int(end.timestamp() * 1000)
-                from_ms = to_ms - RANGE_DAYS * 86_400_000
-                for name, suffix in ENDPOINTS.items():
-                    sep = "&" if "?" in suffix else "?"
-                    path = f"{P}/workflows/{wid}{suffix}"
-                    warm_up(f"{base}{path}{sep}range=90d")
-                    hot = run_wrk(
-                        f"{base}{path}", [f"{path}{sep}range=90d", "hot"], duration, connections
-                    )
-                    cold = run_wrk(
-                        f"{base}{path}",
-                        [path, "cold", str(from_ms), str(to_ms)],
-                        duration,
-                        connections,
-                    )
-                    log(f"{name}: hot {hot}, cold {cold}")
-                    for label, r in (
-                        ("range=90d (cached until ingest)", hot),
-                        ("distinct range per request (computed)", cold),
-                    ):
-                        assert r["non2xx"] == 0 and r["errors"] == 0, r
-                        figures += [
-                            Figure(
-                                f"api {name}",
-                                scale,
-                                f"{label}: requests/s",
-                                r["rps"],
-                                "req/s",
-                                target="≥ 500 req/s",
-                            ),
-                            Figure(
-                                f"api {name}",
-                                scale,
-                                f"{label}: p95",
-                                r["p95"] / 1000,
-                                "ms",
-                                target="< 50 ms",
-                            ),
-                            Figure(f"api {name}", scale, f"{label}: p99", r["p99"] / 1000, "ms"),
-                        ]
-                ours = asyncio.run(api_latencies(base, wid, end, 20))
-                start = end - timedelta(days=RANGE_DAYS)
-                peer = asyncio.run(peer_latencies(dsn, wid, start, end, 20))
-                for name in ENDPOINTS:
-                    figures.append(
-                        Figure(
-                            f"api {name}",
-                            scale,
-                            "one client, computed: p50",
-                            percentile(ours[name], 50),
-                            "ms",
-                            "raw GROUP BY over source tables",
-                            percentile(peer[name], 50),
-                        )
-                    )
-                figures.append(
-                    Figure("api", scale, "server RSS after the load", rss_mb(proc.pid), "MiB")
-                )
-                if sse_clients:
-                    figures += run_sse(base, dsn, proc.pid, wids[:10], sse_clients)
+        have = c.psql("SELECT datname FROM pg_database")
+        if SOURCE_DB not in have:
+            c.create_database(SOURCE_DB)
+        source = c.dsn(SOURCE_DB)
+        asyncio.run(fill_source(source, executions))
+        wids = asyncio.run(pick_workflows(source))
+        for backend in backends:
+            if backend == "timescaledb" and not c.has_timescaledb:
+                log(f"timescaledb skipped: {c.timescaledb_reason}")
+                continue
+            db = f"{DB}_{backend}"
+            if db not in have:
+                c.create_database(db)
+                if backend == "timescaledb":
+                    c.psql("CREATE EXTENSION timescaledb", dbname=db)
+            store = c.dsn(db)
+            asyncio.run(fill(source, store, backend, executions))
+            scale = f"{executions:,} executions, {RANGE_DAYS}-day range, {backend}"
+            figures += serve_and_load(
+                source, store, backend, scale, wids, duration, connections, single, sse
+            )
+            sse = 0
     return figures
 
 
@@ -618,16 +701,24 @@ def main() -> None:
     client.add_argument("--out", required=True)
     client.add_argument("--workflows", nargs="+", required=True)
     p.add_argument("--executions", type=int, default=1_000_000)
-    p.add_argument("--pgdata", help="keep the cluster (and the filled store) in this directory")
+    p.add_argument("--pgdata", help="keep the cluster (and the filled stores) in this directory")
     p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--connections", type=int, default=CONNECTIONS)
     p.add_argument("--sse-clients", type=int, default=1000)
+    p.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
     args = p.parse_args()
     if args.cmd == "sse-client":
         asyncio.run(sse_client(args.base, args.workflows, args.clients, args.ready, args.out))
         return
-    figures = run(args.executions, args.pgdata, args.duration, args.connections, args.sse_clients)
-    print(f"Machine: {machine()}\n")
+    figures = run(
+        args.executions,
+        pgdata=args.pgdata,
+        duration=args.duration,
+        connections=args.connections,
+        sse_clients=args.sse_clients,
+        backends=tuple(args.backends),
+    )
+    print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.2f}\n")
     print(markdown(figures))
 
 

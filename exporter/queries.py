@@ -92,6 +92,33 @@ def _args(tenant: str | None, wfs: Sequence[Workflow], start: datetime, end: dat
 # cohort funnel ---------------------------------------------------------------------------
 
 
+def _cohort_totals() -> dict:
+    return {
+        "enrolled": 0,
+        "completed": 0,
+        "converted": 0,
+        "exited": 0,
+        "failed": 0,
+        "in_progress": 0,
+        "active_by_step": defaultdict(int),
+    }
+
+
+def _add_cohort(t: dict, status: str, n: int, converted: int, step_id: str | None) -> None:
+    """Count `n` executions of the cohort with `status` (and current step when active)."""
+    t["enrolled"] += n
+    t["converted"] += converted
+    if status == "completed":
+        t["completed"] += n
+    elif status == "exited":
+        t["exited"] += n
+    elif status == "failed":
+        t["failed"] += n
+    elif status == "active":
+        t["in_progress"] += n
+        t["active_by_step"][step_id] += n
+
+
 async def cohort_funnels(
     conn: asyncpg.Connection,
     tenant: str | None,
@@ -101,35 +128,19 @@ async def cohort_funnels(
     min_volume: int = 20,
 ) -> dict[str, dict]:
     """Cohort funnel of each workflow: executions enrolled in [start, end), followed to now."""
-    args = _args(tenant, wfs, start, end)
-    totals: dict[str, dict] = defaultdict(
-        lambda: {
-            "enrolled": 0,
-            "completed": 0,
-            "converted": 0,
-            "exited": 0,
-            "failed": 0,
-            "in_progress": 0,
-            "active_by_step": defaultdict(int),
-        }
-    )
-    for r in await conn.fetch(Q["cohort"], *args):
-        t = totals[r["workflow_id"]]
-        n = r["executions"]
-        t["enrolled"] += n
-        t["converted"] += r["converted_in_window"]
-        if r["status"] == "completed":
-            t["completed"] += n
-        elif r["status"] == "exited":
-            t["exited"] += n
-        elif r["status"] == "failed":
-            t["failed"] += n
-        elif r["status"] == "active":
-            t["in_progress"] += n
-            t["active_by_step"][r["current_step_id"]] += n
+    totals: dict[str, dict] = defaultdict(_cohort_totals)
     reached: dict[str, dict[str, int]] = defaultdict(dict)
-    for r in await conn.fetch(Q["cohort_steps"], *args):
-        reached[r["workflow_id"]][r["step_id"]] = r["reached"]
+    for r in await conn.fetch(Q["cohort"], *_args(tenant, wfs, start, end)):
+        if r["part"] == "c":
+            _add_cohort(
+                totals[r["workflow_id"]],
+                r["status"],
+                r["n"],
+                r["converted_in_window"],
+                r["step_id"],
+            )
+        else:
+            reached[r["workflow_id"]][r["step_id"]] = r["n"]
     return {
         w.workflow_id: _funnel(w, totals[w.workflow_id], reached[w.workflow_id], min_volume)
         for w in wfs
@@ -184,10 +195,13 @@ async def activity_funnel(
     conn: asyncpg.Connection, tenant: str | None, wf: Workflow, start: datetime, end: datetime
 ) -> dict:
     """Activity funnel: attempts entered per step in [start, end), plus event counts in range."""
-    attempts: dict[str, int] = defaultdict(int)
-    for r in await conn.fetch(Q["step_runs"], *_args(tenant, [wf], start, end)):
-        attempts[r["step_id"]] += r["runs"]
-    totals = (await activity_totals(conn, tenant, [wf], start, end))[wf.workflow_id]
+    attempts: dict[str, int] = {}
+    events = dict.fromkeys(SERIES_FIELDS, 0)
+    for r in await conn.fetch(Q["activity"], *_args(tenant, [wf], start, end)):
+        if r["part"] == "r":
+            attempts[r["key"]] = r["n"]
+        else:
+            events[_EVENT_FIELD[r["key"]]] = r["n"]
     steps = [
         {
             "index": k,
@@ -205,9 +219,9 @@ async def activity_funnel(
         for k, s in enumerate(wf.steps)
     ]
     return {
-        "enrolled": totals["enrollments"],
-        "completed": totals["completions"],
-        "converted": totals["conversions"],
+        "enrolled": events["enrollments"],
+        "completed": events["completions"],
+        "converted": events["conversions"],
         "in_progress": None,
         "steps": steps,
     }
@@ -221,25 +235,40 @@ async def activity_totals(
     end: datetime,
 ) -> dict[str, dict]:
     """Event counts in [start, end) per workflow, exits by reason, time-to histograms."""
-    out = {
-        w.workflow_id: {
-            **dict.fromkeys(SERIES_FIELDS, 0),
-            "exits_by_reason": {},
-            "time_to_complete": _hist(),
-            "time_to_convert": _hist(),
-        }
-        for w in wfs
-    }
+    out = {w.workflow_id: _activity() for w in wfs}
     for r in await conn.fetch(Q["events"], *_args(tenant, wfs, start, end)):
-        t = out[r["workflow_id"]]
-        t[_EVENT_FIELD[r["event"]]] += r["events"]
-        if r["event"] == "exited":
-            reason = r["reason"] or ""
-            t["exits_by_reason"][reason] = t["exits_by_reason"].get(reason, 0) + r["events"]
-        if r["event"] in ("completed", "converted") and r["duration_le"] is not None:
-            h = t["time_to_complete" if r["event"] == "completed" else "time_to_convert"]
-            _hist_add(h, r["duration_le"], r["events"], r["duration_ms_sum"])
+        _add_event(
+            out[r["workflow_id"]],
+            r["event"],
+            r["reason"],
+            r["duration_le"],
+            r["events"],
+            r["duration_ms_sum"],
+        )
     return out
+
+
+def _activity() -> dict:
+    return {
+        **dict.fromkeys(SERIES_FIELDS, 0),
+        "exits_by_reason": {},
+        "time_to_complete": _hist(),
+        "time_to_convert": _hist(),
+    }
+
+
+def _add_event(
+    t: dict, event: str, reason: str | None, le: float | None, n: int, sum_ms: int | None
+) -> None:
+    """Count `n` events of one kind, reason and duration bucket."""
+    t[_EVENT_FIELD[event]] += n
+    if event == "exited":
+        key = reason or ""
+        t["exits_by_reason"][key] = t["exits_by_reason"].get(key, 0) + n
+    if event in ("completed", "converted") and le is not None:
+        _hist_add(
+            t["time_to_complete" if event == "completed" else "time_to_convert"], le, n, sum_ms
+        )
 
 
 def _hist() -> dict:
@@ -270,26 +299,33 @@ async def summary(
     tz: str = "UTC",
 ) -> dict:
     """Activity counts, cohort rates, time-to stats and a zero-filled series for one workflow."""
-    totals = (await activity_totals(conn, tenant, [wf], start, end))[wf.workflow_id]
-    cohort = await cohort_funnel(conn, tenant, wf, start, end)
+    totals = _activity()
+    cohort = _cohort_totals()
     buckets = {
         b: dict.fromkeys(SERIES_FIELDS, 0) for b in series_buckets(start, end, granularity, tz)
     }
     rows = await conn.fetch(
-        Q["events_series"],
+        Q["summary"],
         *_args(tenant, [wf], start, end, granularity=granularity, tz=tz),
         granularity,
         tz,
+        *plan(start, end).params(),
     )
     for r in rows:
-        buckets.setdefault(r["bucket"], dict.fromkeys(SERIES_FIELDS, 0))[
-            _EVENT_FIELD[r["event"]]
-        ] += r["events"]
+        if r["part"] == "e":
+            _add_event(
+                totals, r["key"], r["reason"], r["duration_le"], r["n"], r["duration_ms_sum"]
+            )
+        elif r["part"] == "s":
+            buckets[r["bucket"]] = {f: r[f] or 0 for f in SERIES_FIELDS}
+        else:
+            _add_cohort(cohort, r["key"], r["n"], r["duration_ms_sum"], None)
+    enrolled = cohort["enrolled"]
     return {
         **{k: totals[k] for k in SERIES_FIELDS},
         "exits_by_reason": totals["exits_by_reason"],
-        "completion_rate": cohort["completion_rate"],
-        "conversion_rate": cohort["conversion_rate"],
+        "completion_rate": _ratio(cohort["completed"], enrolled),
+        "conversion_rate": _ratio(cohort["converted"], enrolled),
         "time_to_complete_seconds": hist_stats(totals["time_to_complete"], (0.5, 0.95)),
         "time_to_convert_seconds": hist_stats(totals["time_to_convert"], (0.5, 0.95)),
         "series": [{"bucket": b, **v} for b, v in sorted(buckets.items())],

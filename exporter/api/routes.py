@@ -71,7 +71,11 @@ def _default(value: Any) -> Any:
 
 def dumps(data: Any) -> bytes:
     """Compact JSON bytes (times as RFC 3339 UTC; non-finite floats become null)."""
-    return json.dumps(_finite(data), default=_default, separators=(",", ":")).encode()
+    try:
+        # Documents rarely hold a non-finite float: walk them only when one is there.
+        return json.dumps(data, default=_default, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(data), default=_default, separators=(",", ":")).encode()
 
 
 def _finite(data: Any) -> Any:

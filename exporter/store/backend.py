@@ -8,7 +8,7 @@ from datetime import datetime
 
 import asyncpg
 
-from exporter.store.rollups import Rollup, range_function
+from exporter.store.rollups import ReadSource, Rollup, range_function, totals_function
 
 # Raw tables and the time column each is partitioned (or chunked) by.
 RAW_TABLES: dict[str, str] = {
@@ -74,14 +74,15 @@ class Backend(ABC):
     """Backend-specific DDL and maintenance over the shared `wfa` relations."""
 
     name: str
+    read_source: ReadSource
 
     @abstractmethod
     def migration(self, version: int) -> list[str]:
         """Backend-specific statements of schema `version`, run after the common ones."""
 
-    def range_function(self, r: Rollup) -> str:
-        """DDL of the `wfa.<rollup>_range` read function (the shared SQL definition)."""
-        return range_function(r)
+    def read_functions(self, r: Rollup) -> list[str]:
+        """DDL of the `wfa.<rollup>_range` and `_totals` read functions over this backend."""
+        return [range_function(r, self.read_source), totals_function(r, self.read_source)]
 
     def reset(self) -> None:  # noqa: B027 (most backends cache nothing)
         """Forget what was cached of the store (another writer may have changed it)."""

@@ -8,7 +8,7 @@ from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MIGRATE_LOCK = 727_273
 _COMMON = {
     1: ["common/001_base.sql"],
@@ -66,7 +66,8 @@ async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
                 for stmt in backend.migration(version):
                     await conn.execute(stmt)
                 for r in ROLLUPS:
-                    await conn.execute(backend.range_function(r))
+                    for ddl in backend.read_functions(r):
+                        await conn.execute(ddl)
                 await conn.execute(
                     "INSERT INTO wfa.meta VALUES ('backend', $1) ON CONFLICT (key) DO NOTHING",
                     backend.name,

@@ -23,12 +23,27 @@ from exporter.store.partitions import (
     partition_start,
     partition_starts,
 )
-from exporter.store.rollups import ORIGIN, ROLLUPS, Rollup, daily_select, hourly_select
+from exporter.store.rollups import (
+    ORIGIN,
+    ROLLUPS,
+    ReadSource,
+    Rollup,
+    daily_select,
+    hourly_select,
+)
 from exporter.store.sqlfiles import sql, statements
 
 _WM = "(SELECT watermark FROM wfa.watermarks WHERE rollup = '{key}')"
 REFRESH_LOCK = 727_275
 REFRESH_WINDOW = timedelta(days=7)
+# Reads take the rollup tables below the watermarks and aggregate raw rows above them.
+READ_SOURCE = ReadSource(
+    hourly="wfa.{name}_1h_mat",
+    daily="wfa.{name}_1d_mat",
+    watermarks="SELECT max(watermark) FILTER (WHERE rollup = '{name}_1h'), "
+    "max(watermark) FILTER (WHERE rollup = '{name}_1d') INTO wm_h, wm_d "
+    "FROM wfa.watermarks WHERE rollup IN ('{name}_1h', '{name}_1d');",
+)
 
 
 def _mat_ddl(r: Rollup) -> list[str]:
@@ -62,10 +77,33 @@ def _mat_ddl(r: Rollup) -> list[str]:
     return out
 
 
+def _read_index_ddl(r: Rollup) -> list[str]:
+    """Covering (workflow_id, bucket) indexes, so reads of a few workflows scan only the index.
+
+    They replace the plain (workflow_id, bucket) indexes. The daily tables lose their
+    bucket-only index too: a generic plan would take it for a month-long read and filter
+    every workflow's rows, and a refresh touches few daily rows. The hourly tables keep
+    theirs for the refresh.
+    """
+    dims = [d.name for d in r.dims if d.name != "workflow_id"]
+    cols = ", ".join([*dims, *(m.name for m in r.measures)])
+    out = []
+    for level in ("1h", "1d"):
+        table = f"wfa.{r.name}_{level}_mat"
+        out += [
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_mat_read_idx ON {table} "
+            f"(workflow_id, bucket) INCLUDE ({cols})",
+            f"DROP INDEX IF EXISTS wfa.{r.name}_{level}_mat_idx",
+        ]
+    out.append(f"DROP INDEX IF EXISTS wfa.{r.name}_1d_mat_bucket_idx")
+    return out
+
+
 class PostgresBackend(Backend):
     """Range-partitioned raw tables; rollups kept by the exporter from an invalidation log."""
 
     name = "postgres"
+    read_source = READ_SOURCE
 
     def __init__(self, partition_interval: timedelta = timedelta(days=7), premake: int = 4):
         self.interval = partition_interval
@@ -74,11 +112,14 @@ class PostgresBackend(Backend):
 
     def migration(self, version: int) -> list[str]:
         """Statements of `version` for plain PostgreSQL."""
-        if version != 1:
-            return []
-        out = statements(sql("postgres/001_raw.sql"))
-        for r in ROLLUPS:
-            out += _mat_ddl(r)
+        out: list[str] = []
+        if version == 1:
+            out = statements(sql("postgres/001_raw.sql"))
+            for r in ROLLUPS:
+                out += _mat_ddl(r)
+        elif version == 7:
+            for r in ROLLUPS:
+                out += _read_index_ddl(r)
         return out
 
     def reset(self) -> None:

@@ -143,32 +143,211 @@ def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str
     )
 
 
-def range_function(r: Rollup) -> str:
-    """SQL function reading [from, to) from raw edges, hourly and daily buckets (both backends)."""
-    dims = [d for d in r.dims if d.name != "tenant_id"]
-    out_cols = ", ".join(
-        [
-            "t timestamptz",
-            *(f"{d.name} {d.type}" for d in dims),
-            *(f"{m.name} bigint" for m in r.measures),
+@dataclass(frozen=True, slots=True)
+class ReadSource:
+    """Where a backend's range functions find materialized buckets and their watermarks.
+
+    `hourly` and `daily` are relation name templates (`{name}` is the rollup's name);
+    `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
+    which those relations hold every bucket, or None when they answer for any time
+    themselves (real-time continuous aggregates): then no bucket is read from raw rows.
+    """
+
+    hourly: str
+    daily: str
+    watermarks: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """Pieces of the range read SQL of one rollup over one backend's relations."""
+
+    r: Rollup
+    hourly: str
+    daily: str
+    live: bool
+
+    def bound(self, name: str) -> str:
+        """A bound of what is materialized; without watermarks, the segment's own end."""
+        return name if self.live else {"v_dm": "p_d2", "v_h1": "p_d1", "v_h2": "p_h2"}[name]
+
+    @property
+    def dims(self) -> list[Dim]:
+        return [d for d in self.r.dims if d.name != "tenant_id"]
+
+    @property
+    def names(self) -> str:
+        return ", ".join(d.name for d in self.dims)
+
+    @property
+    def rolled(self) -> str:
+        return ", ".join([self.names, *(m.name for m in self.r.measures)])
+
+    @property
+    def raw(self) -> str:
+        """One raw row's dimensions and measures, named like the rollup's columns."""
+        return ", ".join(
+            [
+                *(f"{d.expr} AS {d.name}" for d in self.dims),
+                *(f"{m.per_row} AS {m.name}" for m in self.r.measures),
+            ]
+        )
+
+    @property
+    def sums(self) -> str:
+        return ", ".join(f"sum({m.name})::bigint AS {m.name}" for m in self.r.measures)
+
+    def mat(self, table: str, lo: str, hi: str, timed: bool = True) -> str:
+        """Materialized rows of buckets [lo, hi) (one range, so the covering index serves it)."""
+        cols = f"bucket, {self.rolled}" if timed else self.rolled
+        return (
+            f"SELECT {cols} FROM {table}\n     WHERE {_SCOPE} AND bucket >= {lo} AND bucket < {hi}"
+        )
+
+    def raw_rows(self, *ranges: tuple[str, str], timed: bool = True) -> str:
+        """Raw rows whose time falls in any of `ranges`, one row each."""
+        t = self.r.time
+        cols = f"{t}, {self.raw}" if timed else self.raw
+        cond = " OR ".join(f"({t} >= {lo} AND {t} < {hi})" for lo, hi in ranges)
+        return f"SELECT {cols} FROM {self.r.raw}\n     WHERE {_SCOPE} AND ({cond})"
+
+    def per_bucket(self) -> tuple[str, str, str]:
+        """Statements of the range read: settled buckets and raw edges, live days, live hours."""
+        t, groups = self.r.time, ", ".join(str(i) for i in range(1, len(self.dims) + 3))
+        raw_dims = ", ".join(["tenant_id", *(f"{d.expr} AS {d.name}" for d in self.dims)])
+        raw_aggs = ", ".join(f"{m.agg} AS {m.name}" for m in self.r.measures)
+        b = self.bound
+        settled = "\n    UNION ALL\n    ".join(
+            [
+                self.mat(self.daily, "p_d1", b("v_dm")),
+                self.mat(self.hourly, "p_h1", b("v_h1")),
+                self.mat(self.hourly, "p_d2", b("v_h2")),
+                self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to")),
+            ]
+        )
+        live_days = f"""
+    SELECT b, {self.rolled} FROM (
+        SELECT date_bin('1 day', bucket, {ORIGIN}) AS b, tenant_id, {self.names}, {self.sums}
+          FROM (SELECT bucket, tenant_id, {self.rolled} FROM {self.hourly}
+                 WHERE {_SCOPE} AND bucket >= v_dm AND bucket < v_dh
+                UNION ALL
+                SELECT {t}, tenant_id, {self.raw} FROM {self.r.raw}
+                 WHERE {_SCOPE} AND {t} >= v_dh AND {t} < p_d2) live
+         GROUP BY {groups}) d"""
+        live_hours = f"""
+    SELECT b, {self.rolled} FROM (
+        SELECT date_bin('1 hour', {t}, {ORIGIN}) AS b, {raw_dims}, {raw_aggs} FROM {self.r.raw}
+         WHERE {_SCOPE} AND (({t} >= v_h1 AND {t} < p_d1) OR ({t} >= v_h2 AND {t} < p_h2))
+         GROUP BY {groups}) h"""
+        return f"\n    {settled}", live_days, live_hours
+
+    def totals(self) -> tuple[str, str]:
+        """Statements of the totals read: settled buckets and raw edges, live buckets."""
+        b = self.bound
+        arms = [
+            self.mat(self.daily, "p_d1", b("v_dm"), timed=False),
+            self.mat(self.hourly, "p_h1", b("v_h1"), timed=False),
+            self.mat(self.hourly, "p_d2", b("v_h2"), timed=False),
+            self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to"), timed=False),
         ]
-    )
-    rolled = ", ".join([*(d.name for d in dims), *(m.name for m in r.measures)])
-    raw = ", ".join([*(d.expr for d in dims), *(m.per_row for m in r.measures)])
-    scope = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
+        if self.live:
+            arms.insert(3, self.mat(self.hourly, "v_dm", "v_dh", timed=False))
+        settled = "\n        UNION ALL\n        ".join(arms)
+        live = self.raw_rows(("v_h1", "p_d1"), ("v_dh", "p_d2"), ("v_h2", "p_h2"), timed=False)
+        return (
+            f"\n    SELECT {self.names}, {self.sums} FROM (\n        {settled}) x\n"
+            f"     GROUP BY {self.names}",
+            f"\n    SELECT {self.names}, {self.sums} FROM (\n        {live}) x\n"
+            f"     GROUP BY {self.names}",
+        )
+
+
+_SCOPE = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
+_ARGS = """p_tenant text, p_workflows text[], p_from timestamptz, p_h1 timestamptz,
+    p_d1 timestamptz, p_d2 timestamptz, p_h2 timestamptz, p_to timestamptz"""
+# Bounds of what is materialized, from the watermarks (see `_function`).
+_BOUNDS = """
+    -- Days [p_d1, v_dm) are materialized; days [v_dm, p_d2) are summed from materialized
+    -- hours [v_dm, v_dh) and raw rows [v_dh, p_d2).
+    v_dm := least(greatest(wm_d, p_d1), p_d2);
+    v_dh := least(greatest(wm_h, v_dm), p_d2);
+    -- Hours [p_h1, v_h1) and [p_d2, v_h2) are materialized; [v_h1, p_d1) and [v_h2, p_h2)
+    -- are aggregated from raw rows.
+    v_h1 := least(p_d1, greatest(wm_h, p_h1));
+    v_h2 := least(p_h2, greatest(wm_h, p_d2));"""
+_LIVE = "v_dm < p_d2 OR v_h1 < p_d1 OR v_h2 < p_h2"
+
+
+def _function(name: str, returns: str, src: ReadSource, rollup: str, body: str) -> str:
+    # Generic plans estimate a handful of rows per range, so the planner would group by
+    # sorting text keys (several times slower than hashing them) and might start parallel
+    # workers for a query of a few milliseconds: both are switched off for these reads.
+    declare, bounds = "", ""
+    if src.watermarks is not None:
+        names = ("wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2")
+        declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names)
+        bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
     return f"""
-CREATE OR REPLACE FUNCTION wfa.{r.name}_range(
-    p_tenant text, p_workflows text[], p_from timestamptz, p_h1 timestamptz,
-    p_d1 timestamptz, p_d2 timestamptz, p_h2 timestamptz, p_to timestamptz)
-RETURNS TABLE ({out_cols})
-LANGUAGE sql STABLE AS $fn$
-    SELECT bucket, {rolled} FROM {r.relation("1d")}
-     WHERE {scope} AND bucket >= p_d1 AND bucket < p_d2
-    UNION ALL
-    SELECT bucket, {rolled} FROM {r.relation("1h")}
-     WHERE {scope} AND ((bucket >= p_h1 AND bucket < p_d1) OR (bucket >= p_d2 AND bucket < p_h2))
-    UNION ALL
-    SELECT {r.time}, {raw} FROM {r.raw}
-     WHERE {scope}
-       AND (({r.time} >= p_from AND {r.time} < p_h1) OR ({r.time} >= p_h2 AND {r.time} < p_to))
+CREATE OR REPLACE FUNCTION wfa.{name}(
+    {_ARGS})
+RETURNS TABLE ({returns})
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan SET max_parallel_workers_per_gather = 0
+SET enable_sort = off AS $fn$
+#variable_conflict use_column{declare}
+BEGIN{bounds}
+{body}
+END
 $fn$;"""
+
+
+def _sql(r: Rollup, src: ReadSource) -> _Sql:
+    hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
+    return _Sql(r, hourly, daily, src.watermarks is not None)
+
+
+def _columns(r: Rollup) -> list[str]:
+    dims = [d for d in r.dims if d.name != "tenant_id"]
+    return [*(f"{d.name} {d.type}" for d in dims), *(f"{m.name} bigint" for m in r.measures)]
+
+
+def range_function(r: Rollup, src: ReadSource) -> str:
+    """PL/pgSQL function `wfa.<name>_range`: rows of [from, to) by bucket, raw at the edges.
+
+    The segments come from `exporter.timerange.plan`: [p_from, p_h1) and [p_h2, p_to) are
+    raw rows, [p_h1, p_d1) and [p_d2, p_h2) hour buckets, [p_d1, p_d2) day buckets. Buckets
+    below the watermarks are read as materialized; above them they are aggregated from the
+    raw rows (a statement of its own, run only then), so the rows equal those of the
+    real-time relations `wfa.<name>_1h/_1d`. Each statement runs a generic plan cached per
+    session: no planning per call, partitions and chunks outside the bounds are pruned
+    when it starts, and the covering (workflow_id, bucket) indexes serve the buckets.
+    """
+    settled, live_days, live_hours = _sql(r, src).per_bucket()
+    body = f"""    RETURN QUERY{settled};"""
+    if src.watermarks is not None:
+        body += f"""
+    IF v_dm < p_d2 THEN
+        RETURN QUERY{live_days};
+    END IF;
+    IF v_h1 < p_d1 OR v_h2 < p_h2 THEN
+        RETURN QUERY{live_hours};
+    END IF;"""
+    returns = ", ".join(["t timestamptz", *_columns(r)])
+    return _function(f"{r.name}_range", returns, src, r.name, body)
+
+
+def totals_function(r: Rollup, src: ReadSource) -> str:
+    """PL/pgSQL function `wfa.<name>_totals`: the range read summed by dimension.
+
+    Same segments and sources as `range_function`, summed in the store (one row per
+    dimension combination and statement; callers sum again), so a long range does not
+    ship one row per bucket.
+    """
+    settled, live = _sql(r, src).totals()
+    body = f"""    RETURN QUERY{settled};"""
+    if src.watermarks is not None:
+        body += f"""
+    IF {_LIVE} THEN
+        RETURN QUERY{live};
+    END IF;"""
+    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body)

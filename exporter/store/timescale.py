@@ -21,10 +21,10 @@ from exporter.store.backend import (
 from exporter.store.partitions import day_floor, hour_floor
 from exporter.store.rollups import (
     ROLLUPS,
+    ReadSource,
     Rollup,
     daily_select,
     hourly_select,
-    range_function,
 )
 from exporter.store.sqlfiles import sql, statements
 
@@ -57,6 +57,18 @@ BEGIN
     END LOOP;
 END
 $$"""
+_DROP_INDEX = """
+DO $$
+DECLARE idx regclass;
+BEGIN
+    SELECT to_regclass(format('%I.%I', c.materialization_hypertable_schema, '{index}')) INTO idx
+      FROM timescaledb_information.continuous_aggregates c
+     WHERE c.view_schema = 'wfa' AND c.view_name = '{view}';
+    IF idx IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', idx);
+    END IF;
+END
+$$"""
 _CHUNKS = """
 SELECT format('%I.%I', chunk_schema, chunk_name) AS chunk, range_start, range_end, is_compressed
   FROM timescaledb_information.chunks
@@ -74,6 +86,11 @@ _BUSY: dict[str, str | None] = {
     "workflow_events": None,
 }
 _SEGMENT_BY = "workflow_id"
+# Real-time caggs answer for any time themselves: reads take them whole, raw rows only at the
+# ragged edges of a range. Read from a PL/pgSQL function, their watermark is a constant in
+# the plan (an inlined SQL function would leave it a per-row call), chunks are excluded when
+# the cached plan starts, and TimescaleDB invalidates that plan when a refresh moves it.
+READ_SOURCE = ReadSource(hourly="wfa.{name}_1h", daily="wfa.{name}_1d", watermarks=None)
 
 
 def _interval(d: timedelta) -> str:
@@ -105,28 +122,6 @@ def _cagg_ddl(r: Rollup, chunk_interval: timedelta) -> list[str]:
     return out
 
 
-def plpgsql_range_function(r: Rollup) -> str:
-    """The shared range function with its body planned as a statement of its own.
-
-    An inlined SQL function hides the caggs from TimescaleDB's planner hook, so their
-    watermark stays a per-row function call and the real-time part cannot be excluded
-    at plan time; as `RETURN QUERY` in PL/pgSQL the watermark is constified. The plan
-    is generic and cached per session (chunks excluded at executor startup): planning
-    over every chunk costs far more than running the query. TimescaleDB invalidates the
-    cached plan when a refresh moves the watermark.
-    """
-    sql_fn = range_function(r)
-    head, sep, body = sql_fn.partition("LANGUAGE sql STABLE AS $fn$")
-    if not sep or not body.rstrip().endswith("$fn$;"):
-        raise ValueError(f"unexpected shape of the {r.name} range function")
-    query = body.rstrip()[: -len("$fn$;")].rstrip()
-    return (
-        f"{head}LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $fn$\n"
-        "#variable_conflict use_column\n"
-        f"BEGIN\nRETURN QUERY{query};\nEND\n$fn$;"
-    )
-
-
 def merge_windows(
     windows: Iterable[tuple[datetime, datetime]], limit: int = MAX_WINDOWS
 ) -> list[tuple[datetime, datetime]]:
@@ -155,10 +150,26 @@ def _clip(
     return [(max(a, lo), min(b, hi)) for a, b in windows if max(a, lo) < min(b, hi)]
 
 
+def _read_index_ddl(r: Rollup) -> list[str]:
+    """Covering (workflow_id, bucket) indexes on both aggregates, replacing the plain ones, so
+    reads of a few workflows scan only the index."""
+    dims = [d.name for d in r.dims if d.name != "workflow_id"]
+    cols = ", ".join([*dims, *(m.name for m in r.measures)])
+    out = []
+    for level in ("1h", "1d"):
+        out += [
+            f"CREATE INDEX IF NOT EXISTS {r.name}_{level}_read_idx ON {r.relation(level)} "
+            f"(workflow_id, bucket) INCLUDE ({cols})",
+            _DROP_INDEX.format(view=f"{r.name}_{level}", index=f"{r.name}_{level}_workflow_idx"),
+        ]
+    return out
+
+
 class TimescaleBackend(Backend):
     """Hypertables and continuous aggregates; refresh, retention and compression driven here."""
 
     name = "timescaledb"
+    read_source = READ_SOURCE
 
     def __init__(
         self,
@@ -178,6 +189,8 @@ class TimescaleBackend(Backend):
 
     def migration(self, version: int) -> list[str]:
         """Statements of `version` for TimescaleDB (all of them run inside one transaction)."""
+        if version == 7:
+            return [ddl for r in ROLLUPS for ddl in _read_index_ddl(r)]
         if version != 1:
             return []
         out = statements(sql("timescaledb/001_raw.sql"))
@@ -190,10 +203,6 @@ class TimescaleBackend(Backend):
         for r in ROLLUPS:
             out += _cagg_ddl(r, self.chunk_interval)
         return out
-
-    def range_function(self, r: Rollup) -> str:
-        """The read function in PL/pgSQL, so the caggs' watermark is constified."""
-        return plpgsql_range_function(r)
 
     async def prepare_write(
         self, conn: asyncpg.Connection, spans: dict[str, tuple[datetime, datetime]]

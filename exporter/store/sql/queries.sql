@@ -18,31 +18,61 @@ SELECT s.workflow_id, s.step_id, s.step_index, s.name, s.action_type, s.removed_
  WHERE s.workflow_id = ANY($2::text[]) AND ($1::text IS NULL OR w.tenant_id = $1)
  ORDER BY s.workflow_id, s.removed_at IS NOT NULL, s.step_index;
 
--- name: cohort
-SELECT workflow_id, status, current_step_id, sum(executions)::bigint AS executions,
-       sum(converted)::bigint AS converted, sum(converted_in_window)::bigint AS converted_in_window
-  FROM wfa.cohort_range($1, $2, $3, $4, $5, $6, $7, $8)
- GROUP BY 1, 2, 3;
+-- Each read below is one statement: every part of an answer in one round trip. The
+-- `wfa.*_totals` (summed over the range) and `wfa.*_range` (by bucket) functions run
+-- cached generic plans, so no call plans across partitions.
 
--- name: cohort_steps
-SELECT workflow_id, step_id, sum(reached)::bigint AS reached
-  FROM wfa.cohort_steps_range($1, $2, $3, $4, $5, $6, $7, $8)
- GROUP BY 1, 2;
+-- name: cohort
+-- Cohort funnel of each workflow: part 'c' the cohort by status and current step of the
+-- active, part 's' executions that reached each step.
+SELECT 'c' AS part, workflow_id, status, current_step_id AS step_id,
+       sum(executions)::bigint AS n, sum(converted_in_window)::bigint AS converted_in_window
+  FROM wfa.cohort_totals($1, $2, $3, $4, $5, $6, $7, $8)
+ GROUP BY workflow_id, status, current_step_id
+UNION ALL
+SELECT 's', workflow_id, NULL, step_id, sum(reached)::bigint, NULL
+  FROM wfa.cohort_steps_totals($1, $2, $3, $4, $5, $6, $7, $8)
+ GROUP BY workflow_id, step_id;
 
 -- name: events
 SELECT workflow_id, event, reason, duration_le, sum(events)::bigint AS events,
        sum(duration_ms_sum)::bigint AS duration_ms_sum
-  FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.events_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY 1, 2, 3, 4;
 
--- name: events_series
-SELECT date_trunc($9, t, $10) AS bucket, event, sum(events)::bigint AS events
+-- name: summary
+-- Summary of one workflow. Part 'e': events over the range by kind, reason and duration
+-- bucket; part 's': event counts per series bucket ($9 granularity, $10 zone), both from
+-- segments planned for the series (exact for the totals too); part 'c': the cohort enrolled
+-- in the range by status ($11..$16 the segments for totals).
+SELECT CASE grouping(date_trunc($9, t, $10)) WHEN 1 THEN 'e' ELSE 's' END AS part,
+       date_trunc($9, t, $10) AS bucket, event AS key, reason, duration_le,
+       sum(events)::bigint AS n, sum(duration_ms_sum)::bigint AS duration_ms_sum,
+       sum(events) FILTER (WHERE event = 'enrolled')::bigint AS enrollments,
+       sum(events) FILTER (WHERE event = 'completed')::bigint AS completions,
+       sum(events) FILTER (WHERE event = 'converted')::bigint AS conversions,
+       sum(events) FILTER (WHERE event = 'exited')::bigint AS exits,
+       sum(events) FILTER (WHERE event = 'failed')::bigint AS failures
   FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
- GROUP BY 1, 2
- ORDER BY 1;
+ GROUP BY GROUPING SETS ((event, reason, duration_le), (date_trunc($9, t, $10)))
+UNION ALL
+SELECT 'c', NULL, status, NULL, NULL, sum(executions)::bigint, sum(converted_in_window)::bigint,
+       NULL, NULL, NULL, NULL, NULL
+  FROM wfa.cohort_totals($1, $2, $11, $12, $13, $14, $15, $16)
+ GROUP BY status;
+
+-- name: activity
+-- Activity funnel of one workflow: part 'r' attempts entered per step, part 'e' events by kind.
+SELECT 'r' AS part, step_id AS key, sum(runs)::bigint AS n
+  FROM wfa.step_runs_totals($1, $2, $3, $4, $5, $6, $7, $8)
+ GROUP BY step_id
+UNION ALL
+SELECT 'e', event, sum(events)::bigint
+  FROM wfa.events_totals($1, $2, $3, $4, $5, $6, $7, $8)
+ GROUP BY event;
 
 -- name: step_runs
 SELECT workflow_id, step_id, action_type, status, duration_le, error,
        sum(runs)::bigint AS runs, sum(duration_ms_sum)::bigint AS duration_ms_sum
-  FROM wfa.step_runs_range($1, $2, $3, $4, $5, $6, $7, $8)
+  FROM wfa.step_runs_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY 1, 2, 3, 4, 5, 6;
