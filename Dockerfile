@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+COPY monitoring ./monitoring
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/wfa --create-home wfa \
     && mkdir -p /var/lib/wfa/exports \

@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-LINT_PATHS := $(wildcard exporter tests bench)
+LINT_PATHS := $(wildcard exporter monitoring tests bench)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 BENCH_ARGS ?=

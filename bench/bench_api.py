@@ -44,10 +44,10 @@ import asyncpg
 from bench.common import Figure, cluster, machine, markdown, percentile
 from exporter.api.auth import token_digest
 from exporter.config import config_from_dict
-from exporter.devdb import DevCluster, free_port
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
+from tests.kit.devdb import DevCluster, free_port
 
 DB = "wfa_bench_api"
 SOURCE_DB = f"{DB}_source"

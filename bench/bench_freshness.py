@@ -29,11 +29,11 @@ import asyncpg
 
 from bench.common import Figure, cluster, markdown, percentile
 from exporter.api.auth import token_digest
-from exporter.devdb import free_port
 from exporter.ingest import NOTIFY_CHANNEL
 from exporter.simulate.generate import generate, simulate_execution
 from exporter.simulate.model import SimWorkflow
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
+from tests.kit.devdb import free_port
 
 POLL_S = 1.0
 SNAPSHOT_S = 1.0

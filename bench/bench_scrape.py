@@ -31,10 +31,10 @@ from bench.scrape_peers import (
     wait_http,
 )
 from exporter.config.schema import MetricsConfig
-from exporter.devdb import free_port
 from exporter.metrics import build_snapshot, render_snapshot
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
+from tests.kit.devdb import free_port
 
 MAX_SERIES = 10_000
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from exporter.devdb import DevCluster
+from tests.kit.devdb import DevCluster
 
 RESULTS = Path(__file__).parent / "results"
 

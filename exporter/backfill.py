@@ -29,6 +29,8 @@ from exporter.store.sqlfiles import named
 log = logging.getLogger(__name__)
 Q = named("ingest.sql")
 BAR_WIDTH = 28
+CLOSE_GRACE_S = 10.0
+"""How long closing waits for in-flight store work before terminating the connections."""
 
 
 class BackfillLocked(RuntimeError):
@@ -234,14 +236,9 @@ async def backfill(
         # connection with a generous timeout instead of the pool's per-statement one.
         conn = await connect(cfg.store_dsn, statement_timeout=refresh_timeout)
         try:
-            svc.state.last_refresh = await svc.backend.refresh(conn)
+            await svc.refresh_rollups(conn)
         finally:
             await conn.close()
         return BackfillResult(True, progress, result, time.monotonic() - began)
     finally:
-        try:
-            await asyncio.wait_for(svc.close(), 10)
-        except TimeoutError:
-            for pool in (svc.source, svc.store):
-                if pool is not None:
-                    pool.terminate()
+        await svc.close(CLOSE_GRACE_S)

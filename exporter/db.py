@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -54,7 +54,8 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
-def _raised_in_asyncpg(exc: BaseException) -> bool:
+def raised_in_asyncpg(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside asyncpg (connecting, parsing a DSN)."""
     tb: TracebackType | None = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_globals.get("__name__", "").startswith("asyncpg"):
@@ -75,7 +76,7 @@ def is_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return True
     if isinstance(exc, OSError | TimeoutError):
-        return _raised_in_asyncpg(exc)
+        return raised_in_asyncpg(exc)
     return False
 
 
@@ -260,3 +261,16 @@ async def probe(pool: asyncpg.Pool, timeout: float = 5.0) -> bool | None:
         finally:
             await pool.release(conn)
     return False
+
+
+async def close_pools(pools: Sequence[asyncpg.Pool | None], grace: float | None = None) -> None:
+    """Close `pools`; with `grace`, terminate every connection still busy after that long."""
+    open_pools = [p for p in pools if p is not None]
+    try:
+        async with asyncio.timeout(grace):
+            for pool in open_pools:
+                await pool.close()
+    except TimeoutError:
+        log.warning("in-flight database work outlasted %.0f s; terminating connections", grace)
+        for pool in open_pools:
+            pool.terminate()

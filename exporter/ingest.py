@@ -24,19 +24,22 @@ from exporter.source.reader import (
     EXECUTION_COLUMNS,
     WORKFLOW_FIELDS,
     KeysetQuery,
+    SourceExecution,
     execution_query,
     source_clock,
     workflow_query,
 )
 from exporter.store.backend import Backend
+from exporter.store.rows import CounterDelta, RejectedRow
 from exporter.store.sqlfiles import named
 from exporter.storeio import (
     NOTIFY_CHANNEL,
+    bump_counters,
     notify,
     old_states,
+    reject,
     reject_record,
     save_cursor,
-    unnest,
     write_batch,
 )
 from exporter.transform import (
@@ -45,7 +48,6 @@ from exporter.transform import (
     OldExecution,
     Plausible,
     Rejected,
-    SourceExecution,
     WorkflowInfo,
     apply_execution,
     bounded_text,
@@ -298,7 +300,7 @@ class Ingestor:
             await self._write_workflows(ctx, rows[mid:], position)
 
     async def _write_workflow_rows(self, ctx: _Ctx, rows, position) -> None:
-        rejected: list[tuple] = []
+        rejected: list[RejectedRow] = []
         changed = [r for r in rows if self._versions.get(r["id"]) != r["updated_at"]]
         store = ctx.store
         updates: dict[str, WorkflowInfo] = {}
@@ -387,13 +389,13 @@ class Ingestor:
 
     def _transform(
         self, rows, olds: dict[str, OldExecution], window: Plausible
-    ) -> tuple[Batch, list[tuple]]:
+    ) -> tuple[Batch, list[RejectedRow]]:
         batch = Batch()
-        rejected: list[tuple] = []
+        rejected: list[RejectedRow] = []
         windows, default_window = self.s.conversion_windows, self.s.conversion_window
         for r in rows:
             try:
-                srow = SourceExecution(*r)
+                srow = SourceExecution.from_record(r)
                 if srow.enrolled_at is None or srow.updated_at is None:
                     raise Rejected("invalid_row", "enrolled_at and updated_at are required")
                 apply_execution(
@@ -411,7 +413,9 @@ class Ingestor:
                 rejected.append(reject_record("executions", r, Rejected("invalid_row", repr(exc))))
         return batch, rejected
 
-    async def _commit(self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[tuple]) -> None:
+    async def _commit(
+        self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[RejectedRow]
+    ) -> None:
         """Write one chunk; when the database refuses it for a row's sake, split it."""
         try:
             await self._write_chunk(ctx, chunk, batch, rejected)
@@ -429,7 +433,7 @@ class Ingestor:
                 await self._commit(ctx, part, sub_batch, sub_rejected)
 
     async def _write_chunk(
-        self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[tuple]
+        self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[RejectedRow]
     ) -> None:
         res = ctx.res
         if not batch.executions and not rejected:
@@ -471,7 +475,7 @@ class Ingestor:
         """Put one row the store refused into the quarantine, with the database's error."""
         row = chunk.rows[0]
         rec = reject_record("executions", row, _store_error(exc))
-        log.error("row %s refused by the store, quarantined: %s", rec[1], rec[4])
+        log.error("row %s refused by the store, quarantined: %s", rec.source_id, rec.detail)
         async with self._writing(ctx):
             late = await self._finish(
                 ctx,
@@ -489,7 +493,7 @@ class Ingestor:
         ctx: _Ctx,
         name: str,
         rows,
-        rejected: list[tuple],
+        rejected: list[RejectedRow],
         counters: Mapping[tuple, int],
         position: Callable[[Key], CursorState] | None,
         touched: set[str] | None = None,
@@ -503,17 +507,15 @@ class Ingestor:
         store, res = ctx.store, ctx.res
         counters = Counter(counters)
         new_rejects = 0
-        if rejected:
-            for r in await store.fetch(Q["reject"], *map(list, zip(*rejected, strict=True))):
-                counters[("rejected_rows", *_EXPORTER[:4], r["reason"])] += 1
-                res.rejected[r["reason"]] = res.rejected.get(r["reason"], 0) + 1
-                new_rejects += 1
+        for reason in await reject(store, rejected):
+            counters[("rejected_rows", *_EXPORTER[:4], reason)] += 1
+            res.rejected[reason] = res.rejected.get(reason, 0) + 1
+            new_rejects += 1
         n_late = 0 if late is None else late + new_rejects
         if n_late:
             counters[("late_commits", *_EXPORTER)] += n_late
         if counters:
-            recs = [(*k, v) for k, v in counters.items()]
-            await unnest(store, "bump_counters", recs, 7)
+            await bump_counters(store, [CounterDelta(*k, v) for k, v in counters.items()])
         if position is not None:
             state = _position_of(rows, position, ctx.window)
             if state is not None:
@@ -570,10 +572,10 @@ def _last_key(rows: list[asyncpg.Record]) -> Key | None:
 def _heal_reasons(batch: Batch, olds: Mapping[str, OldExecution]) -> Counter:
     out: Counter = Counter()
     for e in batch.executions:
-        old = olds.get(e[0])
+        old = olds.get(e.execution_id)
         if old is None:
             out["missing"] += 1
-        elif old.source_updated_at < e[14]:
+        elif old.source_updated_at < e.source_updated_at:
             out["stale"] += 1
         else:
             out["set_back"] += 1

@@ -1,4 +1,4 @@
-"""Read queries shared by the API, the metrics and the exports (DESIGN §3 definitions)."""
+"""Read queries shared by the API, the metrics and the exports (README: "What the numbers mean")."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,29 +27,18 @@ from exporter.config import Config
 from exporter.config.config import MIN_RAW_RETENTION
 from exporter.config.durations import format_duration
 from exporter.config.schema import DATASETS, OPERATOR, RAW_DATASETS
-from exporter.store.backend import (
-    RAW_TABLES,
-    RETENTION_RAW,
-    Backend,
-    dataset_of,
-    retention_cutoffs,
-)
-from exporter.store.postgres import REFRESH_LOCK
-from exporter.store.rollups import ROLLUPS
+from exporter.store import locks
+from exporter.store.backend import Backend, retention_cutoffs
 from exporter.store.sqlfiles import named
 
 log = logging.getLogger(__name__)
 
 Q = named("retention.sql")
-RETENTION_LOCK = 727_281
-"""Advisory lock held for the whole of a run: one run at a time per store."""
-POLICY_LOCK = 727_282
 LOCK_TIMEOUT = "5s"
 """How long a run waits for a table lock (an export reading old rows) before giving up."""
 STATEMENT_TIMEOUT = "10min"
 REFRESH_BOUND = (*RAW_DATASETS, "rollups_1h")
 """Datasets a rollup refresh reads: their period must outlast the refresh window."""
-_FAR = datetime.max.replace(tzinfo=UTC)
 
 
 class PolicyError(ValueError):
@@ -105,9 +95,8 @@ class Policies:
 def minimum_period(cfg: Config, backend: Backend | None = None) -> timedelta:
     """The shortest period of a dataset a refresh reads: longer than the refresh window."""
     minimum = max(2 * cfg.exporter.refresh_interval, MIN_RAW_RETENTION)
-    if backend is not None and getattr(backend, "use_policies", False):
-        minimum = max(minimum, getattr(backend, "policy_lookback", minimum))
-    return minimum
+    reach = backend.policy_reach if backend is not None else None
+    return minimum if reach is None else max(minimum, reach)
 
 
 def check_period(dataset: str, period: timedelta, minimum: timedelta) -> None:
@@ -174,7 +163,7 @@ async def set_policy(
         check_period(dataset, period, minimum_period(cfg, backend))
     key = workflow_id or ""
     async with conn.transaction():
-        await conn.execute(Q["policy_lock"], POLICY_LOCK)
+        await conn.execute(Q["policy_lock"], locks.POLICY)
         current = await load(conn, cfg)
         ceiling = current.datasets[dataset].period
         if capped and period is not None and period > ceiling:
@@ -299,55 +288,12 @@ class RunResult:
         }
 
 
-def _timescale(backend: Backend) -> bool:
-    return backend.name == "timescaledb"
-
-
-def _level(dataset: str) -> str:
-    return dataset.removeprefix("rollups_")
-
-
-async def _tables(
-    conn: asyncpg.Connection, backend: Backend, dataset: str
-) -> list[tuple[str, str]]:
-    """(table, time column) holding the rows of a dataset."""
-    if dataset in RETENTION_RAW:
-        return [(f"wfa.{t}", RAW_TABLES[t]) for t in RETENTION_RAW[dataset]]
-    level = _level(dataset)
-    if not _timescale(backend):
-        return [(f"wfa.{r.name}_{level}_mat", "bucket") for r in ROLLUPS]
-    mats = {r["view"]: r for r in await conn.fetch(Q["ts_materializations"])}
-    out = []
-    for r in ROLLUPS:
-        m = mats.get(r.relation(level))
-        if m is not None:
-            out.append((f'"{m["schema"]}"."{m["name"]}"', "bucket"))
-    return out
-
-
 async def _pieces(
     conn: asyncpg.Connection, backend: Backend, dataset: str, cutoff: datetime
 ) -> dict[str, dict[str, Any]]:
     """Partitions or chunks of a dataset ending by `cutoff`, with row counts, by name."""
-    if dataset in RETENTION_RAW:
-        names = list(RETENTION_RAW[dataset])
-        if _timescale(backend):
-            rows = await conn.fetch(Q["ts_chunks"], "wfa", names)
-        else:
-            rows = await conn.fetch(Q["pg_partitions"], names)
-    elif _timescale(backend):
-        mats = {r["view"]: r for r in await conn.fetch(Q["ts_materializations"])}
-        level = _level(dataset)
-        found = [mats[r.relation(level)] for r in ROLLUPS if r.relation(level) in mats]
-        rows = []
-        for schema in {m["schema"] for m in found}:
-            rows += await conn.fetch(
-                Q["ts_chunks"], schema, [m["name"] for m in found if m["schema"] == schema]
-            )
-    else:
-        return {}
     out = {}
-    for r in rows:
+    for r in await backend.pieces(conn, dataset):
         if r["range_end"] is None or r["range_end"] > cutoff:
             continue
         n = r["estimate"]
@@ -373,25 +319,6 @@ async def _bucket_rows(
         )
         out[table] = (row["n"], row["lo"])
     return out
-
-
-async def _rolled_up_until(
-    conn: asyncpg.Connection, backend: Backend, dataset: str
-) -> datetime | None:
-    """Rows of `dataset` before this time are materialized one level up (None: nothing is)."""
-    if dataset == "rollups_1d":
-        return _FAR
-    level = "1d" if dataset == "rollups_1h" else "1h"
-    rollups = [r for r in ROLLUPS if level == "1d" or dataset_of(r.raw) == dataset]
-    if _timescale(backend):
-        marks: dict[str, datetime | None] = await backend.watermarks(conn)  # type: ignore[attr-defined]
-        values = [marks.get(r.relation(level)) for r in rollups]
-    else:
-        pg = dict(await conn.fetch(Q["pg_watermarks"]))
-        values = [pg.get(f"{r.name}_{level}") for r in rollups]
-    if not values or any(v is None for v in values):
-        return None
-    return min(v for v in values if v is not None)
 
 
 async def _delete_rows(
@@ -421,11 +348,11 @@ async def _delete_rows(
         jobs += [(wid, p.period) for wid, p in sorted(own.items()) if wid in mine]
     if not jobs:
         return []
-    safe = await _rolled_up_until(conn, backend, dataset)
+    safe = await backend.rolled_up_until(conn, dataset)
     if safe is None:
         log.warning("row retention of %s skipped: nothing is rolled up from it yet", dataset)
         return []
-    tables = await _tables(conn, backend, dataset)
+    tables = await backend.row_tables(conn, dataset)
     # The tenant is a bound parameter of every statement: no other tenant's row can match.
     scope = ("", ()) if tenant is None else (" AND tenant_id = $3", (tenant,))
     out = []
@@ -460,6 +387,38 @@ async def _delete_rows(
     return out
 
 
+async def _in_transaction(
+    conn: asyncpg.Connection,
+    backend: Backend,
+    result: DatasetRun,
+    dry_run: bool,
+    work: Callable[[], Awaitable[None]],
+) -> DatasetRun:
+    """Run `work` for one dataset in its own retention transaction, rolled back on a dry run;
+    busy tables (a lock or statement timeout) skip the dataset until the next run."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.REFRESH)
+        await backend.retention_settings(conn)
+        await work()
+    except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+        await tx.rollback()
+        result.error = f"skipped: {exc.__class__.__name__} (tables busy); tried again next run"
+        result.dropped, result.deleted = [], []
+        return result
+    except BaseException:
+        await tx.rollback()
+        raise
+    if dry_run:
+        await tx.rollback()
+    else:
+        await tx.commit()
+    return result
+
+
 async def _run_dataset(
     conn: asyncpg.Connection,
     backend: Backend,
@@ -471,18 +430,10 @@ async def _run_dataset(
     own = policies.workflows.get(dataset, {})
     longest = max([policies.datasets[dataset].period, *(p.period for p in own.values())])
     result = DatasetRun(dataset, policies.datasets[dataset].period, now - longest)
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
-        if _timescale(backend):
-            # Rows leave the raw tables only after the aggregates hold them: no invalidation.
-            await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
-        tables = [] if _timescale(backend) or dataset in RETENTION_RAW else await _tables(
-            conn, backend, dataset
-        )
+
+    async def work() -> None:
+        by_rows = backend.drop_deletes_rows(dataset)
+        tables = await backend.row_tables(conn, dataset) if by_rows else []
         pieces = await _pieces(conn, backend, dataset, result.cutoff)
         counted = await _bucket_rows(conn, tables, result.cutoff)
         names = await backend.drop_before(conn, dataset, result.cutoff)
@@ -508,19 +459,8 @@ async def _run_dataset(
                 if n not in pieces
             ]
         result.deleted = await _delete_rows(conn, backend, dataset, now, policies, longest)
-    except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
-        await tx.rollback()
-        result.error = f"skipped: {exc.__class__.__name__} (tables busy); tried again next run"
-        result.dropped, result.deleted = [], []
-        return result
-    except BaseException:
-        await tx.rollback()
-        raise
-    if dry_run:
-        await tx.rollback()
-    else:
-        await tx.commit()
-    return result
+
+    return await _in_transaction(conn, backend, result, dry_run, work)
 
 
 async def _run_tenant_dataset(
@@ -534,30 +474,13 @@ async def _run_tenant_dataset(
 ) -> DatasetRun:
     period = policies.datasets[dataset].period
     result = DatasetRun(dataset, period, now - period)
-    tx = conn.transaction()
-    await tx.start()
-    try:
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await conn.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
-        if _timescale(backend):
-            await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+
+    async def work() -> None:
         result.deleted = await _delete_rows(
             conn, backend, dataset, now, policies, period, tenant=tenant
         )
-    except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
-        await tx.rollback()
-        result.error = f"skipped: {exc.__class__.__name__} (tables busy); tried again next run"
-        result.deleted = []
-        return result
-    except BaseException:
-        await tx.rollback()
-        raise
-    if dry_run:
-        await tx.rollback()
-    else:
-        await tx.commit()
-    return result
+
+    return await _in_transaction(conn, backend, result, dry_run, work)
 
 
 async def run(
@@ -579,7 +502,7 @@ async def run(
     """
     if tenant == OPERATOR:
         raise ValueError(f"{OPERATOR!r} is not a tenant: pass tenant=None for the whole store")
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_LOCK):
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.RETENTION):
         raise RetentionBusy("a retention run is already in progress")
     try:
         now = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
@@ -606,7 +529,7 @@ async def run(
             tenant if tenant is not None else OPERATOR,
         )
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_LOCK)
+        await conn.execute("SELECT pg_advisory_unlock($1)", locks.RETENTION)
     if not dry_run:
         log.info("retention run %s removed %d rows", result.run_id, result.rows)
     return result

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter import health, retention
 from exporter.config import Config
 from exporter.db import (
     CONNECT_ERRORS,
     Backoff,
+    close_pools,
     describe,
     is_unreachable,
     lazy_pool,
@@ -32,7 +30,8 @@ from exporter.health import Health
 from exporter.ingest import Ingestor, IngestSettings, PollResult
 from exporter.leadership import Leadership, NotLeader
 from exporter.reconcile import ReconcileResult, reconcile
-from exporter.store import Backend, RefreshResult, make_backend
+from exporter.runtime import Jobs
+from exporter.store import Backend, RefreshResult, backend_for
 from exporter.store.migrate import migrate
 
 log = logging.getLogger(__name__)
@@ -41,23 +40,8 @@ RETENTION_FIRST_RUN = timedelta(minutes=5)
 """Delay of the first scheduled retention run after start; then every retention.run_interval."""
 HEALTH_INTERVAL = timedelta(seconds=5)
 """How often the store and source pools are probed (polls also tell, when they run)."""
-
-
-def scheduled(job: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """Wrap a scheduler job: cancelled by the scheduler's shutdown, it ends quietly.
-
-    (The scheduler cancels running jobs when it shuts down and would log each as a
-    traceback; an interrupted cycle rolls back and the next start redoes it.)
-    """
-
-    @functools.wraps(job)
-    async def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            await job(*args, **kwargs)
-        except asyncio.CancelledError:
-            log.info("%s interrupted by the shutdown", job.__name__.strip("_"))
-
-    return run
+MAINTAIN_INTERVAL = timedelta(hours=1)
+"""How often the backend's upkeep runs (partitions ahead, policies, compression)."""
 
 
 def ingest_settings(cfg: Config) -> IngestSettings:
@@ -121,7 +105,6 @@ class ExporterService:
         self.source: asyncpg.Pool | None = None
         self.backend: Backend | None = None
         self.ingestor: Ingestor | None = None
-        self.scheduler: AsyncIOScheduler | None = None
         self.leadership = Leadership(
             store_dsn(cfg),
             cfg.exporter.lock_id,
@@ -170,9 +153,7 @@ class ExporterService:
         async def prepare() -> Backend:
             try:
                 async with store.acquire() as conn:
-                    backend = await make_backend(
-                        conn, st.backend, st.partition_interval, st.premake_partitions
-                    )
+                    backend = await backend_for(conn, st)
                     await migrate(conn, backend)
                     await backend.maintain(conn, datetime.now(UTC))
                     return backend
@@ -285,16 +266,14 @@ class ExporterService:
                 due = time.monotonic() - self._last_refresh
                 every = self.cfg.exporter.refresh_interval.total_seconds()
                 if refresh and (result.written or result.rejected or due >= every):
-                    self.state.last_refresh = await self.backend.refresh(st)
-                    self._last_refresh = time.monotonic()
+                    await self.refresh_rollups(st)
         except NotLeader as exc:
             log.warning("poll stopped, this replica no longer leads: %s", exc)
             await self.leadership.release()
             return None
         except Exception as exc:
-            reason = error_reason(exc)
-            self.state.errors[reason] += 1
-            log.error("poll failed (%s): %s", reason, exc)
+            # Counted by reason here; logged by whoever called (the poll job, a refresh).
+            self.state.errors[error_reason(exc)] += 1
             await self.leadership.release()
             for cb in self.listeners:
                 cb(None, exc)
@@ -310,19 +289,26 @@ class ExporterService:
             cb(result, None)
         return result
 
-    @scheduled
+    async def refresh_rollups(self, conn: asyncpg.Connection | None = None) -> RefreshResult:
+        """Bring the rollups up to date (on `conn`, or a store connection) and record it."""
+        assert self.store is not None and self.backend is not None
+        if conn is None:
+            async with self.store.acquire() as own:
+                return await self.refresh_rollups(own)
+        self.state.last_refresh = await self.backend.refresh(conn)
+        self._last_refresh = time.monotonic()
+        return self.state.last_refresh
+
     async def _poll_job(self) -> None:
         # While a database is unreachable, polls back off (so the failure is logged once per
-        # backoff level, not every interval). Errors are counted and logged in poll_once.
+        # backoff level, not every interval); a failed cycle is counted by reason in _poll
+        # and by the job runner, which logs it.
         if time.monotonic() < self._next_poll:
             return
-        with contextlib.suppress(Exception):
-            await self.poll_once()
+        await self.poll_once()
 
-    @scheduled
     async def _health_job(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.check_health()
+        await self.check_health()
 
     async def reconcile_once(
         self, wait: timedelta | None = None, take_over: bool = False
@@ -341,26 +327,16 @@ class ExporterService:
                 await self.leadership.release()
                 return None
 
-    @scheduled
     async def _reconcile_job(self) -> None:
-        try:
-            result = await self.reconcile_once()
-        except Exception as exc:
-            log.error("reconcile failed: %s", exc)
-            return
+        result = await self.reconcile_once()
         if result is not None:
             log.info("reconcile: %s", result.summary())
 
-    @scheduled
     async def _maintain_job(self) -> None:
         assert self.store and self.backend
-        try:
-            async with self.store.acquire() as conn:
-                await self.backend.maintain(conn, datetime.now(UTC))
-        except Exception as exc:
-            log.error("maintenance failed: %s", exc)
+        async with self.store.acquire() as conn:
+            await self.backend.maintain(conn, datetime.now(UTC))
 
-    @scheduled
     async def _retention_job(self) -> None:
         assert self.store and self.backend
         try:
@@ -375,70 +351,35 @@ class ExporterService:
                 )
         except retention.RetentionBusy:
             log.info("retention skipped: another run is in progress")
-        except Exception as exc:
-            log.error("retention failed: %s", exc)
 
-    def watch(self, scheduler: AsyncIOScheduler) -> None:
+    def watch(self, jobs: Jobs) -> None:
         """Add the health probe job (first run now); usable before `open()` succeeds."""
-        scheduler.add_job(
-            self._health_job,
-            "interval",
-            seconds=HEALTH_INTERVAL.total_seconds(),
-            next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-            id="health",
-            replace_existing=True,
-        )
+        jobs.every("health", self._health_job, HEALTH_INTERVAL, datetime.now(UTC))
 
-    def start(self, scheduler: AsyncIOScheduler) -> None:
-        """Add the exporter's jobs to `scheduler` (after `open()`)."""
-        self.scheduler = scheduler
+    def start(self, jobs: Jobs) -> None:
+        """Add the exporter's jobs (after `open()`): poll, maintenance, retention, reconcile."""
         e = self.cfg.exporter
         now = datetime.now(UTC)
-        if scheduler.get_job("health") is None:
-            self.watch(scheduler)
-        scheduler.add_job(
-            self._poll_job,
-            "interval",
-            seconds=e.poll_interval.total_seconds(),
-            next_run_time=now,
-            max_instances=1,
-            coalesce=True,
-            id="poll",
-        )
-        scheduler.add_job(
-            self._maintain_job, "interval", hours=1, max_instances=1, coalesce=True, id="maintain"
-        )
-
-        scheduler.add_job(
-            self._retention_job,
-            "interval",
-            seconds=self.cfg.retention.run_interval.total_seconds(),
-            next_run_time=now + RETENTION_FIRST_RUN,
-            max_instances=1,
-            coalesce=True,
-            id="retention",
+        if jobs.get_job("health") is None:
+            self.watch(jobs)
+        jobs.every("poll", self._poll_job, e.poll_interval, now)
+        jobs.every("maintain", self._maintain_job, MAINTAIN_INTERVAL)
+        jobs.every(
+            "retention", self._retention_job, self.cfg.retention.run_interval,
+            now + RETENTION_FIRST_RUN,
         )
         if e.reconcile_interval is not None:
-            every = e.reconcile_interval.total_seconds()
-            scheduler.add_job(
-                self._reconcile_job,
-                "interval",
-                seconds=every,
-                next_run_time=now + e.reconcile_interval,
-                max_instances=1,
-                coalesce=True,
-                id="reconcile",
+            jobs.every(
+                "reconcile", self._reconcile_job, e.reconcile_interval,
+                now + e.reconcile_interval,
             )
 
-    async def close(self) -> None:
-        """Give up the poll lock and close the pools."""
+    async def close(self, grace: float | None = None) -> None:
+        """Give up the poll lock and close the pools; with `grace`, terminate the connections
+        whose work outlasts it."""
         if self._probe_task is not None:
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._probe_task
         await self.leadership.release()
-        for pool in (self.source, self.store):
-            if pool is not None:
-                await pool.close()
+        await close_pools([self.source, self.store], grace)

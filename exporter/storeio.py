@@ -11,53 +11,21 @@ from typing import Any
 import asyncpg
 
 from exporter.cursor import CursorState, Key
+from exporter.store.rows import (
+    EXECUTION_STEPS,
+    EXECUTIONS,
+    STEP_RUNS,
+    WORKFLOW_EVENTS,
+    CounterDelta,
+    RejectedRow,
+    Table,
+)
 from exporter.store.sqlfiles import named
 from exporter.transform import Batch, OldExecution, Rejected, bounded_key, bounded_text, hour_start
 
 Q = named("ingest.sql")
 NOTIFY_CHANNEL = "wfa_ingest"
 _NOTIFY_MAX = 7000
-_EXEC_COLS = (
-    "execution_id",
-    "enrolled_at",
-    "tenant_id",
-    "workflow_id",
-    "contact_id",
-    "status",
-    "completed_at",
-    "converted_at",
-    "converted_in_window",
-    "exited_at",
-    "exit_reason",
-    "failed_at",
-    "current_step_id",
-    "attempts",
-    "source_updated_at",
-)
-_EVENT_COLS = (
-    "execution_id",
-    "event",
-    "occurred_at",
-    "tenant_id",
-    "workflow_id",
-    "reason",
-    "duration_ms",
-    "duration_le",
-)
-_RUN_COLS = (
-    "execution_id",
-    "step_id",
-    "entered_at",
-    "tenant_id",
-    "workflow_id",
-    "action_type",
-    "status",
-    "finished_at",
-    "duration_ms",
-    "duration_le",
-    "error",
-)
-_STEP_COLS = ("execution_id", "step_id", "enrolled_at", "tenant_id", "workflow_id")
 _MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -88,16 +56,12 @@ async def old_states(store: asyncpg.Connection, rows) -> dict[str, OldExecution]
 
 async def write_batch(store: asyncpg.Connection, b: Batch) -> None:
     """Write a batch's raw rows and invalidated buckets (inside the caller's transaction)."""
-    new_exec = [e for e in b.executions if e[0] in b.executions_new]
-    upd_exec = [
-        (*e[:13], "\x1e".join(e[13]), *e[14:])
-        for e in b.executions
-        if e[0] not in b.executions_new
-    ]
-    await _copy(store, "executions", _EXEC_COLS, new_exec)
-    await _copy(store, "execution_steps", _STEP_COLS, b.steps_new)
-    await _copy(store, "workflow_events", _EVENT_COLS, b.events_new)
-    await _copy(store, "step_runs", _RUN_COLS, b.runs_new)
+    new_exec = [e for e in b.executions if e.execution_id in b.executions_new]
+    upd_exec = [e for e in b.executions if e.execution_id not in b.executions_new]
+    await _copy(store, EXECUTIONS, new_exec)
+    await _copy(store, EXECUTION_STEPS, b.steps_new)
+    await _copy(store, WORKFLOW_EVENTS, b.events_new)
+    await _copy(store, STEP_RUNS, b.runs_new)
     for name, recs in (
         ("delete_events", b.events_del),
         ("delete_step_runs", b.runs_del),
@@ -105,9 +69,9 @@ async def write_batch(store: asyncpg.Connection, b: Batch) -> None:
     ):
         if recs:
             await store.executemany(Q[name], recs)
-    await unnest(store, "upsert_executions", upd_exec, len(_EXEC_COLS))
-    await unnest(store, "upsert_events", b.events_upd, len(_EVENT_COLS))
-    await unnest(store, "upsert_step_runs", b.runs_upd, len(_RUN_COLS))
+    await _upsert(store, EXECUTIONS, upd_exec)
+    await _upsert(store, WORKFLOW_EVENTS, b.events_upd)
+    await _upsert(store, STEP_RUNS, b.runs_upd)
     invalid = [(name, hour_start(h)) for name, h in sorted(b.invalid)]
     await unnest(store, "invalidate", invalid, 2)
 
@@ -128,9 +92,16 @@ async def save_cursor(store: asyncpg.Connection, name: str, s: CursorState) -> N
     )
 
 
-async def _copy(store: asyncpg.Connection, table: str, cols: tuple[str, ...], recs: list) -> None:
-    if recs:
-        await store.copy_records_to_table(table, schema_name="wfa", columns=cols, records=recs)
+async def _copy(store: asyncpg.Connection, table: Table, rows: list) -> None:
+    if rows:
+        await store.copy_records_to_table(
+            table.name, schema_name="wfa", columns=table.columns, records=rows
+        )
+
+
+async def _upsert(store: asyncpg.Connection, table: Table, rows: list) -> None:
+    if rows:
+        await store.execute(table.upsert_sql, *table.bind(rows))
 
 
 async def unnest(store: asyncpg.Connection, name: str, recs: list, width: int) -> None:
@@ -155,11 +126,24 @@ async def notify(store: asyncpg.Connection, workflow_ids: list[str]) -> None:
         await store.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, json.dumps(chunk))
 
 
-def reject_record(table: str, r: Mapping[str, Any], exc: Rejected) -> tuple:
+async def reject(store: asyncpg.Connection, rows: list[RejectedRow]) -> list[str]:
+    """Quarantine `rows` (a row already there is kept); the reasons of those newly added."""
+    if not rows:
+        return []
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    return [r["reason"] for r in await store.fetch(Q["reject"], *columns)]
+
+
+async def bump_counters(store: asyncpg.Connection, deltas: list[CounterDelta]) -> None:
+    """Add `deltas` to the persisted counters."""
+    await unnest(store, "bump_counters", deltas, len(CounterDelta._fields))
+
+
+def reject_record(table: str, r: Mapping[str, Any], exc: Rejected) -> RejectedRow:
     """A `wfa.rejected_rows` record of source row `r` (bounded key and detail, raw as JSON)."""
     raw = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in dict(r).items()}
     updated = r["updated_at"] or _MIN_TIME
-    return (
+    return RejectedRow(
         table,
         bounded_key(str(r["id"])),
         updated,

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from exporter.histogram import BOUNDS, bucket_le
+from exporter.source.reader import SourceExecution
+from exporter.store.rows import EventRow, ExecutionRow, ExecutionStepRow, StepRunRow
 
 EXECUTION_STATUSES = frozenset({"active", "completed", "exited", "failed"})
 ATTEMPT_STATUSES = frozenset({"running", "succeeded", "failed", "skipped"})
@@ -154,15 +156,15 @@ class OldExecution:
 class Batch:
     """Everything one batch writes, built row by row, written in one transaction."""
 
-    executions: list[tuple] = field(default_factory=list)
+    executions: list[ExecutionRow] = field(default_factory=list)
     executions_new: set[str] = field(default_factory=set)
-    steps_new: list[tuple] = field(default_factory=list)
+    steps_new: list[ExecutionStepRow] = field(default_factory=list)
     steps_del: list[tuple] = field(default_factory=list)
-    events_new: list[tuple] = field(default_factory=list)
-    events_upd: list[tuple] = field(default_factory=list)
+    events_new: list[EventRow] = field(default_factory=list)
+    events_upd: list[EventRow] = field(default_factory=list)
     events_del: list[tuple] = field(default_factory=list)
-    runs_new: list[tuple] = field(default_factory=list)
-    runs_upd: list[tuple] = field(default_factory=list)
+    runs_new: list[StepRunRow] = field(default_factory=list)
+    runs_upd: list[StepRunRow] = field(default_factory=list)
     runs_del: list[tuple] = field(default_factory=list)
     invalid: set[tuple[str, int]] = field(default_factory=set)
     counters: Counter = field(default_factory=Counter)
@@ -260,26 +262,6 @@ def parse_progress(text: str | None, window: Plausible | None = None) -> list[At
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class SourceExecution:
-    """One row of the source executions table, ids as text."""
-
-    id: str
-    tenant_id: str
-    workflow_id: str
-    contact_id: str
-    status: str
-    enrolled_at: datetime
-    completed_at: datetime | None
-    converted_at: datetime | None
-    exited_at: datetime | None
-    exit_reason: str | None
-    failed_at: datetime | None
-    current_step_id: str | None
-    step_progress: str | None
-    updated_at: datetime
-
-
 def _event_times(
     row: SourceExecution, attempts: list[Attempt], old: OldExecution | None
 ) -> dict[str, datetime | None]:
@@ -343,14 +325,52 @@ def apply_execution(
         return
     validate_execution(row, window)
     attempts = parse_progress(row.step_progress, window)
-    eid, tenant, wfid, enrolled = row.id, wf.tenant_id, wf.workflow_id, row.enrolled_at
     times = _event_times(row, attempts, old)
-    entered_us = [_us(a.entered_at) for a in attempts]
-    new_sigs = [a.signature(us) for a, us in zip(attempts, entered_us, strict=True)]
-    batch.touched.add(wfid)
-
-    # events
+    batch.touched.add(wf.workflow_id)
     exit_reason = bounded_text(row.exit_reason)
+    _diff_events(batch, row, wf, old, times, exit_reason)
+    signatures, old_keys = _diff_attempts(batch, row, wf, old, attempts)
+    _diff_reached(batch, row, wf, attempts, old_keys)
+    in_window = row.converted_at is not None and (
+        conversion_window is None or row.converted_at - row.enrolled_at <= conversion_window
+    )
+    batch.executions.append(
+        ExecutionRow(
+            execution_id=row.id,
+            enrolled_at=row.enrolled_at,
+            tenant_id=wf.tenant_id,
+            workflow_id=wf.workflow_id,
+            contact_id=row.contact_id,
+            status=row.status,
+            completed_at=row.completed_at,
+            converted_at=row.converted_at,
+            converted_in_window=in_window,
+            exited_at=row.exited_at,
+            exit_reason=exit_reason,
+            failed_at=times["failed"],
+            current_step_id=row.current_step_id if row.status == "active" else None,
+            attempts=signatures,
+            source_updated_at=row.updated_at,
+        )
+    )
+    if old is None:
+        batch.executions_new.add(row.id)
+    batch.span("executions", row.enrolled_at)
+    h = hour_of(row.enrolled_at)
+    batch.invalid.add(("cohort", h))
+    batch.invalid.add(("cohort_steps", h))
+
+
+def _diff_events(
+    batch: Batch,
+    row: SourceExecution,
+    wf: WorkflowInfo,
+    old: OldExecution | None,
+    times: dict[str, datetime | None],
+    exit_reason: str | None,
+) -> None:
+    """Event rows that appeared, moved or vanished since the stored state; new ones counted."""
+    eid, tenant, wfid, enrolled = row.id, wf.tenant_id, wf.workflow_id, row.enrolled_at
     reason = exit_reason if row.exited_at is not None else None
     for event in EVENTS:
         t_new = times[event]
@@ -368,14 +388,26 @@ def apply_execution(
         if event in ("completed", "converted"):
             dur = (t_new - enrolled) // _MS
             le = bucket_le(dur / 1000)
-        rec = (eid, event, t_new, tenant, wfid, ev_reason, dur, le)
+        rec = EventRow(eid, event, t_new, tenant, wfid, ev_reason, dur, le)
         (batch.events_upd if old is not None else batch.events_new).append(rec)
         batch.invalid.add(("events", hour_of(t_new)))
         batch.span("workflow_events", t_new)
         if t_old is None:
             _count_event(batch, tenant, wfid, event, ev_reason, dur, le)
 
-    # step attempts
+
+def _diff_attempts(
+    batch: Batch,
+    row: SourceExecution,
+    wf: WorkflowInfo,
+    old: OldExecution | None,
+    attempts: list[Attempt],
+) -> tuple[list[str], set[tuple[str, datetime]]]:
+    """Step attempts new, changed or gone since the stored state, with their counter deltas;
+    the new signatures and the stored attempts' keys."""
+    eid, tenant, wfid = row.id, wf.tenant_id, wf.workflow_id
+    entered_us = [_us(a.entered_at) for a in attempts]
+    new_sigs = [a.signature(us) for a, us in zip(attempts, entered_us, strict=True)]
     old_by_key = {}
     if old is not None:
         for sig in old.attempts:
@@ -395,8 +427,10 @@ def apply_execution(
         action = wf.action_types.get(a.step_id, "unknown")
         dur = a.duration_ms
         le = None if dur is None else bucket_le(dur / 1000)
-        rec = (eid, a.step_id, a.entered_at, tenant, wfid, action, a.status, a.finished_at,
-               dur, le, a.error)
+        rec = StepRunRow(
+            eid, a.step_id, a.entered_at, tenant, wfid, action, a.status, a.finished_at,
+            dur, le, a.error,
+        )
         (batch.runs_upd if oa is not None else batch.runs_new).append(rec)
         invalid.add(("step_runs", us // _US_PER_HOUR))
         if oa is None:
@@ -413,46 +447,28 @@ def apply_execution(
         if key not in new_keys:
             batch.runs_del.append((eid, oa.step_id, oa.entered_at))
             batch.invalid.add(("step_runs", hour_of(oa.entered_at)))
+    return new_sigs, set(old_by_key)
 
-    # reached steps (cohort)
+
+def _diff_reached(
+    batch: Batch,
+    row: SourceExecution,
+    wf: WorkflowInfo,
+    attempts: list[Attempt],
+    old_keys: set[tuple[str, datetime]],
+) -> None:
+    """Steps the execution reached (the cohort funnel), added or removed."""
+    eid, enrolled = row.id, row.enrolled_at
     reached = {a.step_id for a in attempts}
-    old_reached = {k[0] for k in old_by_key}
+    old_reached = {k[0] for k in old_keys}
     for step_id in reached - old_reached:
-        batch.steps_new.append((eid, step_id, enrolled, tenant, wfid))
+        batch.steps_new.append(
+            ExecutionStepRow(eid, step_id, enrolled, wf.tenant_id, wf.workflow_id)
+        )
     for step_id in old_reached - reached:
         batch.steps_del.append((eid, step_id, enrolled))
     if reached - old_reached:
         batch.span("execution_steps", enrolled)
-
-    # the execution itself
-    in_window = row.converted_at is not None and (
-        conversion_window is None or row.converted_at - enrolled <= conversion_window
-    )
-    batch.executions.append(
-        (
-            eid,
-            enrolled,
-            tenant,
-            wfid,
-            row.contact_id,
-            row.status,
-            row.completed_at,
-            row.converted_at,
-            in_window,
-            row.exited_at,
-            exit_reason,
-            times["failed"],
-            row.current_step_id if row.status == "active" else None,
-            new_sigs,
-            row.updated_at,
-        )
-    )
-    if old is None:
-        batch.executions_new.add(eid)
-    batch.span("executions", enrolled)
-    h = hour_of(enrolled)
-    batch.invalid.add(("cohort", h))
-    batch.invalid.add(("cohort_steps", h))
 
 
 def _count_event(

@@ -13,7 +13,7 @@ from typing import Protocol
 import asyncpg
 import pytest
 
-from exporter.devdb import DevCluster, quote_ident, replace_dbname
+from tests.kit.devdb import DevCluster, quote_ident, replace_dbname
 
 TEST_DSN_ENV = "WFA_TEST_DSN"
 _db_counter = itertools.count(1)

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 import pytest
 
-from exporter import devdb
-from exporter.devdb import replace_dbname
+from tests.kit import devdb
+from tests.kit.devdb import replace_dbname
 
 if TYPE_CHECKING:
     from conftest import Databases, PgServer
@@ -102,7 +102,7 @@ def test_replace_dbname() -> None:
 def test_version_key_orders_numerically() -> None:
     """The newest server binaries win, comparing versions as numbers."""
     dirs = [Path(f"/usr/lib/postgresql/{v}/bin") for v in ("9.6", "15", "16", "10")]
-    assert max(dirs, key=devdb._version_key) == Path("/usr/lib/postgresql/16/bin")
+    assert max(dirs, key=devdb.version_key) == Path("/usr/lib/postgresql/16/bin")
 
 
 @pytest.mark.slow
@@ -130,7 +130,7 @@ def test_dev_cluster_lifecycle_and_reuse() -> None:
                 assert (base / "data").stat().st_uid != 0
         assert not cluster.is_running()
         again = devdb.DevCluster(base / "data")
-        old_port_free = devdb._port_is_free(port)
+        old_port_free = devdb.port_is_free(port)
         again.start()
         try:
             if old_port_free:

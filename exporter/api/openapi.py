@@ -1,12 +1,21 @@
-"""The OpenAPI 3.1 document of the API, built from small schema helpers."""
+"""The OpenAPI 3.1 document of the API: paths and parameters here, schemas from the models."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from exporter import __version__
+from pydantic import BaseModel
+
+from exporter import __version__, models
 from exporter.api.app import API_PREFIX
-from exporter.api.params import MAX_BUCKETS, MAX_ID_CHARS, RANGES, TIME_PATTERN, time_zones
+from exporter.api.params import (
+    MAX_BUCKETS,
+    MAX_ID_CHARS,
+    RANGES,
+    TIME_PATTERN,
+    RefreshBody,
+    time_zones,
+)
 from exporter.timerange import GRANULARITIES
 
 J = dict[str, Any]
@@ -34,179 +43,6 @@ def _obj(props: J, required: list[str] | None = None, **extra: Any) -> J:
         **extra,
     }
 
-
-_STR = {"type": "string"}
-_TIME = {"type": "string", "format": "date-time"}
-_DATA_AS_OF = {
-    "type": ["string", "null"],
-    "format": "date-time",
-    "description": "Freshness: the start of the last poll cycle that read the source until "
-    "caught up. Every source change committed before it (with updated_at within the "
-    "exporter's overlap of its commit) is in these numbers. Null before the first cycle.",
-}
-_RATIO = {"type": ["number", "null"], "minimum": 0}
-_SECONDS = {"type": ["number", "null"], "minimum": 0}
-
-_COUNTS = ("enrollments", "completions", "conversions", "exits", "failures")
-
-SCHEMAS: J = {
-    "Problem": _obj(
-        {
-            "type": _STR,
-            "title": _STR,
-            "status": {"type": "integer", "minimum": 400, "maximum": 599},
-            "detail": _STR,
-            "param": _STR,
-            "instance": _STR,
-            "request_id": _STR,
-            "data_as_of": {
-                "type": ["string", "null"],
-                "format": "date-time",
-                "description": "On /readyz: the store's freshness, as on analytics answers.",
-            },
-            "ingest_lag_seconds": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "On /readyz: now minus data_as_of.",
-            },
-        },
-        required=["type", "title", "status"],
-        description="RFC 9457 problem details; `param` names the offending parameter.",
-    ),
-    "Range": _obj(
-        {
-            "from": {**_TIME, "description": "Inclusive start (UTC)."},
-            "to": {**_TIME, "description": "Exclusive end (UTC)."},
-            "granularity": {"type": "string", "enum": list(GRANULARITIES)},
-            "tz": _STR,
-        },
-        description="The resolved half-open time range of the answer.",
-    ),
-    "Step": _obj(
-        {"index": _int(), "step_id": _STR, "name": _STR, "action_type": _STR},
-    ),
-    "Workflow": _obj(
-        {
-            "workflow_id": _STR,
-            "name": _STR,
-            "updated_at": _TIME,
-            "steps": {"type": "array", "items": _ref("Step")},
-        }
-    ),
-    "WorkflowList": _obj({"workflows": {"type": "array", "items": _ref("Workflow")}}),
-    "TimeStats": _obj({"avg": _SECONDS, "p50": _SECONDS, "p95": _SECONDS}),
-    "SeriesPoint": _obj({"bucket": _TIME, **{k: _int() for k in _COUNTS}}),
-    "Summary": _obj(
-        {
-            "workflow_id": _STR,
-            "range": _ref("Range"),
-            "data_as_of": _DATA_AS_OF,
-            **{k: _int() for k in _COUNTS},
-            "exits_by_reason": {"type": "object", "additionalProperties": _int()},
-            "completion_rate": _RATIO,
-            "conversion_rate": _RATIO,
-            "time_to_complete_seconds": _ref("TimeStats"),
-            "time_to_convert_seconds": _ref("TimeStats"),
-            "series": {"type": "array", "items": _ref("SeriesPoint")},
-        }
-    ),
-    "FunnelStep": _obj(
-        {
-            "index": _int(),
-            "step_id": _STR,
-            "name": _STR,
-            "action_type": _STR,
-            "reached": _int(),
-            "in_progress": _nullable(_int()),
-            "dropped": _nullable(_int(None)),
-            "dropoff_ratio": {"type": ["number", "null"]},
-            "conversion_from_previous": _RATIO,
-            "conversion_from_start": _RATIO,
-            "bottleneck": {"type": ["boolean", "null"]},
-        },
-        description="In activity mode the cohort-only fields are null.",
-    ),
-    "Funnel": _obj(
-        {
-            "workflow_id": _STR,
-            "range": _ref("Range"),
-            "data_as_of": _DATA_AS_OF,
-            "mode": {"type": "string", "enum": ["cohort", "activity"]},
-            "enrolled": _int(),
-            "completed": _int(),
-            "converted": _int(),
-            "in_progress": _nullable(_int()),
-            "steps": {"type": "array", "items": _ref("FunnelStep")},
-        }
-    ),
-    "Durations": _obj({"avg": _SECONDS, "p50": _SECONDS, "p95": _SECONDS, "p99": _SECONDS}),
-    "TopError": _obj({"error": _STR, "count": _int()}),
-    "ActionStep": _obj(
-        {
-            "index": {
-                "type": ["integer", "null"],
-                "minimum": 0,
-                "description": "Null for a step no longer in the workflow.",
-            },
-            "step_id": _STR,
-            "name": _STR,
-            "action_type": _STR,
-            "executions": _int(),
-            "succeeded": _int(),
-            "failed": _int(),
-            "skipped": _int(),
-            "running": _int(),
-            "success_rate": _RATIO,
-            "duration_seconds": _ref("Durations"),
-            "top_errors": {"type": "array", "items": _ref("TopError")},
-        }
-    ),
-    "ActionType": _obj(
-        {
-            "action_type": _STR,
-            "executions": _int(),
-            "succeeded": _int(),
-            "failed": _int(),
-            "skipped": _int(),
-            "running": _int(),
-            "success_rate": _RATIO,
-            "duration_seconds": _ref("Durations"),
-            "top_errors": {"type": "array", "items": _ref("TopError")},
-        }
-    ),
-    "Actions": _obj(
-        {
-            "workflow_id": _STR,
-            "range": _ref("Range"),
-            "data_as_of": _DATA_AS_OF,
-            "actions": {"type": "array", "items": _ref("ActionStep")},
-            "action_types": {"type": "array", "items": _ref("ActionType")},
-        }
-    ),
-    "RefreshRequest": _obj({"rollups": {"type": "boolean", "default": True}}, required=[]),
-    "RefreshResult": _obj(
-        {
-            "workflow_id": _STR,
-            "ingested": {"type": "boolean"},
-            "workflow_changed": {"type": "boolean"},
-            "rollups_refreshed": {"type": "boolean"},
-            "seconds": {"type": "number", "minimum": 0},
-        },
-        required=["workflow_id", "ingested", "workflow_changed", "rollups_refreshed", "seconds"],
-    ),
-    "Status": _obj({"status": {"type": "string", "enum": ["alive", "ready"]}}),
-    "Ready": _obj(
-        {
-            "status": {"type": "string", "enum": ["ready"]},
-            "data_as_of": _DATA_AS_OF,
-            "ingest_lag_seconds": {
-                "type": ["number", "null"],
-                "minimum": 0,
-                "description": "Now minus data_as_of; at most exporter.ready_max_lag.",
-            },
-        }
-    ),
-}
 
 _TEXT_PARAM = {"type": "string", "maxLength": 64}
 PARAMETERS: J = {
@@ -365,191 +201,6 @@ def _probe(op_id: str, summary: str, ready: bool) -> J:
 _EXPORT_FORMATS = ["csv", "json", "ndjson", "pdf"]
 _EXPORT_DATASETS = ["summary", "funnel", "actions", "executions"]
 _RETENTION_DATASETS = ["executions", "step_runs", "workflow_events", "rollups_1h", "rollups_1d"]
-_NTIME = {"type": ["string", "null"], "format": "date-time"}
-_NSTR = {"type": ["string", "null"]}
-_NINT = {"type": ["integer", "null"], "minimum": 0}
-_DURATION = {"type": "string", "description": "A duration such as 90d, 400d, 2w or 36h."}
-
-
-def _or_null(name: str) -> J:
-    return {"oneOf": [_ref(name), {"type": "null"}]}
-
-
-_POLICY = {
-    "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
-    "period": _DURATION,
-    "period_seconds": _int(),
-    "source": {"type": "string", "enum": ["config", "store"]},
-    "updated_at": _NTIME,
-    "updated_by": _NSTR,
-}
-SCHEMAS.update(
-    {
-        "ExportRequest": _obj(
-            {
-                "format": {"type": "string", "enum": _EXPORT_FORMATS, "default": "csv"},
-                "dataset": {"type": "string", "enum": _EXPORT_DATASETS, "default": "summary"},
-                "mode": {"type": "string", "enum": ["cohort", "activity"], "default": "cohort"},
-                "from": _STR,
-                "to": _STR,
-                "range": {"type": "string", "enum": list(RANGES)},
-                "granularity": {"type": "string", "enum": list(GRANULARITIES)},
-                "tz": _STR,
-            },
-            required=[],
-            description="The same parameters as the query string (give one or the other).",
-        ),
-        "ExportJob": _obj(
-            {
-                "job_id": {"type": "string", "format": "uuid"},
-                "status": {
-                    "type": "string",
-                    "enum": ["queued", "running", "succeeded", "failed", "expired"],
-                },
-                "workflow_id": _STR,
-                "dataset": {"type": "string", "enum": _EXPORT_DATASETS},
-                "format": {"type": "string", "enum": _EXPORT_FORMATS},
-                "mode": {"type": "string", "enum": ["cohort", "activity"]},
-                "range": _ref("Range"),
-                "created_at": _TIME,
-                "started_at": _NTIME,
-                "finished_at": _NTIME,
-                "expires_at": {**_TIME, "description": "When the file is deleted."},
-                "attempts": {**_int(), "description": "Starts; a restart mid-job starts again."},
-                "rows": _NINT,
-                "bytes": _NINT,
-                "error": {**_NSTR, "description": "Why the job failed."},
-                "status_url": _STR,
-                "download_url": {**_NSTR, "description": "Set once the job succeeded."},
-            },
-            required=[
-                "job_id", "status", "workflow_id", "dataset", "format", "range", "created_at",
-                "started_at", "finished_at", "expires_at", "attempts", "rows", "bytes",
-                "error", "status_url", "download_url",
-            ],
-        ),
-        "RetentionPolicy": _obj(
-            {"workflow_id": _STR, **_POLICY},
-            required=list(_POLICY),
-            description="A period in force; `source` store means set over the API.",
-        ),
-        "RetentionDataset": _obj(
-            {
-                **_POLICY,
-                "dropped_before": {
-                    **_NTIME,
-                    "description": "Rows before this time were dropped by a run.",
-                },
-                "workflows": {"type": "array", "items": _ref("RetentionPolicy")},
-            }
-        ),
-        "RetentionRunSummary": _obj(
-            {
-                "id": _int(),
-                "started_at": _TIME,
-                "finished_at": _TIME,
-                "trigger": {"type": "string", "enum": ["api", "scheduler"]},
-                "actor": _STR,
-                "dry_run": {"type": "boolean"},
-                "rows": _int(),
-            }
-        ),
-        "RetentionOverview": _obj(
-            {
-                "backend": {"type": "string", "enum": ["postgres", "timescaledb"]},
-                "minimum_period": _DURATION,
-                "minimum_applies_to": {"type": "array", "items": _STR},
-                "run_interval": _DURATION,
-                "datasets": {"type": "array", "items": _ref("RetentionDataset")},
-                "last_run": _or_null("RetentionRunSummary"),
-            }
-        ),
-        "RetentionPolicyRequest": _obj(
-            {
-                "period": {
-                    "type": ["string", "null"],
-                    "maxLength": 32,
-                    "description": "New period; null goes back to the configured one.",
-                },
-                "workflow_id": {**_STR, "description": "Only this workflow (own tenant)."},
-            },
-            required=["period"],
-        ),
-        "RetentionChange": _obj(
-            {
-                "id": _int(),
-                "changed_at": _TIME,
-                "actor": _STR,
-                "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
-                "workflow_id": _NSTR,
-                "old_period": _NSTR,
-                "new_period": _NSTR,
-                "old_source": {"type": "string", "enum": ["config", "store", "none"]},
-                "new_source": {"type": "string", "enum": ["config", "store", "none"]},
-            }
-        ),
-        "RetentionPolicyResult": _obj(
-            {"policy": _or_null("RetentionPolicy"), "change": _ref("RetentionChange")}
-        ),
-        "RetentionAudit": _obj(
-            {"changes": {"type": "array", "items": _ref("RetentionChange")}}
-        ),
-        "RetentionPiece": _obj(
-            {
-                "relation": _STR,
-                "table": _NSTR,
-                "from": _NTIME,
-                "to": _NTIME,
-                "rows": {**_int(), "description": "Row estimate from the catalog or a count."},
-            },
-            description="A partition or chunk dropped, or rollup rows deleted.",
-        ),
-        "RetentionDelete": _obj(
-            {
-                "workflow_id": {
-                    **_NSTR,
-                    "description": "null: every workflow without a period of its own.",
-                },
-                "period": _DURATION,
-                "before": _TIME,
-                "rows": _int(),
-            },
-            description="Rows deleted one by one for a period shorter than the longest.",
-        ),
-        "RetentionDatasetRun": _obj(
-            {
-                "dataset": {"type": "string", "enum": _RETENTION_DATASETS},
-                "period": _DURATION,
-                "cutoff": _TIME,
-                "applied_cutoff": {
-                    **_NTIME,
-                    "description": "Held below `cutoff` where the rollups above end.",
-                },
-                "held": {"type": "boolean"},
-                "dropped": {"type": "array", "items": _ref("RetentionPiece")},
-                "deleted": {"type": "array", "items": _ref("RetentionDelete")},
-                "rows": _int(),
-                "error": _NSTR,
-            }
-        ),
-        "RetentionRun": _obj(
-            {
-                "run_id": _int(),
-                "scope": {
-                    "type": "string",
-                    "enum": ["store", "tenant"],
-                    "description": "store: an operator's run over every tenant; tenant: the "
-                    "token's tenant's rows only (rows deleted one by one, no partition dropped).",
-                },
-                "dry_run": {"type": "boolean"},
-                "started_at": _TIME,
-                "finished_at": _TIME,
-                "rows": _int(),
-                "datasets": {"type": "array", "items": _ref("RetentionDatasetRun")},
-            }
-        ),
-    }
-)
 PARAMETERS.update(
     {
         "format": {
@@ -740,7 +391,7 @@ def _retention_paths() -> J:
                 "parameters": _params("retention_dataset"),
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("RetentionPolicyRequest")}},
+                    "content": {"application/json": {"schema": _ref("PolicyBody")}},
                 },
                 "responses": {
                     "200": _json("RetentionPolicyResult"),
@@ -766,10 +417,9 @@ def _retention_paths() -> J:
     }
 
 
-def openapi_document() -> J:
-    """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
+def _analytics_paths() -> J:
     wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics"
-    paths: J = {
+    return {
         f"{API_PREFIX}/workflows": {
             "get": {
                 "operationId": "listWorkflows",
@@ -826,7 +476,7 @@ def openapi_document() -> J:
                 "parameters": _params("workflow_id"),
                 "requestBody": {
                     "required": False,
-                    "content": {"application/json": {"schema": _ref("RefreshRequest")}},
+                    "content": {"application/json": {"schema": _ref("RefreshBody")}},
                 },
                 "responses": {
                     "200": _json("RefreshResult"),
@@ -857,6 +507,12 @@ def openapi_document() -> J:
             }
         },
     }
+
+
+
+def openapi_document() -> J:
+    """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
+    paths = _analytics_paths()
     for prefix, tag in ((API_PREFIX, "Api"), ("", "")):
         paths[f"{prefix}/healthz"] = _probe(f"healthz{tag}", "The process is alive.", False)
         paths[f"{prefix}/readyz"] = _probe(
@@ -881,8 +537,15 @@ def openapi_document() -> J:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
+            "schemas": models.schemas(_request_models()),
             "parameters": PARAMETERS,
             "responses": RESPONSES,
         },
     }
+
+
+def _request_models() -> tuple[type[BaseModel], ...]:
+    """The request bodies the routes parse, documented from their own models."""
+    from exporter.api.retention import PolicyBody
+
+    return (RefreshBody, PolicyBody)

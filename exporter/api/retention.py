@@ -24,7 +24,7 @@ from exporter.api.params import MAX_ID_CHARS, NoQuery, QueryModel, parse_body, p
 from exporter.api.routes import dumps, json_body
 from exporter.config.durations import format_duration, parse_duration
 from exporter.config.schema import DATASETS
-from exporter.store import Backend, make_backend
+from exporter.store import Backend, backend_for
 from exporter.store.backend import retention_cutoffs
 
 SCOPE = "admin"
@@ -76,16 +76,8 @@ async def _backend(request: web.Request) -> Backend:
     holder = request.app[BACKEND]
     async with holder.lock:
         if holder.backend is None:
-            st = request.app[CONFIG].store
             async with request.app[POOL].acquire() as conn:
-                holder.backend = await make_backend(
-                    conn,
-                    st.backend,
-                    st.partition_interval,
-                    st.premake_partitions,
-                    use_policies=st.use_policies,
-                    compress_after=st.compress_after,
-                )
+                holder.backend = await backend_for(conn, request.app[CONFIG].store)
         return holder.backend
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter import queries
+from exporter import models, queries
 from exporter.api.app import (
     API_PREFIX,
     CACHE,
@@ -50,17 +50,6 @@ READY_TIMEOUT_S = 5.0
 READY_RETRY_AFTER_S = 5
 DATA_AS_OF_HEADER = "X-Data-As-Of"
 """Response header: the store's freshness (see exporter.health), as in the body's data_as_of."""
-_STEP_FIELDS = ("index", "step_id", "name", "action_type")
-_PERF_FIELDS = (
-    "executions",
-    "succeeded",
-    "failed",
-    "skipped",
-    "running",
-    "success_rate",
-    "duration_seconds",
-    "top_errors",
-)
 
 
 def _default(value: Any) -> Any:
@@ -127,38 +116,27 @@ async def load_workflow(
 # bodies ----------------------------------------------------------------------------------
 
 
-def _step(s: queries.Step, k: int) -> dict[str, Any]:
-    return {"index": k, "step_id": s.step_id, "name": s.name, "action_type": s.action_type}
-
-
-def _workflow_json(w: queries.Workflow) -> dict[str, Any]:
-    return {
-        "workflow_id": w.workflow_id,
-        "name": w.name,
-        "updated_at": w.updated_at,
-        "steps": [_step(s, k) for k, s in enumerate(w.steps)],
-    }
+def _workflow(w: queries.Workflow) -> models.Workflow:
+    return models.Workflow(
+        workflow_id=w.workflow_id,
+        name=w.name,
+        updated_at=w.updated_at,
+        steps=[
+            models.Step(index=k, step_id=s.step_id, name=s.name, action_type=s.action_type)
+            for k, s in enumerate(w.steps)
+        ],
+    )
 
 
 Body = Callable[[Any, queries.Workflow, TimeRange], Awaitable[dict[str, Any]]]
+"""An analytics document as the read queries give it (its model picks what it shows)."""
 
 
 async def summary_body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[str, Any]:
     """The summary document of a workflow over a range."""
-    s = await queries.summary(conn, wf.tenant_id, wf, tr.start, tr.end, tr.granularity, tr.tz)
-    return {
-        "enrollments": s["enrollments"],
-        "completions": s["completions"],
-        "conversions": s["conversions"],
-        "exits": s["exits"],
-        "failures": s["failures"],
-        "exits_by_reason": s["exits_by_reason"],
-        "completion_rate": s["completion_rate"],
-        "conversion_rate": s["conversion_rate"],
-        "time_to_complete_seconds": s["time_to_complete_seconds"],
-        "time_to_convert_seconds": s["time_to_convert_seconds"],
-        "series": s["series"],
-    }
+    return await queries.summary(
+        conn, wf.tenant_id, wf, tr.start, tr.end, tr.granularity, tr.tz
+    )
 
 
 def _funnel_body(mode: str) -> Body:
@@ -167,31 +145,14 @@ def _funnel_body(mode: str) -> Body:
             f = await queries.cohort_funnel(conn, wf.tenant_id, wf, tr.start, tr.end)
         else:
             f = await queries.activity_funnel(conn, wf.tenant_id, wf, tr.start, tr.end)
-        return {
-            "mode": mode,
-            "enrolled": f["enrolled"],
-            "completed": f["completed"],
-            "converted": f["converted"],
-            "in_progress": f["in_progress"],
-            "steps": f["steps"],
-        }
+        return {"mode": mode, **f}
 
     return body
 
 
 async def actions_body(conn: Any, wf: queries.Workflow, tr: TimeRange) -> dict[str, Any]:
     """The action performance document of a workflow over a range."""
-    a = await queries.actions(conn, wf.tenant_id, wf, tr.start, tr.end)
-    return {
-        "actions": [
-            {**{k: s[k] for k in _STEP_FIELDS}, **{k: s[k] for k in _PERF_FIELDS}}
-            for s in a["actions"]
-        ],
-        "action_types": [
-            {"action_type": t["action_type"], **{k: t[k] for k in _PERF_FIELDS}}
-            for t in a["action_types"]
-        ],
-    }
+    return await queries.actions(conn, wf.tenant_id, wf, tr.start, tr.end)
 
 
 class WorkflowCache:
@@ -217,11 +178,11 @@ class WorkflowCache:
 
 
 WORKFLOWS = web.AppKey("wfa_workflow_cache", WorkflowCache)
-_BODIES: dict[str, Body] = {
-    "summary": summary_body,
-    "funnel:cohort": _funnel_body("cohort"),
-    "funnel:activity": _funnel_body("activity"),
-    "actions": actions_body,
+_BODIES: dict[str, tuple[Body, type[models.Answer]]] = {
+    "summary": (summary_body, models.Summary),
+    "funnel:cohort": (_funnel_body("cohort"), models.Funnel),
+    "funnel:activity": (_funnel_body("activity"), models.Funnel),
+    "actions": (actions_body, models.Actions),
 }
 
 
@@ -255,7 +216,7 @@ async def analytics_answer(
     The freshness is read before the numbers, so they include at least what it claims;
     a cached answer keeps the freshness it was computed with.
     """
-    body_fn = _BODIES[kind]
+    body_fn, model = _BODIES[kind]
     scope = (kind, principal.tenant, workflow_id)
     key = (*scope, tr.start, tr.end, tr.granularity, tr.tz)
     family = (*scope, question) if tr.relative else None
@@ -267,8 +228,10 @@ async def analytics_answer(
             if wf is None:
                 raise not_found()
             doc = await body_fn(conn, wf, tr)
-        body = {"workflow_id": workflow_id, "range": tr.to_json(), "data_as_of": as_of, **doc}
-        return Answer(dumps(body), as_of)
+        answer = model.model_validate(
+            {**doc, "workflow_id": workflow_id, "range": tr.to_json(), "data_as_of": as_of}
+        )
+        return Answer(answer.json_bytes(), as_of)
 
     return await app[CACHE].get(key, workflow_id, compute, family)
 
@@ -287,7 +250,7 @@ async def list_workflows(request: web.Request) -> web.Response:
     parse_query(request.query, NoQuery)
     async with request.app[POOL].acquire() as conn:
         wfs = await queries.list_workflows(conn, principal.tenant)
-    return json_body(dumps({"workflows": [_workflow_json(w) for w in wfs]}))
+    return json_body(models.WorkflowList(workflows=[_workflow(w) for w in wfs]).json_bytes())
 
 
 async def _analytics(request: web.Request, kind: str, q: TimeQuery) -> web.Response:
@@ -403,27 +366,26 @@ async def refresh(request: web.Request) -> web.Response:
             )
         refreshed = False
         if body.rollups:
-            async with service.store.acquire() as conn:
-                service.state.last_refresh = await service.backend.refresh(conn)
+            await service.refresh_rollups()
             refreshed = True
     touched = wid in result.touched
     if result.touched:
         request.app[HUB].bump(sorted(result.touched))
-    out: dict[str, Any] = {
-        "workflow_id": wid,
-        "ingested": True,
-        "workflow_changed": touched,
-        "rollups_refreshed": refreshed,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    out = models.RefreshResult(
+        workflow_id=wid,
+        ingested=True,
+        workflow_changed=touched,
+        rollups_refreshed=refreshed,
+        seconds=round(time.monotonic() - started, 3),
+    )
     # The cycle's totals cover every tenant: a tenant's answer never carries them.
-    return json_body(dumps(out))
+    return json_body(out.json_bytes())
 
 
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: the process answers."""
     parse_query(request.query, NoQuery)
-    return json_body(dumps({"status": "alive"}))
+    return json_body(models.Status(status="alive").json_bytes())
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -450,7 +412,8 @@ async def readyz(request: web.Request) -> web.Response:
         raise _not_ready("the store is not reachable") from None
     if not state.ready:
         raise _not_ready(state.reason or "not ready", **state.to_json())
-    return json_body(dumps({"status": "ready", **state.to_json()}))
+    ready = models.Ready.model_validate({"status": "ready", **state.to_json()})
+    return json_body(ready.json_bytes())
 
 
 def _not_ready(detail: str, **extra: Any) -> ProblemError:

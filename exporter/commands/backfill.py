@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
+from exporter.runtime import Runtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,12 +40,13 @@ def with_batch_size(cfg: Config, batch_size: int | None) -> Config:
 
 
 async def _backfill(cfg: Config, interval: float) -> int:
+    rt = Runtime()
+    return await rt.run(lambda: _run_backfill(cfg, rt.stop, interval))
+
+
+async def _run_backfill(cfg: Config, stop: asyncio.Event, interval: float) -> int:
     from exporter.backfill import BackfillLocked, backfill, duration_text
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         res = await backfill(cfg, stop=stop, interval=interval)
     except BackfillLocked as exc:

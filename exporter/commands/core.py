@@ -8,26 +8,17 @@ import os
 import sys
 
 import asyncpg
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.commands.common import (
-    StartupFailed,
-    add_config_arg,
-    config_or_exit,
-    open_until_stopped,
-    raise_open_files_limit,
-    run,
-    setup_logging,
-    stop_event,
-)
+from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
+from exporter.commands.parts import add_exporter, add_metrics
 from exporter.config import Config
-from exporter.dashboards.tenant import referenced_relations
-from exporter.db import connect, describe, is_unreachable
-from exporter.metrics import attach_metrics
+from exporter.db import connect
+from exporter.runtime import Runtime, raise_open_files_limit
 from exporter.service import ExporterService, store_dsn
-from exporter.store import make_backend
-from exporter.store.migrate import SchemaError, migrate
+from exporter.store import backend_for
+from exporter.store.migrate import migrate
 from exporter.store.roles import READER, RoleError, ensure_reader
+from monitoring.tenant import referenced_relations
 
 READER_PASSWORD_ENV = "WFA_READER_PASSWORD"
 """Environment variable with the password of the Grafana reader role."""
@@ -74,9 +65,7 @@ async def _migrate(cfg: Config, with_roles: bool) -> int:
         store_dsn(cfg), retries=cfg.store.connect_retries, retry_delay=cfg.store.connect_retry_delay
     )
     try:
-        backend = await make_backend(
-            conn, cfg.store.backend, cfg.store.partition_interval, cfg.store.premake_partitions
-        )
+        backend = await backend_for(conn, cfg.store)
         version = await migrate(conn, backend)
         print(f"schema wfa at version {version} ({backend.name})")
         if with_roles:
@@ -122,11 +111,6 @@ async def _exporter_once(cfg: Config) -> int:
     try:
         await service.open()
         result = await service.poll_once()
-    except Exception as exc:
-        if not is_unreachable(exc) and not isinstance(exc, SchemaError):
-            raise
-        print(f"exporter: {describe(exc)}", file=sys.stderr)
-        return 1
     finally:
         await service.close()
     if result is None:
@@ -151,27 +135,10 @@ async def _exporter_once(cfg: Config) -> int:
 async def _exporter(cfg: Config) -> int:
     """Serve /metrics at once, wait for the store as long as it takes, then poll until stopped."""
     raise_open_files_limit()
-    stop = stop_event()
-    service = ExporterService(cfg)
-    await service.connect()
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    service.watch(scheduler)
-    metrics = attach_metrics(service, scheduler, cfg)
-    try:
-        await metrics.start()
-        scheduler.start()
-        try:
-            if await open_until_stopped(service, stop):
-                service.start(scheduler)
-                await stop.wait()
-        except StartupFailed:
-            return 1
-        return 0
-    finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
-        await metrics.stop()
-        await service.close()
+    rt = Runtime()
+    service = add_exporter(rt, cfg)
+    add_metrics(rt, service, cfg)
+    return await rt.run()
 
 
 def cmd_exporter(args: argparse.Namespace) -> int:

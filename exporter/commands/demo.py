@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,16 +25,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import yaml
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter.api import ApiSettings
+from exporter.api.server import ApiServer
 from exporter.commands.common import setup_logging
+from exporter.commands.parts import add_api, add_exporter, add_metrics
 from exporter.config import Config, config_from_dict
-from exporter.config.schema import parse_listen
 from exporter.db import connect
+from exporter.localdb import SOURCE_DB, STORE_DB, Cluster, open_cluster
+from exporter.metrics import MetricsServer
+from exporter.runtime import ListenError, Runtime, StartupFailed, Stopped, bind, url_host
 from exporter.service import ExporterService
 from exporter.source.reader import quote_ident
 
@@ -44,10 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE_DB = "wfa_source"
-STORE_DB = "wfa_store"
 TENANT = "tenant-1"
 SCOPES = ("read", "export", "admin")
+DEMO_GRACE_S = 5.0
+"""How long the demo's shutdown waits for each part."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -91,68 +95,6 @@ def _incident(text: str) -> Incident:
 
 
 # the database ------------------------------------------------------------------------------
-
-
-class Cluster(Protocol):
-    """What the demo needs from a PostgreSQL server it started."""
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq URL for `dbname`."""
-        ...
-
-    def stop(self) -> None:
-        """Stop the server, keeping its data."""
-        ...
-
-
-def _ensure_databases(create: Callable[[str], None], exists: Callable[[str], bool]) -> None:
-    for name in (SOURCE_DB, STORE_DB):
-        if not exists(name):
-            create(name)
-
-
-class EmbeddedCluster:
-    """PostgreSQL from the `pgserver` wheel, for machines without server binaries."""
-
-    def __init__(self, pgdata: Path) -> None:
-        try:
-            import pgserver  # type: ignore[import-not-found]
-        except ImportError:
-            print("no PostgreSQL server binaries: installing pgserver from PyPI", flush=True)
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pgserver"], check=True)
-            import pgserver  # type: ignore[import-not-found]
-        self.server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        """A libpq URL for `dbname`."""
-        return self.server.get_uri(dbname)
-
-    def start(self) -> None:
-        """Create the demo databases."""
-        have = self.server.psql("SELECT datname FROM pg_database;")
-        for name in (SOURCE_DB, STORE_DB):
-            if name not in have:
-                self.server.psql(f"CREATE DATABASE {name};")
-
-    def stop(self) -> None:
-        """Stop the server, keeping its data."""
-        self.server.cleanup()
-
-
-def open_cluster(root: Path) -> tuple[Cluster, str]:
-    """Start the demo's cluster in `root`: system binaries when present, else pgserver."""
-    from exporter.devdb import DevCluster, DevDBError, find_bindir
-
-    try:
-        find_bindir()
-    except DevDBError:
-        embedded = EmbeddedCluster(root / "pgdata-embedded")
-        embedded.start()
-        return embedded, "embedded PostgreSQL (pgserver)"
-    cluster = DevCluster(root / "pgdata")
-    cluster.start()
-    _ensure_databases(cluster.create_database, cluster.database_exists)
-    return cluster, f"PostgreSQL from {cluster.bindir}"
 
 
 # config and history ------------------------------------------------------------------------
@@ -231,47 +173,26 @@ async def ensure_history(
 # listening ---------------------------------------------------------------------------------
 
 
-def bind(listen: str) -> socket.socket:
-    """A listening socket on `listen`; another free port when that one is taken."""
-    host, port = _host_port(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def bind_or_other(listen: str, what: str) -> socket.socket:
+    """A listening socket on `listen`; another free port of the same host when it is taken."""
     try:
-        return socket.create_server((host, port), family=family, backlog=1024)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or port == 0:
+        return bind(listen, what)
+    except ListenError as exc:
+        cause = exc.__cause__
+        taken = isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
+        if not taken or listen.endswith(":0"):
             raise
         log.warning("%s is taken; using another port", listen)
-        return socket.create_server((host, 0), family=family, backlog=1024)
+        return bind(f"{listen.rsplit(':', 1)[0]}:0", what)
 
 
-def free_listen(listen: str) -> str:
+def free_listen(listen: str, what: str) -> str:
     """`listen`, or the same host with a free port when that one is taken (or is 0)."""
-    sock = bind(listen)
+    sock = bind_or_other(listen, what)
     try:
-        host, port = sock.getsockname()[:2]
+        return url_host(sock)
     finally:
         sock.close()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _host_port(listen: str) -> tuple[str, int]:
-    if listen.endswith(":0"):
-        return listen[:-2].strip("[]"), 0
-    return parse_listen(listen)
-
-
-def url_host(sock: socket.socket) -> str:
-    """"host:port" of a bound socket, for URLs."""
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def api_app(cfg: Config, service: ExporterService) -> web.Application:
-    """The API application over the exporter's store pool (the `wfa run` app)."""
-    from exporter.api import ApiSettings, create_app
-
-    assert service.store is not None
-    return create_app(cfg, service.store, service, settings=ApiSettings(shutdown_grace=3.0))
 
 
 # Prometheus --------------------------------------------------------------------------------
@@ -279,8 +200,8 @@ def api_app(cfg: Config, service: ExporterService) -> web.Application:
 
 def prometheus_config(cfg: Config, metrics: str, listen: str, rules: Path) -> dict[str, Any]:
     """Prometheus for the demo, generated from its config: the exporter job, the rules."""
-    from exporter.dashboards.scrape import prometheus_config as generated
-    from exporter.dashboards.settings import Settings
+    from monitoring.scrape import prometheus_config as generated
+    from monitoring.settings import Settings
 
     return generated(
         Settings.of(cfg), [metrics], [str(rules / "*.yml")], interval="5s", self_target=listen
@@ -289,8 +210,8 @@ def prometheus_config(cfg: Config, metrics: str, listen: str, rules: Path) -> di
 
 def write_rules(cfg: Config, directory: Path) -> Path:
     """The Prometheus rule files generated from the demo config, written into `directory`."""
-    from exporter.dashboards import files
-    from exporter.dashboards.settings import Settings
+    from monitoring import files
+    from monitoring.settings import Settings
 
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.yml"):
@@ -415,7 +336,7 @@ def _prometheus(
     return Prometheus(
         binary,
         root / "prometheus",
-        free_listen(args.prometheus_listen),
+        free_listen(args.prometheus_listen, "--prometheus-listen"),
         metrics,
         root / "prometheus.log",
         cfg,
@@ -423,157 +344,180 @@ def _prometheus(
     )
 
 
-class Stopped(Exception):
-    """SIGINT or SIGTERM arrived while the demo was starting."""
-
-
-async def _wait(stop: asyncio.Event, coro: Any) -> Any:
-    """Await `coro` unless `stop` is set first (then cancel it and raise Stopped)."""
-    task = asyncio.ensure_future(coro)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise Stopped
-    return task.result()
-
-
 async def run_demo(args: argparse.Namespace) -> int:
     """Start everything, print the banner, run until SIGINT/SIGTERM, stop everything."""
-    from exporter.api.auth import new_token
-    from exporter.metrics import attach_metrics
-    from exporter.simulate.incident import IncidentError
-    from exporter.simulate.live import open_live, parse_rate, run_live
-
-    rate = parse_rate(args.rate)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     root = Path(args.dir).absolute()
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
-    started = time.monotonic()
-    cluster: Cluster | None = None
+    demo = Demo(args, root, Runtime(grace=DEMO_GRACE_S))
+    demo.rt.on_startup("cluster", demo.start_cluster)
+    return await demo.rt.run(demo.main)
+
+
+@dataclass
+class Demo:
+    """The demo's parts, added to its runtime once the cluster tells where the databases are."""
+
+    args: argparse.Namespace
+    root: Path
+    rt: Runtime
+    started: float = field(default_factory=time.monotonic)
+    cfg: Config | None = None
+    token: str = ""
+    database: str = ""
+    history: int = 0
     service: ExporterService | None = None
-    scheduler: AsyncIOScheduler | None = None
-    metrics = None
-    runner: web.AppRunner | None = None
-    prom: Prometheus | None = None
-    live_task: asyncio.Task[int] | None = None
-    live_conn = None
-    live_stop = asyncio.Event()
-    try:
-        cluster, database = await asyncio.to_thread(open_cluster, root)
-        if stop.is_set():
-            raise Stopped
-        token = new_token()
-        api_sock = bind(args.api_listen)
-        metrics_listen = free_listen(args.metrics_listen)
-        api = url_host(api_sock)
+    metrics: MetricsServer | None = None
+    api: Callable[[], ApiServer | None] = lambda: None
+    live: LiveWorkload | None = None
+
+    async def start_cluster(self) -> None:
+        """Start the private cluster (stopped last), then add every other part."""
+        cluster, self.database = await asyncio.to_thread(open_cluster, self.root)
+
+        async def stop_cluster() -> None:
+            await asyncio.to_thread(cluster.stop)
+            print(f"stopped; data kept in {self.root}", flush=True)
+
+        self.rt.on_shutdown("cluster", stop_cluster)
+        self._add_parts(cluster)
+
+    def _add_parts(self, cluster: Cluster) -> None:
+        from exporter.api.auth import new_token
+
+        args, rt = self.args, self.rt
+        self.token = new_token()
+        api_sock = bind_or_other(args.api_listen, "--api-listen")
+        metrics_listen = free_listen(args.metrics_listen, "--metrics-listen")
         raw = demo_config(
-            cluster.dsn(SOURCE_DB), cluster.dsn(STORE_DB), token, api, metrics_listen,
-            root / "exports", args.poll_interval,
+            cluster.dsn(SOURCE_DB), cluster.dsn(STORE_DB), self.token, url_host(api_sock),
+            metrics_listen, self.root / "exports", args.poll_interval,
         )
-        cfg = config_from_dict(raw)
-        (root / "demo.yaml").write_text(
+        cfg = self.cfg = config_from_dict(raw)
+        (self.root / "demo.yaml").write_text(
             "# Generated by `wfa demo`; valid while the demo's database runs.\n"
             + yaml.safe_dump(raw, sort_keys=False)
         )
-        history = await _wait(
-            stop, ensure_history(cfg, args.executions, args.days, args.workflows, args.seed)
+        rt.on_startup("history", self._history)
+        self.service = add_exporter(rt, cfg, wait_for_store=False)
+        self.metrics = add_metrics(rt, self.service, cfg, metrics_listen)
+        service = self.service
+        self.api = add_api(
+            rt, cfg, lambda: service.store, service, ApiSettings(shutdown_grace=3.0),
+            api_sock, access_log=False,
         )
+        live = self.live = LiveWorkload(cfg, args)
+        rt.on_startup("live workload", live.start)
+        rt.on_shutdown("live workload", live.stop)
 
-        service = ExporterService(cfg)
-        await _wait(stop, service.open())
-        scheduler = AsyncIOScheduler(timezone="UTC")
-        service.start(scheduler)
-        metrics = attach_metrics(service, scheduler, cfg)
-        await metrics.start(metrics_listen)
-        metrics_at = f"{metrics_listen.rsplit(':', 1)[0]}:{metrics.port}"
-        app = api_app(cfg, service)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0)
-        await runner.setup()
-        await web.SockSite(runner, api_sock).start()
+        async def stopping() -> None:
+            print("stopping ...", flush=True)
 
-        live_conn = await connect(cfg.source.dsn, application_name="wfa-demo-live")
+        rt.on_shutdown("demo", stopping)
+
+    async def _history(self) -> None:
+        assert self.cfg is not None
+        a = self.args
+        self.history = await ensure_history(self.cfg, a.executions, a.days, a.workflows, a.seed)
+
+    async def main(self) -> int:
+        """Wait for the first poll, start Prometheus, print the banner, run until stopped."""
+        assert self.cfg and self.service and self.metrics and self.live
+        rt, live = self.rt, self.live
+        if self.history:
+            print(f"ingesting {self.history:,} executions of history ...", flush=True)
         try:
-            live = await open_live(
-                live_conn,
-                rate=rate,
-                seed=args.seed,
-                start=datetime.now(UTC),
-                incidents=args.incident,
-            )
-        except IncidentError as exc:
-            print(f"incident: {exc}", file=sys.stderr)
-            return 1
-        live_task = asyncio.create_task(
-            run_live(live_conn, live, stop=live_stop, announce=_announce), name="wfa-demo-live"
-        )
-        scheduler.start()
-        if history:
-            print(f"ingesting {history:,} executions of history ...", flush=True)
-        await _wait(stop, _first_poll(service))
-
-        prom = _prometheus(args, root, metrics_at, cfg)
+            await rt.until_stopped(_first_poll(self.service))
+        except Stopped:
+            return 0
+        metrics_at = f"{self.cfg.metrics.listen.rsplit(':', 1)[0]}:{self.metrics.port}"
+        prom = _prometheus(self.args, self.root, metrics_at, self.cfg)
         if prom is not None:
             prom.start()
+            rt.on_shutdown("Prometheus", lambda: asyncio.to_thread(prom.stop))
             await asyncio.sleep(0.5)
             if prom.proc is not None and prom.proc.poll() is not None:
                 print(f"Prometheus exited at start; see {prom.log_path}", file=sys.stderr)
-                prom.stop()
                 prom = None
+        server = self.api()
+        assert server is not None and live.state is not None
         workflow = next(
-            (w.id for w in live.workflows if w.tenant_id == TENANT), live.workflows[0].id
+            (w.id for w in live.state.workflows if w.tenant_id == TENANT),
+            live.state.workflows[0].id,
         )
-        live_text = (
-            f"{rate:g} enrollments/s, {live.active:,} running executions resumed"
-        )
-        for inc in args.incident:
+        live_text = f"{live.rate:g} enrollments/s, {live.state.active:,} running executions resumed"
+        for inc in self.args.incident:
             live_text += f"\n              incident: {inc.describe()}"
         print(
             banner(
-                api, metrics_at, token, workflow, root, prom, database, history, live_text,
-                has_exports(app),
+                server.address, metrics_at, self.token, workflow, self.root, prom,
+                self.database, self.history, live_text, has_exports(server.app),
             ),
             flush=True,
         )
-        print(f"ready in {time.monotonic() - started:.1f}s", flush=True)
-        await _wait_any(stop, live_task)
-        if live_task.done() and not live_task.cancelled() and live_task.exception():
-            print(f"the live workload failed: {live_task.exception()}", file=sys.stderr)
+        print(f"ready in {time.monotonic() - self.started:.1f}s", flush=True)
+        return await live.wait(rt.stop)
+
+
+class LiveWorkload:
+    """The simulated application: enrollments and progress written to the source database."""
+
+    def __init__(self, cfg: Config, args: argparse.Namespace) -> None:
+        from exporter.simulate.live import parse_rate
+
+        self.cfg = cfg
+        self.args = args
+        self.rate = parse_rate(args.rate)
+        self.state: Any = None
+        self._conn: asyncpg.Connection | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[int] | None = None
+
+    async def start(self) -> None:
+        """Resume the running executions and start writing (a bad incident stops the demo)."""
+        from exporter.simulate.incident import IncidentError
+        from exporter.simulate.live import open_live, run_live
+
+        self._conn = await connect(self.cfg.source.dsn, application_name="wfa-demo-live")
+        try:
+            self.state = await open_live(
+                self._conn,
+                rate=self.rate,
+                seed=self.args.seed,
+                start=datetime.now(UTC),
+                incidents=self.args.incident,
+            )
+        except IncidentError as exc:
+            raise StartupFailed(f"incident: {exc}") from None
+        # Not a runtime task: it is stopped gently (its tick finishes) by `stop`.
+        self._task = asyncio.create_task(
+            run_live(self._conn, self.state, stop=self._stop, announce=_announce),
+            name="wfa-demo-live",
+        )
+
+    async def wait(self, stop: asyncio.Event) -> int:
+        """Until `stop`, or the workload failed (exit 1)."""
+        assert self._task is not None
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        task = self._task
+        if task.done() and not task.cancelled() and task.exception():
+            print(f"the live workload failed: {task.exception()}", file=sys.stderr)
             return 1
         return 0
-    except Stopped:
-        return 0
-    finally:
-        print("stopping ...", flush=True)
-        live_stop.set()
-        if live_task is not None:
+
+    async def stop(self) -> None:
+        """Let the workload finish its tick, then close its connection."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 5)
+        if self._conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(live_task, 5)
-        if live_conn is not None:
-            with contextlib.suppress(Exception):
-                await live_conn.close(timeout=3)
-        if runner is not None:
-            await runner.cleanup()
-        if scheduler is not None and scheduler.running:
-            scheduler.shutdown(wait=False)
-        if metrics is not None:
-            await metrics.stop()
-        if service is not None:
-            await _close(service)
-        if prom is not None:
-            await asyncio.to_thread(prom.stop)
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
-        print(f"stopped; data kept in {root}", flush=True)
+                await self._conn.close(timeout=3)
 
 
 def _announce(line: str) -> None:
@@ -585,25 +529,6 @@ async def _first_poll(service: ExporterService) -> None:
     """Return once a poll has caught up with the source (the API then answers)."""
     while service.state.last_success is None:
         await asyncio.sleep(0.2)
-
-
-async def _wait_any(stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-
-
-async def _close(service: ExporterService, grace: float = 5.0) -> None:
-    """Close the service's pools, terminating them if in-flight work outlasts `grace` s."""
-    try:
-        async with asyncio.timeout(grace):
-            await service.close()
-    except TimeoutError:
-        for pool in (service.source, service.store):
-            if pool is not None:
-                pool.terminate()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

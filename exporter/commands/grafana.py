@@ -12,11 +12,11 @@ import asyncpg
 
 from exporter.commands.common import add_config_arg, config_or_exit, run
 from exporter.config import Config
-from exporter.dashboards import provision
-from exporter.dashboards.tenant import RewriteError, referenced_relations
 from exporter.db import connect
 from exporter.store import roles
 from exporter.store.migrate import SchemaError, recorded_backend, require_current
+from monitoring import provision
+from monitoring.tenant import RewriteError, referenced_relations
 
 
 def register(sub: argparse._SubParsersAction) -> None:

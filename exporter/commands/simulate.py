@@ -38,7 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="generate as of this ISO time (default: now)",
     )
-    p.add_argument("--truth", metavar="FILE", help="write the exact expected numbers here")
     p.add_argument("--no-init", action="store_true", help="do not create the source tables")
     p.add_argument(
         "--live",
@@ -82,7 +81,6 @@ def _rate(text: str) -> float:
 
 async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
     from exporter.simulate.generate import generate
-    from exporter.simulate.truth import Truth
     from exporter.simulate.writer import create_source_schema, write
 
     if args.incident and not args.live:
@@ -119,8 +117,6 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
         )
     finally:
         await conn.close()
-    if args.truth:
-        Truth(data, cfg.exporter.conversion_window).to_json(args.truth, args.days)
     took = time.perf_counter() - started
     print(
         f"wrote {len(data.workflows)} workflows and {len(data.executions)} executions "

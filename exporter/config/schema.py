@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from exporter.store import locks
+
 from .durations import Duration, PositiveDuration
 
 __all__ = [
@@ -419,7 +421,7 @@ class ExporterConfig(BaseModel):
     conversion_windows: Annotated[
         dict[TextId, PositiveDuration], AfterValidator(_freeze), WrapSerializer(_thaw)
     ] = Field(default_factory=dict)
-    lock_id: BigInt = 727274
+    lock_id: BigInt = locks.POLL
     ready_max_lag: PositiveDuration = Field(timedelta(minutes=5), validate_default=True)
 
     @field_validator("ready_max_lag")

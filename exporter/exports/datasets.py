@@ -13,6 +13,7 @@ import asyncpg
 
 from exporter import queries
 from exporter.exports.formats import FORMATS, iso
+from exporter.models import DOCUMENTS
 
 DATASETS = ("summary", "funnel", "actions", "executions")
 MODES = ("cohort", "activity")
@@ -154,49 +155,23 @@ class ExportSpec:
         return out
 
 
-def _perf(p: dict[str, Any]) -> dict[str, Any]:
-    return {k: p[k] for k in (*PERF_FIELDS, "duration_seconds", "top_errors")}
-
-
 async def document(
     conn: asyncpg.Connection, wf: queries.Workflow, spec: ExportSpec
 ) -> dict[str, Any]:
-    """The analytics document of summary, funnel or actions, shaped like the API's."""
+    """The analytics document of summary, funnel or actions: the API answer's own model."""
     t, s, e = spec.tenant, spec.start, spec.end
     if spec.dataset == "summary":
         d = await queries.summary(conn, t, wf, s, e, spec.granularity, spec.tz)
-        keys = (
-            *queries.SERIES_FIELDS,
-            "exits_by_reason",
-            "completion_rate",
-            "conversion_rate",
-            "time_to_complete_seconds",
-            "time_to_convert_seconds",
-            "series",
-        )
-        return {k: d[k] for k in keys}
-    if spec.dataset == "funnel":
+    elif spec.dataset == "funnel":
         if spec.mode == "cohort":
-            f = await queries.cohort_funnel(conn, t, wf, s, e)
+            d = {"mode": "cohort", **await queries.cohort_funnel(conn, t, wf, s, e)}
         else:
-            f = await queries.activity_funnel(conn, t, wf, s, e)
-        keys = ("enrolled", "completed", "converted", "in_progress", "steps")
-        return {"mode": spec.mode, **{k: f[k] for k in keys}}
-    if spec.dataset == "actions":
-        a = await queries.actions(conn, t, wf, s, e)
-        return {
-            "actions": [
-                {
-                    **{k: x[k] for k in ("index", "step_id", "name", "action_type")},
-                    **_perf(x),
-                }
-                for x in a["actions"]
-            ],
-            "action_types": [
-                {"action_type": x["action_type"], **_perf(x)} for x in a["action_types"]
-            ],
-        }
-    raise ValueError(f"{spec.dataset} has no document form")
+            d = {"mode": "activity", **await queries.activity_funnel(conn, t, wf, s, e)}
+    elif spec.dataset == "actions":
+        d = await queries.actions(conn, t, wf, s, e)
+    else:
+        raise ValueError(f"{spec.dataset} has no document form")
+    return DOCUMENTS[spec.dataset].model_validate(d).model_dump(by_alias=True)
 
 
 def table(spec: ExportSpec, doc: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -33,13 +33,12 @@ from exporter.db import Backoff, connect, describe, is_unreachable
 from exporter.exports.datasets import ExportSpec
 from exporter.exports.formats import FORMATS
 from exporter.exports.render import Progress, render
+from exporter.store import locks
 from exporter.store.sqlfiles import named
 
 log = logging.getLogger(__name__)
 
 Q = named("exports.sql")
-OWNER_LOCK_CLASS = 727_280
-"""First key of the owner advisory locks (the second is the owner number)."""
 MAX_ATTEMPTS = 3
 """Starts of one job before a restart during it marks it failed."""
 HOUSEKEEPING_S = 30.0
@@ -121,7 +120,7 @@ class ExportJobs:
         if self._lock_conn is not None and not self._lock_conn.is_closed():
             return
         conn = await connect(self.dsn, application_name="wfa-export-owner")
-        await conn.execute("SELECT pg_advisory_lock($1, $2)", OWNER_LOCK_CLASS, self.owner)
+        await conn.execute("SELECT pg_advisory_lock($1, $2)", locks.EXPORT_OWNERS, self.owner)
         self._lock_conn = conn
 
     async def close(self, grace: float) -> None:
@@ -155,7 +154,7 @@ class ExportJobs:
         job_id = uuid.uuid4()
         await self._ensure_lock()  # a job is only stored while its owner lock is held
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(Q["job_lock_tenant"], OWNER_LOCK_CLASS, spec.tenant)
+            await conn.execute(Q["job_lock_tenant"], locks.EXPORT_OWNERS, spec.tenant)
             active = await conn.fetchval(Q["job_active_count"], spec.tenant)
             if active >= self.cfg.max_concurrent_per_tenant:
                 raise TooManyJobs(self.cfg.max_concurrent_per_tenant)
@@ -280,7 +279,7 @@ class ExportJobs:
         failed: list[uuid.UUID] = []
         now = datetime.now(UTC)
         async with self.pool.acquire() as conn, conn.transaction():
-            for row in await conn.fetch(Q["job_orphans"], OWNER_LOCK_CLASS, self.owner):
+            for row in await conn.fetch(Q["job_orphans"], locks.EXPORT_OWNERS, self.owner):
                 job_id = row["job_id"]
                 if job_id in self._tasks:
                     continue

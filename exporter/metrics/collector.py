@@ -7,7 +7,7 @@ import math
 import platform
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import generate_latest
@@ -68,6 +68,8 @@ class MetricsState:
     snapshot_errors: Counter = field(default_factory=Counter)
     dropped_total: int = 0
     polls: PollDurations = field(default_factory=PollDurations)
+    job_failures: Mapping[str, int] = field(default_factory=dict)
+    """Scheduled job runs that ended with an error, by job (the process's `Jobs` counter)."""
 
     def publish(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current and add its dropped series to the running total."""
@@ -263,6 +265,14 @@ class SelfCollector:
         for reason in sorted({*SNAPSHOT_ERROR_REASONS, *ms.snapshot_errors}):
             snap_errors.add_metric([reason], ms.snapshot_errors.get(reason, 0))
         yield snap_errors
+        jobs = CounterMetricFamily(
+            "wfa_exporter_job_failures",
+            "Scheduled job runs (poll, snapshot, retention, ...) that ended with an error.",
+            labels=["job"],
+        )
+        for job, n in sorted(ms.job_failures.items()):
+            jobs.add_metric([job], n)
+        yield jobs
         yield CounterMetricFamily(
             "wfa_exporter_series_dropped",
             "Series left out by the cardinality guard, summed over snapshots.",

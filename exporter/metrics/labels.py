@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from exporter.store import locks
 from exporter.store.sqlfiles import named
 
 Q = named("metrics.sql")
@@ -86,7 +87,7 @@ async def promote(
 ) -> list[str]:
     """Promote what `choose` picks (one transaction, serialised); return the values promoted."""
     async with conn.transaction():
-        await conn.execute(Q["label_lock"])
+        await conn.execute(Q["label_lock"], locks.REFRESH)
         have = {r["label"]: r["source"] for r in await conn.fetch(Q["label_promotions"], family)}
         served = await conn.fetchval(Q["label_served"], family)
         totals = {r["label"]: r["total"] for r in await conn.fetch(Q["label_totals"], metric)}

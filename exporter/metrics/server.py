@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -15,13 +14,12 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from apscheduler.schedulers.base import BaseScheduler
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter.config import Config
-from exporter.config.schema import MetricsConfig, parse_listen
+from exporter.config.schema import MetricsConfig
 from exporter.db import describe, is_unreachable
 from exporter.ingest import PollResult
 from exporter.metrics.activity import ActivityLog
@@ -33,7 +31,8 @@ from exporter.metrics.collector import (
 )
 from exporter.metrics.runbook import runbook_routes
 from exporter.metrics.snapshot import Snapshot, build_snapshot
-from exporter.service import ExporterService, ExporterState, error_reason, scheduled
+from exporter.runtime import Jobs, bind
+from exporter.service import ExporterService, ExporterState, error_reason
 
 log = logging.getLogger(__name__)
 SNAPSHOT_JOB_ID = "metrics_snapshot"
@@ -120,7 +119,7 @@ class MetricsServer:
         self._rendered = EMPTY
         self._openmetrics = EMPTY
         self._leader_since: float | None = None
-        self._scheduler: BaseScheduler | None = None
+        self._jobs: Jobs | None = None
         self.activity = ActivityLog(exporter)
         self._runner: web.AppRunner | None = None
         self._failing = False
@@ -140,9 +139,8 @@ class MetricsServer:
 
     def _snapshot_now(self) -> None:
         """Run the scheduled snapshot job now (a new leader has nothing to serve yet)."""
-        scheduler = self._scheduler
-        if scheduler is not None and scheduler.get_job(SNAPSHOT_JOB_ID):
-            scheduler.modify_job(SNAPSHOT_JOB_ID, next_run_time=datetime.now().astimezone())
+        if self._jobs is not None:
+            self._jobs.run_soon(SNAPSHOT_JOB_ID)
 
     def served(self) -> Snapshot | None:
         """The snapshot whose workflow series are served: the leader's, read while leading."""
@@ -191,7 +189,6 @@ class MetricsServer:
         async with pool.acquire() as conn:
             return await build_snapshot(conn, self.cfg, now)
 
-    @scheduled
     async def _refresh_job(self) -> None:
         await self.refresh()
 
@@ -203,18 +200,15 @@ class MetricsServer:
             self._snapshot_now()
         self.activity.on_poll(result, exc)
 
-    def schedule(self, scheduler: BaseScheduler) -> None:
-        """Add the snapshot job (first run now) to `scheduler`."""
-        self._scheduler = scheduler
-        scheduler.add_job(
+    def schedule(self, jobs: Jobs) -> None:
+        """Add the snapshot job (first run now); count the jobs' failures in the self-metrics."""
+        self._jobs = jobs
+        self.state.job_failures = jobs.failures
+        jobs.every(
+            SNAPSHOT_JOB_ID,
             self._refresh_job,
-            "interval",
-            seconds=self.cfg.snapshot_interval.total_seconds(),
-            next_run_time=datetime.now().astimezone(),
-            max_instances=1,
-            coalesce=True,
-            id=SNAPSHOT_JOB_ID,
-            replace_existing=True,
+            self.cfg.snapshot_interval,
+            datetime.now().astimezone(),
         )
 
     # exposition ----------------------------------------------------------------------------
@@ -268,10 +262,8 @@ class MetricsServer:
 
     async def start(self, listen: str | None = None) -> None:
         """Listen on `listen` (default `metrics.listen`; port 0 picks a free port)."""
-        host, port = _split(listen or self.cfg.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family)
-        self.port = sock.getsockname()[1]
+        sock = bind(listen or self.cfg.listen, "metrics.listen")
+        host, self.port = sock.getsockname()[:2]
         # A connection that sends no complete request head `header_timeout` after connecting
         # (or after its previous response) is closed: aiohttp's keep-alive timer runs from the
         # start of the connection, so slow clients cannot pile up.
@@ -291,14 +283,8 @@ class MetricsServer:
             self._runner = None
 
 
-def _split(listen: str) -> tuple[str, int]:
-    if listen.endswith(":0"):
-        return listen[:-2].strip("[]"), 0
-    return parse_listen(listen)
-
-
 def attach_metrics(
-    service: ExporterService, scheduler: BaseScheduler, cfg: Config | MetricsConfig | None = None
+    service: ExporterService, jobs: Jobs, cfg: Config | MetricsConfig | None = None
 ) -> MetricsServer:
     """Wire metrics to an opened service: poll listener and snapshot job; caller awaits start()."""
     full = service.cfg
@@ -307,5 +293,5 @@ def attach_metrics(
         metrics_cfg, service.state, lambda: service.store, full.store.statement_timeout
     )
     service.listeners.append(server.on_poll)
-    server.schedule(scheduler)
+    server.schedule(jobs)
     return server

@@ -1,4 +1,4 @@
-"""Workload generator for the source tables, with exact expected analytics numbers."""
+"""Workload generator for the source tables (the tests hold its exact expected numbers)."""
 
 from exporter.simulate.generate import (
     WorkflowProfile,
@@ -18,7 +18,6 @@ from exporter.simulate.model import (
     SimStep,
     SimWorkflow,
 )
-from exporter.simulate.truth import Truth, bucket_start
 from exporter.simulate.writer import (
     create_source_schema,
     execution_record,
@@ -40,10 +39,8 @@ __all__ = [
     "SimExecution",
     "SimStep",
     "SimWorkflow",
-    "Truth",
     "WorkflowProfile",
     "advance",
-    "bucket_start",
     "create_source_schema",
     "execution_record",
     "generate",

@@ -1,4 +1,4 @@
-"""Write simulated data into the source tables (DESIGN §2) with asyncpg."""
+"""Write simulated data into the source tables (the source contract) with asyncpg."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- Default source tables (DESIGN §2), as written by `wfa simulate`.
+-- Default source tables (the source contract in the README), as written by `wfa simulate`.
 -- {workflows} and {executions} are replaced with quoted table names before running.
 -- The keyset index on (updated_at, id) is declared as a UNIQUE constraint (id alone is
 -- already unique) so that it is created with the table and the script stays idempotent

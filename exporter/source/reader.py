@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -25,23 +26,34 @@ EXECUTION_COLUMNS = (
     "step_progress",
     "updated_at",
 )
-"""Columns of the default source executions table (DESIGN §2), in order."""
-EXECUTION_FIELDS = (
-    "id",
-    "tenant_id",
-    "workflow_id",
-    "contact_id",
-    "status",
-    "enrolled_at",
-    "completed_at",
-    "converted_at",
-    "exited_at",
-    "exit_reason",
-    "failed_at",
-    "current_step_id",
-    "step_progress",
-    "updated_at",
-)
+"""Columns of the default source executions table (the source contract), in order."""
+@dataclass(frozen=True, slots=True)
+class SourceExecution:
+    """One row of the source executions table, ids as text."""
+
+    id: str
+    tenant_id: str
+    workflow_id: str
+    contact_id: str
+    status: str
+    enrolled_at: datetime
+    completed_at: datetime | None
+    converted_at: datetime | None
+    exited_at: datetime | None
+    exit_reason: str | None
+    failed_at: datetime | None
+    current_step_id: str | None
+    step_progress: str | None
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, r: Sequence[Any]) -> SourceExecution:
+        """A row read by `execution_query` (its columns are this class's fields, in order)."""
+        return cls(*r)
+
+
+EXECUTION_FIELDS = tuple(f.name for f in fields(SourceExecution))
+"""What an executions page selects, in order: the fields of SourceExecution."""
 WORKFLOW_FIELDS = ("id", "tenant_id", "name", "steps", "updated_at")
 _TEXT = {
     "id",

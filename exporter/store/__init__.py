@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from exporter.store.backend import Backend, RefreshResult
 from exporter.store.postgres import PostgresBackend
 
-__all__ = ["Backend", "RefreshResult", "has_timescaledb", "make_backend"]
+if TYPE_CHECKING:
+    from exporter.config.schema import StoreConfig
+
+__all__ = ["Backend", "RefreshResult", "backend_for", "has_timescaledb", "make_backend"]
 
 
 async def has_timescaledb(conn: asyncpg.Connection) -> bool:
@@ -42,3 +46,19 @@ async def make_backend(
             compress_after=compress_after,
         )
     return PostgresBackend(partition_interval, premake)
+
+
+async def backend_for(conn: asyncpg.Connection, store: StoreConfig) -> Backend:
+    """The backend the `store` config section describes, with every one of its settings.
+
+    The one place a backend is built from config: the exporter, the API, `wfa migrate` and
+    retention all get theirs here.
+    """
+    return await make_backend(
+        conn,
+        store.backend,
+        store.partition_interval,
+        store.premake_partitions,
+        use_policies=store.use_policies,
+        compress_after=store.compress_after,
+    )

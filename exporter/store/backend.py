@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
-from exporter.store.rollups import ReadSource, Rollup, range_function, totals_function
+from exporter.store.rollups import ROLLUPS, ReadSource, Rollup, range_function, totals_function
+from exporter.store.sqlfiles import named, sql, statements
+
+STORAGE = named("storage.sql")
 
 # Raw tables and the time column each is partitioned (or chunked) by.
 RAW_TABLES: dict[str, str] = {
@@ -25,6 +30,14 @@ RETENTION_RAW: dict[str, tuple[str, ...]] = {
     "workflow_events": ("workflow_events",),
 }
 _CUTOFF_KEY = "retention_cutoff:"
+_PARTITION_BY = re.compile(r"\s+PARTITION BY RANGE \(\w+\)")
+
+
+def raw_tables_ddl(partitioned: bool) -> list[str]:
+    """The raw tables' DDL, written once for both backends (common/001_raw.sql); without
+    `partitioned` their PARTITION BY clauses are left out (TimescaleDB chunks them instead)."""
+    text = sql("common/001_raw.sql")
+    return statements(text if partitioned else _PARTITION_BY.sub("", text))
 
 
 class RetentionError(ValueError):
@@ -106,3 +119,50 @@ class Backend(ABC):
         self, conn: asyncpg.Connection, dataset: str, older_than: datetime
     ) -> list[str]:
         """Drop whole partitions or chunks of `dataset` ending by `older_than`; their names."""
+
+    # storage, as retention sees it --------------------------------------------------------
+
+    @abstractmethod
+    async def watermarks(self, conn: asyncpg.Connection) -> dict[str, datetime | None]:
+        """How far each rollup relation (`wfa.<rollup>_1h`, `_1d`) is materialized."""
+
+    async def rolled_up_until(self, conn: asyncpg.Connection, dataset: str) -> datetime | None:
+        """Rows of `dataset` before this time are materialized one level up (None: nothing
+        is yet); the daily rollups are the top level."""
+        if dataset == "rollups_1d":
+            return datetime.max.replace(tzinfo=UTC)
+        level = "1d" if dataset == "rollups_1h" else "1h"
+        rollups = [r for r in ROLLUPS if level == "1d" or dataset_of(r.raw) == dataset]
+        marks = await self.watermarks(conn)
+        values = [marks.get(r.relation(level)) for r in rollups]
+        if not values or any(v is None for v in values):
+            return None
+        return min(v for v in values if v is not None)
+
+    async def row_tables(self, conn: asyncpg.Connection, dataset: str) -> list[tuple[str, str]]:
+        """(table, time column) of every table holding rows of a retention dataset."""
+        if dataset in RETENTION_RAW:
+            return [(f"wfa.{t}", RAW_TABLES[t]) for t in RETENTION_RAW[dataset]]
+        return await self._rollup_tables(conn, dataset.removeprefix("rollups_"))
+
+    @abstractmethod
+    async def _rollup_tables(self, conn: asyncpg.Connection, level: str) -> list[tuple[str, str]]:
+        """(table, "bucket") of every materialized rollup table of `level`."""
+
+    @abstractmethod
+    async def pieces(self, conn: asyncpg.Connection, dataset: str) -> list[dict[str, Any]]:
+        """The partitions or chunks holding a dataset: relation, tbl, range_start, range_end,
+        estimate (rows, from the catalog), compressed."""
+
+    @property
+    def policy_reach(self) -> timedelta | None:
+        """How far back a refresh the database schedules itself reads (None: the exporter
+        drives every refresh); retention must keep at least that much raw data."""
+        return None
+
+    def drop_deletes_rows(self, dataset: str) -> bool:
+        """Whether `drop_before` deletes rows of `dataset` one by one (else it drops pieces)."""
+        return False
+
+    async def retention_settings(self, conn: asyncpg.Connection) -> None:  # noqa: B027
+        """Inside a retention transaction: what the backend needs set (nothing by default)."""

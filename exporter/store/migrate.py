@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 
+from exporter.store import locks
 from exporter.store.backend import Backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
 SCHEMA_VERSION = 7
-MIGRATE_LOCK = 727_273
 _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
@@ -41,7 +41,7 @@ async def recorded_backend(conn: asyncpg.Connection) -> str | None:
 
 async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
     """Apply every missing version; return the version now in place."""
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATE)
     try:
         await conn.execute("CREATE SCHEMA IF NOT EXISTS wfa")
         await conn.execute(
@@ -79,7 +79,7 @@ async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
                 )
         return SCHEMA_VERSION
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK)
+        await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATE)
 
 
 async def require_current(conn: asyncpg.Connection) -> None:

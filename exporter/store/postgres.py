@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
+from exporter.store import locks
 from exporter.store.backend import (
     RAW_TABLES,
     RETENTION_RAW,
+    STORAGE,
     Backend,
     RefreshResult,
     RetentionError,
     dataset_of,
+    raw_tables_ddl,
     record_cutoff,
     retention_cutoffs,
 )
@@ -34,7 +38,6 @@ from exporter.store.rollups import (
 from exporter.store.sqlfiles import sql, statements
 
 _WM = "(SELECT watermark FROM wfa.watermarks WHERE rollup = '{key}')"
-REFRESH_LOCK = 727_275
 REFRESH_WINDOW = timedelta(days=7)
 # Reads take the rollup tables below the watermarks and aggregate raw rows above them.
 READ_SOURCE = ReadSource(
@@ -114,7 +117,7 @@ class PostgresBackend(Backend):
         """Statements of `version` for plain PostgreSQL."""
         out: list[str] = []
         if version == 1:
-            out = statements(sql("postgres/001_raw.sql"))
+            out = raw_tables_ddl(partitioned=True) + statements(sql("postgres/001_watermarks.sql"))
             for r in ROLLUPS:
                 out += _mat_ddl(r)
         elif version == 7:
@@ -157,7 +160,7 @@ class PostgresBackend(Backend):
         if not missing:
             return
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK + 1)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.PARTITIONS)
             for table, start in missing:
                 end = start + self.interval
                 await conn.execute(
@@ -184,7 +187,7 @@ class PostgresBackend(Backend):
                 # A first refresh of a large history goes in bounded windows, one transaction
                 # (and statement timeout) each, so none outlasts the pool's statement timeout.
                 async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.REFRESH)
                     n, done = await self._refresh_one(conn, r, now, result)
                 total += n
             result.buckets[r.name] = total
@@ -195,7 +198,7 @@ class PostgresBackend(Backend):
     ) -> list[str]:
         """Drop raw partitions ending by `older_than`, or delete older rollup rows; names."""
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.REFRESH)
             marks = dict(await conn.fetch("SELECT rollup, watermark FROM wfa.watermarks"))
             if dataset in RETENTION_RAW:
                 above = [marks[f"{r.name}_1h"] for r in ROLLUPS if dataset_of(r.raw) == dataset]
@@ -226,6 +229,25 @@ class PostgresBackend(Backend):
                         dropped.append(f"wfa.{r.name}_{level}_mat")
             await record_cutoff(conn, dataset, cutoff)
         return dropped
+
+    async def watermarks(self, conn: asyncpg.Connection) -> dict[str, datetime | None]:
+        """Each rollup table's watermark (the view reads the raw tail from there)."""
+        rows = await conn.fetch(STORAGE["pg_watermarks"])
+        return {f"wfa.{r['rollup']}": r["watermark"] for r in rows}
+
+    async def _rollup_tables(self, conn: asyncpg.Connection, level: str) -> list[tuple[str, str]]:
+        return [(f"wfa.{r.name}_{level}_mat", "bucket") for r in ROLLUPS]
+
+    async def pieces(self, conn: asyncpg.Connection, dataset: str) -> list[dict[str, Any]]:
+        """Raw partitions; the rollup tables are not partitioned (rows are deleted)."""
+        if dataset not in RETENTION_RAW:
+            return []
+        tables = list(RETENTION_RAW[dataset])
+        return [dict(r) for r in await conn.fetch(STORAGE["pg_partitions"], tables)]
+
+    def drop_deletes_rows(self, dataset: str) -> bool:
+        """Rollup rows are deleted by bucket; raw partitions are dropped whole."""
+        return dataset not in RETENTION_RAW
 
     async def _refresh_one(
         self, conn: asyncpg.Connection, r: Rollup, now: datetime, result: RefreshResult

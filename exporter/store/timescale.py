@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
+from exporter.store import locks
 from exporter.store.backend import (
     RAW_TABLES,
     RETENTION_RAW,
+    STORAGE,
     Backend,
     RefreshResult,
     RetentionError,
     dataset_of,
+    raw_tables_ddl,
     record_cutoff,
     retention_cutoffs,
 )
@@ -26,13 +30,11 @@ from exporter.store.rollups import (
     daily_select,
     hourly_select,
 )
-from exporter.store.sqlfiles import sql, statements
 
 log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-REFRESH_LOCK = 727_275
 MAX_WINDOWS = 8
 _LOW = datetime(1, 1, 1, tzinfo=UTC)
 _WATERMARKS = """
@@ -185,6 +187,11 @@ class TimescaleBackend(Backend):
         self.max_windows = max_windows
         self.policy_lookback = policy_lookback
 
+    @property
+    def policy_reach(self) -> timedelta | None:
+        """With policies, TimescaleDB refreshes `policy_lookback` back on its own schedule."""
+        return self.policy_lookback if self.use_policies else None
+
     # schema ---------------------------------------------------------------------------------
 
     def migration(self, version: int) -> list[str]:
@@ -193,7 +200,9 @@ class TimescaleBackend(Backend):
             return [ddl for r in ROLLUPS for ddl in _read_index_ddl(r)]
         if version != 1:
             return []
-        out = statements(sql("timescaledb/001_raw.sql"))
+        out = raw_tables_ddl(partitioned=False)
+        for table, column in RAW_TABLES.items():
+            out.append(f"CREATE INDEX IF NOT EXISTS {table}_time_idx ON wfa.{table} ({column})")
         for table, column in RAW_TABLES.items():
             out.append(
                 f"SELECT create_hypertable('wfa.{table}', by_range('{column}', "
@@ -215,13 +224,41 @@ class TimescaleBackend(Backend):
         """Each cagg's watermark: buckets below it are read from its materialization."""
         return {r["view"]: r["wm"] for r in await conn.fetch(_WATERMARKS)}
 
+    # storage, as retention sees it ----------------------------------------------------------
+
+    async def _materializations(self, conn: asyncpg.Connection, level: str) -> list[Any]:
+        mats = {r["view"]: r for r in await conn.fetch(STORAGE["ts_materializations"])}
+        return [mats[r.relation(level)] for r in ROLLUPS if r.relation(level) in mats]
+
+    async def _rollup_tables(self, conn: asyncpg.Connection, level: str) -> list[tuple[str, str]]:
+        return [
+            (f'"{m["schema"]}"."{m["name"]}"', "bucket")
+            for m in await self._materializations(conn, level)
+        ]
+
+    async def pieces(self, conn: asyncpg.Connection, dataset: str) -> list[dict[str, Any]]:
+        """Chunks of the raw hypertables, or of the caggs' materializations."""
+        if dataset in RETENTION_RAW:
+            rows = await conn.fetch(STORAGE["ts_chunks"], "wfa", list(RETENTION_RAW[dataset]))
+            return [dict(r) for r in rows]
+        found = await self._materializations(conn, dataset.removeprefix("rollups_"))
+        out: list[dict[str, Any]] = []
+        for schema in {m["schema"] for m in found}:
+            names = [m["name"] for m in found if m["schema"] == schema]
+            out += [dict(r) for r in await conn.fetch(STORAGE["ts_chunks"], schema, names)]
+        return out
+
+    async def retention_settings(self, conn: asyncpg.Connection) -> None:
+        """Rows leave only after the aggregates hold them: record no cagg invalidation."""
+        await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
+
     async def refresh(self, conn: asyncpg.Connection, now: datetime | None = None) -> RefreshResult:
         """Refresh the 1h caggs over the invalidated windows and up to `now`, then the 1d caggs."""
         if conn.is_in_transaction():
             raise RuntimeError("refresh_continuous_aggregate cannot run inside a transaction")
         now = now or datetime.now(UTC)
         result = RefreshResult()
-        await conn.execute("SELECT pg_advisory_lock($1)", REFRESH_LOCK)
+        await conn.execute("SELECT pg_advisory_lock($1)", locks.REFRESH)
         try:
             cutoffs = await retention_cutoffs(conn)
             marks = await self.watermarks(conn)
@@ -246,7 +283,7 @@ class TimescaleBackend(Backend):
                 )
             marks = await self.watermarks(conn)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", REFRESH_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", locks.REFRESH)
         for r in ROLLUPS:
             wm = marks.get(r.relation("1h"))
             if wm is not None:
@@ -420,7 +457,7 @@ class TimescaleBackend(Backend):
             older_than = safe
         dropped: list[str] = []
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", REFRESH_LOCK)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", locks.REFRESH)
             # The dropped range must stay in the aggregates: record no invalidation for it.
             await conn.execute("SET LOCAL timescaledb.skip_cagg_invalidation = on")
             for rel in relations:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.devdb import DevCluster
+from tests.kit.devdb import DevCluster
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 120

@@ -16,8 +16,8 @@ import pytest
 
 from exporter.histogram import quantile
 from exporter.metrics import MetricsServer
-from exporter.simulate.truth import Truth
 from tests.integration.test_metrics import NOW, fill, make_config, open_service
+from tests.kit.truth import Truth
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary")
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import asyncpg
 
-from exporter.dashboards import rendered
-from exporter.dashboards.grafana import (
+from monitoring import rendered
+from monitoring.settings import Settings
+from tests.kit.grafana import (
     ALL,
     Query,
     Templating,
@@ -20,7 +21,6 @@ from exporter.dashboards.grafana import (
     pick,
     variable_queries,
 )
-from exporter.dashboards.settings import Settings
 
 HOUR = timedelta(hours=1)
 STORE_MIN_INTERVAL = "1h"

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from exporter.devdb import free_port
 from exporter.leadership import LOCK_APPLICATION
+from tests.kit.devdb import free_port
 
 
 @dataclass

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from exporter.devdb import DevCluster, free_port
+from tests.kit.devdb import DevCluster, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

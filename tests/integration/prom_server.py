@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 import yaml
 
-from exporter.dashboards import files
-from exporter.dashboards.scrape import exporter_job
-from exporter.dashboards.settings import Settings
+from monitoring import files
+from monitoring.scrape import exporter_job
+from monitoring.settings import Settings
 
 PROMETHEUS = shutil.which("prometheus")
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.api import ApiSettings, create_app
 from exporter.histogram import quantile
-from exporter.simulate.truth import bucket_start
 from tests.conftest import PgServer
 from tests.integration.test_api_common import (
     OpenApi,
@@ -25,6 +24,7 @@ from tests.integration.test_api_common import (
     store_db,
     ts,
 )
+from tests.kit.truth import bucket_start
 
 P = "/api/v1"
 FIELDS = ("enrollments", "completions", "conversions", "exits", "failures")

@@ -23,9 +23,9 @@ from exporter.config import Config, config_from_dict
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, write
 from tests.conftest import Databases, PgServer
+from tests.kit.truth import Truth
 
 TOKENS: dict[str, tuple[str, str, list[str]]] = {
     "a_read": ("wfa_test_tenant1_read", "tenant-1", ["read"]),

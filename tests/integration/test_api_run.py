@@ -17,9 +17,9 @@ import yaml
 from exporter.api.auth import TokenTable
 from exporter.cli import main
 from exporter.config import config_from_dict
-from exporter.devdb import free_port
 from tests.conftest import PgServer
 from tests.integration.test_api_common import auth, store_db
+from tests.kit.devdb import free_port
 
 
 def test_token_create_prints_a_token_and_its_config_line(

@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient
 from exporter.api import ApiSettings
 from exporter.api.app import HUB
 from exporter.simulate.generate import advance
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import upsert_executions
 from tests.conftest import PgServer
 from tests.integration.test_api_common import Store, api_client, auth, store_db, ts
+from tests.kit.truth import Truth
 
 P = "/api/v1"
 FIELDS = ("enrollments", "completions", "conversions", "exits", "failures")

@@ -19,9 +19,9 @@ from typing import Any
 import asyncpg
 import yaml
 
-from exporter.dashboards.settings import Settings
 from exporter.simulate.model import SimStep, SimWorkflow
 from exporter.simulate.writer import create_source_schema, upsert_workflows
+from monitoring.settings import Settings
 from tests.integration.prom_server import Prometheus, free_port, needs_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]

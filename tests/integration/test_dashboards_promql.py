@@ -21,15 +21,6 @@ import pytest
 import yaml
 
 from exporter.config import config_from_dict
-from exporter.dashboards import rendered
-from exporter.dashboards.grafana import (
-    ALL,
-    Query,
-    Templating,
-    expand_promql,
-    queries,
-    variable_queries,
-)
 from exporter.histogram import quantile
 from exporter.metrics import MetricsServer
 from exporter.metrics.snapshot import ALL_TIME_START, window_label
@@ -37,8 +28,17 @@ from exporter.queries import Workflow, activity_totals, cohort_funnels, list_wor
 from exporter.service import ExporterService
 from exporter.simulate.generate import advance, generate
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
+from monitoring import rendered
 from tests.integration.dashboard_board import CHOICES, Board, Choice
 from tests.integration.prom_server import RULES_DIR, Prometheus, needs_prometheus
+from tests.kit.grafana import (
+    ALL,
+    Query,
+    Templating,
+    expand_promql,
+    queries,
+    variable_queries,
+)
 from tests.unit.test_dashboards import all_promql, base_metric, documented_metrics, metric_names
 
 DASHBOARDS = {name: json.loads(text) for name, text in rendered().items()}

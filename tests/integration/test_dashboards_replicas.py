@@ -24,14 +24,14 @@ import asyncpg
 import pytest
 import yaml
 
-from exporter.dashboards import rendered
-from exporter.dashboards.grafana import Query, expand_promql, queries
 from exporter.simulate.generate import advance, generate
 from exporter.simulate.model import SimData
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
+from monitoring import rendered
 from tests.conftest import Databases, PgServer
 from tests.integration.dashboard_board import Board, Choice
 from tests.integration.prom_server import RULES_DIR, Prometheus, free_port, needs_prometheus
+from tests.kit.grafana import Query, expand_promql, queries
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = {name: json.loads(text) for name, text in rendered().items()}

@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 
 from exporter.config import config_from_dict
-from exporter.dashboards.grafana import Query, queries
 from exporter.queries import (
     Workflow,
     actions,
@@ -38,6 +37,7 @@ from tests.integration.dashboard_board import (
     hours_in,
     now_minute,
 )
+from tests.kit.grafana import Query, queries
 
 NOW = now_minute()
 HOUR0 = NOW.replace(minute=0)

@@ -31,7 +31,6 @@ from exporter.api import ApiSettings, create_app
 from exporter.api.exports import JOBS
 from exporter.commands.api import serve
 from exporter.config import Config, config_from_dict
-from exporter.devdb import free_port
 from exporter.exports import ExportJobs, JobSettings
 from exporter.metrics import MetricsServer
 from exporter.service import ExporterService
@@ -51,6 +50,7 @@ from tests.integration.test_api_common import (
 )
 from tests.integration.test_exports import EXPORT_TOKENS, export_config
 from tests.integration.test_metrics import get, parse
+from tests.kit.devdb import free_port
 
 P = "/api/v1"
 _LOCKS = itertools.count(990_001)

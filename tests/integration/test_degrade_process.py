@@ -15,13 +15,13 @@ from typing import Any
 import asyncpg
 import pytest
 
-from exporter.devdb import free_port, quote_ident
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
 from tests.integration.faults import PrivateCluster, WfaProcess, get, wait_until
 from tests.integration.test_api_common import api_config, auth
 from tests.integration.test_metrics import get as sample
 from tests.integration.test_metrics import parse
+from tests.kit.devdb import free_port, quote_ident
 
 P = "/api/v1"
 RECOVERY_BOUND_S = 20.0

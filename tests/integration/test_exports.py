@@ -32,8 +32,8 @@ from exporter.api.exports import JOBS
 from exporter.config import Config, config_from_dict
 from exporter.exports import ExportJobs, JobSettings
 from exporter.exports.datasets import ACTIONS_COLUMNS, COLUMNS, EXECUTIONS_COLUMNS
-from exporter.exports.jobs import OWNER_LOCK_CLASS
 from exporter.exports.render import CsvLines
+from exporter.store.locks import EXPORT_OWNERS
 from tests.conftest import PgServer
 from tests.integration.test_api_common import TOKENS, OpenApi, Store, parse_ts, store_db
 
@@ -670,7 +670,7 @@ async def test_restart_mid_job_resumes_or_fails_with_reason(
         held = await blocker.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 "
             "AND objid = $2::bigint::oid",
-            OWNER_LOCK_CLASS,
+            EXPORT_OWNERS,
             killed_owner,
         )
         assert held == 0

@@ -23,8 +23,8 @@ from exporter.leadership import Leadership
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, write
+from tests.kit.truth import Truth
 
 from .exporters import Fleet, kill_lock_sessions, leader, missing_rows, wait_for
 from .truthcheck import check_store, check_workflow

@@ -19,15 +19,15 @@ import pytest
 import yaml
 
 from exporter.config import config_from_dict
-from exporter.dashboards.grafana import queries, variable_queries
-from exporter.dashboards.tenant import referenced_relations, sql_texts
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
 from exporter.simulate.writer import create_source_schema, write
 from exporter.store.roles import READABLE, READER, VIEW_OWNER, tenant_role
+from monitoring.tenant import referenced_relations, sql_texts
 from tests.conftest import TEST_DSN_ENV
 from tests.integration.test_dashboards_sql import ALIGNED, DASHBOARDS, LAST_DAY, NOW, Board
+from tests.kit.grafana import queries, variable_queries
 
 A, B = "tenant-1", "tenant-2"
 PASSWORD = "Reader-pw-1"

@@ -12,9 +12,9 @@ import pytest
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, write
 from exporter.transform import MAX_TEXT_BYTES, TRUNCATED, bounded_key
+from tests.kit.truth import Truth
 
 from .conftest import ingest, make_config
 from .hostile import hostile_rows

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 
 from exporter.simulate.generate import advance, generate
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, insert_bad_rows, upsert_executions, write
+from tests.kit.truth import Truth
 
 from .conftest import ingest
 from .truthcheck import check_series, check_workflow

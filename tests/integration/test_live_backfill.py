@@ -19,13 +19,13 @@ from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.live import LiveWorkload, parse_rate, run_live
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import (
     create_source_schema,
     execution_record,
     upsert_executions,
     write,
 )
+from tests.kit.truth import Truth
 
 from .truthcheck import check_workflow
 

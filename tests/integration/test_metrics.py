@@ -34,9 +34,9 @@ from exporter.metrics import (
 from exporter.service import ExporterService
 from exporter.simulate.generate import advance, generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, upsert_executions, write
 from tests.integration.faults import Proxy
+from tests.kit.truth import Truth
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 WINDOWS = (timedelta(hours=1), timedelta(hours=24), timedelta(days=7))
@@ -563,13 +563,13 @@ async def test_wfa_exporter_command_serves_metrics(db_dsn, tmp_path: Path):
 
 
 async def test_attach_metrics_schedules_snapshots(db_dsn):
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from exporter.runtime import Jobs
 
     await fill(db_dsn, executions=300, workflows=2)
     cfg = make_config(db_dsn, snapshot_interval="1s")
     svc = ExporterService(cfg)
     await svc.open()
-    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler = Jobs()
     svc.start(scheduler)
     ms = attach_metrics(svc, scheduler, cfg)
     scheduler.start()

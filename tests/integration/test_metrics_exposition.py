@@ -19,15 +19,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter.commands.common import setup_logging
 from exporter.config.schema import MetricsConfig
-from exporter.dashboards.rules import alert_names
-from exporter.dashboards.settings import Settings
 from exporter.ingest import PollResult
 from exporter.metrics import MetricsServer
 from exporter.metrics.activity import ActivityLog
 from exporter.metrics.labels import OTHER, UNSPECIFIED, LabelPlan, choose, eligible
 from exporter.service import ExporterState
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import upsert_executions
+from monitoring.rules import alert_names
+from monitoring.settings import Settings
 from tests.integration.test_metrics import (
     NOW,
     fill,
@@ -37,6 +36,7 @@ from tests.integration.test_metrics import (
     parse,
     promtool_check,
 )
+from tests.kit.truth import Truth
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"

@@ -42,11 +42,11 @@ from exporter.queries import Step, Workflow
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, write
 from tests.conftest import Databases, PgServer
 from tests.integration.test_api_common import data_now
 from tests.integration.test_exports import EXPORT_TOKENS
+from tests.kit.truth import Truth
 
 P = "/api/v1"
 DPI = 150

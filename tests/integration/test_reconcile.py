@@ -7,14 +7,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.config import config_from_dict
+from exporter.runtime import Jobs
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
-from exporter.simulate.truth import Truth
 from exporter.simulate.writer import create_source_schema, write
+from tests.kit.truth import Truth
 
 from .hostile import hostile_rows
 from .test_metrics import get, parse, promtool_check, snapshot_samples
@@ -173,7 +173,7 @@ async def test_scheduled_reconcile_runs_on_the_leader(store_dsn, conn):
     backend, dsn = store_dsn
     data = await _fill(conn, 600, days=2, seed=8)
     off = ExporterService(_config(dsn, backend, reconcile_interval="off"))
-    sched = AsyncIOScheduler(timezone="UTC")
+    sched = Jobs()
     off.start(sched)
     assert sched.get_job("reconcile") is None
     cfg = _config(
@@ -181,7 +181,7 @@ async def test_scheduled_reconcile_runs_on_the_leader(store_dsn, conn):
     )
     svc = ExporterService(cfg)
     await svc.open()
-    sched = AsyncIOScheduler(timezone="UTC")
+    sched = Jobs()
     try:
         await svc.poll_once()
         victim = next(e for e in data.executions if e.status == "active")

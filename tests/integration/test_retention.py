@@ -9,10 +9,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter import queries
-from exporter.retention import RETENTION_LOCK
+from exporter.runtime import Jobs
+from exporter.store.locks import RETENTION as RETENTION_LOCK
 from exporter.store.partitions import day_floor
 from exporter.store.rollups import ROLLUPS
 from tests.integration.retention_env import Env, open_env
@@ -120,7 +120,7 @@ async def test_policies_refusals_and_audit(env: Env) -> None:
         await conn.close()
     status, body = await env.call("POST", "/retention/run")
     assert status == 200 and body["dry_run"] is True
-    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler = Jobs()
     env.svc.start(scheduler)
     job = scheduler.get_job("retention")
     assert job is not None

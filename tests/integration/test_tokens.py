@@ -22,9 +22,9 @@ from aiohttp.test_utils import make_mocked_request
 from exporter.api.auth import TokenTable, authenticate, token_digest
 from exporter.api.errors import ProblemError
 from exporter.api.tokenstore import StoredTokens, TokenStoreUnavailable
-from exporter.devdb import free_port
 from tests.conftest import PgServer
 from tests.integration.test_api_common import TOKENS, Store, auth, store_db
+from tests.kit.devdb import free_port
 
 REVOKE_BOUND_S = 5.0
 

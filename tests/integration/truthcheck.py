@@ -7,7 +7,7 @@ from datetime import datetime
 import asyncpg
 
 from exporter import queries
-from exporter.simulate.truth import Truth, le_label
+from tests.kit.truth import Truth, le_label
 
 
 async def check_workflow(

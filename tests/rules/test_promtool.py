@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.dashboards.settings import Settings
+from monitoring.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "provisioning/prometheus"

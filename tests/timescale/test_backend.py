@@ -8,15 +8,18 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from exporter.runtime import Jobs
+from exporter.service import ExporterService
 from exporter.simulate.generate import advance
 from exporter.simulate.writer import upsert_executions
 from exporter.store import make_backend
+from exporter.store.backend import RAW_TABLES
 from exporter.store.migrate import SchemaError, migrate
 from exporter.store.postgres import PostgresBackend
 from exporter.store.rollups import ROLLUPS, hourly_select
 from exporter.store.timescale import MAX_WINDOWS, TimescaleBackend, merge_windows
 
-from .conftest import NOW, Store, fill
+from .conftest import NOW, Store, fill, make_config
 from .parity import assert_same, everything
 
 H = timedelta(hours=1)
@@ -282,3 +285,92 @@ async def test_compression_of_settled_chunks_keeps_every_read(
         await s.ingest()
     await backend.maintain(ts.conn, datetime.now(UTC))
     assert_same(await everything(pg.conn, data.now), await everything(ts.conn, data.now))
+
+
+@pytest.mark.timescale
+async def test_the_exporter_honours_use_policies_and_compress_after(ts_store: Store) -> None:
+    """The exporter builds its backend from the whole store config: its scheduled upkeep
+    keeps the policies and compresses, as the API's retention backend always did."""
+    conn = ts_store.conn
+    await fill([ts_store], executions=600, days=40, seed=5)
+    compress = {"compress_after": "10d"}
+    with_policies = ExporterService(make_config(ts_store.dsn, "timescaledb", use_policies=True,
+                                                **compress))
+    await with_policies.open()
+    try:
+        backend = with_policies.backend
+        assert isinstance(backend, TimescaleBackend)
+        assert backend.use_policies and backend.compress_after == timedelta(days=10)
+        await _maintain(with_policies)
+        procs = await conn.fetch(
+            "SELECT proc_name FROM timescaledb_information.jobs WHERE job_id >= 1000"
+        )
+        names = [p["proc_name"] for p in procs]
+        assert names.count("policy_refresh_continuous_aggregate") == 2 * len(ROLLUPS)
+        assert names.count("policy_compression") == 4
+    finally:
+        await with_policies.close()
+
+    driven = ExporterService(make_config(ts_store.dsn, "timescaledb", **compress))
+    await driven.open()
+    try:
+        assert await driven.poll_once() is not None
+        await _maintain(driven)
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.jobs WHERE job_id >= 1000"
+        ), "without use_policies the exporter drives refresh and compression itself"
+        compressed = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = 'wfa' "
+            "AND is_compressed"
+        )
+        assert compressed > 0, "the exporter's upkeep compressed the settled chunks"
+    finally:
+        await driven.close()
+
+
+async def _maintain(svc: ExporterService) -> None:
+    """Run the exporter's scheduled upkeep job once, as its hourly schedule would."""
+    jobs = Jobs()
+    svc.start(jobs)
+    jobs.start()
+    try:
+        job = jobs.get_job("maintain")
+        assert job is not None
+        await job.func()
+        assert not jobs.failures, jobs.failures
+    finally:
+        await jobs.drain(5)
+
+
+@pytest.mark.timescale
+async def test_raw_tables_have_the_same_columns_and_keys_on_both_backends(
+    pair: tuple[Store, Store],
+) -> None:
+    """The raw DDL is written once: both backends get the same columns, types, defaults and
+    primary keys; only the partitioning differs."""
+    shapes = []
+    for store, backend in zip(pair, (PostgresBackend(), TimescaleBackend()), strict=True):
+        await migrate(store.conn, backend)
+        columns = await store.conn.fetch(
+            "SELECT table_name, column_name, data_type, is_nullable, column_default, "
+            "ordinal_position FROM information_schema.columns WHERE table_schema = 'wfa' "
+            "AND table_name = ANY($1::text[]) ORDER BY table_name, ordinal_position",
+            list(RAW_TABLES),
+        )
+        keys = await store.conn.fetch(
+            "SELECT c.conrelid::regclass::text AS tbl, pg_get_constraintdef(c.oid) AS def "
+            "FROM pg_constraint c WHERE c.contype = 'p' AND c.conrelid::regclass::text = "
+            "ANY($1::text[]) ORDER BY 1",
+            [f"wfa.{t}" for t in RAW_TABLES],
+        )
+        shapes.append(([tuple(r) for r in columns], [tuple(r) for r in keys]))
+    assert shapes[0] == shapes[1]
+    assert len(shapes[0][1]) == len(RAW_TABLES) and len(shapes[0][0]) > 30
+    partitioned = await pair[0].conn.fetchval(
+        "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'wfa'"
+    )
+    hypertables = await pair[1].conn.fetchval(
+        "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_schema = 'wfa'"
+    )
+    assert partitioned == hypertables == len(RAW_TABLES)

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from exporter.config import config_from_dict
-from exporter.dashboards import BUILDERS, DEFAULT_DIR, drift, files, rendered, write
-from exporter.dashboards.__main__ import main as generate_main
-from exporter.dashboards.grafana import queries, variable_queries
-from exporter.dashboards.panels import POSTGRES_TYPE, PROMETHEUS_UID, STORE_UID
-from exporter.dashboards.settings import Settings
+from monitoring import BUILDERS, DEFAULT_DIR, drift, files, rendered, write
+from monitoring.__main__ import main as generate_main
+from monitoring.panels import POSTGRES_TYPE, PROMETHEUS_UID, STORE_UID
+from monitoring.settings import Settings
+from tests.kit.grafana import queries, variable_queries
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests/fixtures/grafana/dashboard.schema.json"
@@ -122,7 +122,7 @@ def all_promql() -> list[tuple[str, str]]:
 
 def test_committed_files_match_the_generator() -> None:
     stale = drift(ROOT)
-    assert not stale, f"regenerate with `python -m exporter.dashboards`: {stale} differ"
+    assert not stale, f"regenerate with `python -m monitoring`: {stale} differ"
     committed = {p.name for p in DEFAULT_DIR.glob("*.json")}
     assert committed == set(BUILDERS), "dashboards/ holds files the generator does not make"
     rules = {p.name for p in RULES_DIR.glob("*.yml")}

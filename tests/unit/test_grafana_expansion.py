@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from exporter.dashboards.grafana import (
+from tests.kit.grafana import (
     ALL,
     MacroError,
     Templating,

@@ -12,7 +12,6 @@ import pytest
 from exporter.ingest import is_row_fault
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimExecution
-from exporter.simulate.truth import rejection, stored_text
 from exporter.simulate.writer import RecordEncoder
 from exporter.transform import (
     MAX_ID_BYTES,
@@ -28,6 +27,7 @@ from exporter.transform import (
     bounded_text,
     parse_progress,
 )
+from tests.kit.truth import rejection, stored_text
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 WINDOW = Plausible(datetime(2000, 1, 1, tzinfo=UTC), NOW + timedelta(days=1))

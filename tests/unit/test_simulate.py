@@ -18,9 +18,7 @@ from exporter.simulate import (
     EXECUTION_STATUSES,
     SimData,
     SimExecution,
-    Truth,
     advance,
-    bucket_start,
     create_source_schema,
     execution_record,
     generate,
@@ -33,6 +31,7 @@ from exporter.simulate import (
 )
 from exporter.simulate.model import MS
 from exporter.simulate.writer import EXECUTION_COLUMNS, WORKFLOW_COLUMNS
+from tests.kit.truth import Truth, bucket_start
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 EVER = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))

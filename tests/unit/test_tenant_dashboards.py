@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.dashboards import rendered
-from exporter.dashboards.grafana import queries, variable_queries
-from exporter.dashboards.provision import TenantGrafana, datasource_file, write
-from exporter.dashboards.tenant import (
+from exporter.store.roles import READABLE, RoleError, scram_verifier, tenant_role
+from monitoring import rendered
+from monitoring.provision import TenantGrafana, datasource_file, write
+from monitoring.tenant import (
     RewriteError,
     for_tenant,
     referenced_relations,
     sql_texts,
     tenant_dashboards,
 )
-from exporter.store.roles import READABLE, RoleError, scram_verifier, tenant_role
+from tests.kit.grafana import queries, variable_queries
 from tests.unit.test_dashboards import SCHEMA, _errors, _validator
 
 DS = {"uid": "wfa-store-abc", "name": "Workflow analytics store"}

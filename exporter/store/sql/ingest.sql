@@ -1,4 +1,5 @@
 -- Statements of one ingest batch. Arrays are bound as parameters, never interpolated.
+-- The raw-row upserts are generated from the row types (exporter/store/rows.py).
 
 -- name: old_executions
 -- LATERAL with LIMIT keeps this a nested loop of primary-key probes, each pruned to one
@@ -12,50 +13,8 @@ SELECT e.*
         WHERE x.execution_id = k.execution_id AND x.enrolled_at = k.enrolled_at
         LIMIT 1) AS e;
 
--- name: upsert_executions
-INSERT INTO wfa.executions AS e (execution_id, enrolled_at, tenant_id, workflow_id, contact_id,
-       status, completed_at, converted_at, converted_in_window, exited_at, exit_reason, failed_at,
-       current_step_id, attempts, source_updated_at)
-SELECT u.execution_id, u.enrolled_at, u.tenant_id, u.workflow_id, u.contact_id, u.status,
-       u.completed_at, u.converted_at, u.converted_in_window, u.exited_at, u.exit_reason,
-       u.failed_at, u.current_step_id, string_to_array(u.attempts, chr(30)), u.source_updated_at
-  FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::timestamptz[], $11::text[],
-              $12::timestamptz[], $13::text[], $14::text[], $15::timestamptz[])
-       AS u(execution_id, enrolled_at, tenant_id, workflow_id, contact_id, status, completed_at,
-            converted_at, converted_in_window, exited_at, exit_reason, failed_at,
-            current_step_id, attempts, source_updated_at)
-ON CONFLICT (execution_id, enrolled_at) DO UPDATE SET
-       tenant_id = excluded.tenant_id, workflow_id = excluded.workflow_id,
-       contact_id = excluded.contact_id, status = excluded.status,
-       completed_at = excluded.completed_at, converted_at = excluded.converted_at,
-       converted_in_window = excluded.converted_in_window, exited_at = excluded.exited_at,
-       exit_reason = excluded.exit_reason, failed_at = excluded.failed_at,
-       current_step_id = excluded.current_step_id, attempts = excluded.attempts,
-       source_updated_at = excluded.source_updated_at;
-
--- name: upsert_events
-INSERT INTO wfa.workflow_events (execution_id, event, occurred_at, tenant_id, workflow_id,
-       reason, duration_ms, duration_le)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                     $6::text[], $7::bigint[], $8::float8[])
-ON CONFLICT (execution_id, event, occurred_at) DO UPDATE SET
-       reason = excluded.reason, duration_ms = excluded.duration_ms,
-       duration_le = excluded.duration_le;
-
 -- name: delete_events
 DELETE FROM wfa.workflow_events WHERE execution_id = $1 AND event = $2 AND occurred_at = $3;
-
--- name: upsert_step_runs
-INSERT INTO wfa.step_runs (execution_id, step_id, entered_at, tenant_id, workflow_id,
-       action_type, status, finished_at, duration_ms, duration_le, error)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::timestamptz[], $9::bigint[], $10::float8[],
-                     $11::text[])
-ON CONFLICT (execution_id, step_id, entered_at) DO UPDATE SET
-       action_type = excluded.action_type, status = excluded.status,
-       finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-       duration_le = excluded.duration_le, error = excluded.error;
 
 -- name: delete_step_runs
 DELETE FROM wfa.step_runs WHERE execution_id = $1 AND step_id = $2 AND entered_at = $3;

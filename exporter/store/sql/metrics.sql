@@ -19,7 +19,7 @@ SELECT updated_at
  WHERE name = 'executions';
 
 -- name: label_lock
-SELECT pg_advisory_xact_lock(727275);
+SELECT pg_advisory_xact_lock($1);
 
 -- name: label_promotions
 SELECT label, source FROM wfa.metric_labels WHERE family = $1;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.dashboards.panels import (
+from monitoring.panels import (
     PROM_VAR,
     STEP_VAR,
     STORE_VAR,
@@ -22,14 +22,14 @@ from exporter.dashboards.panels import (
     table,
     timeseries,
 )
-from exporter.dashboards.promql import (
+from monitoring.promql import (
     all_names,
     increase,
     quantile,
     rate,
     wf_step,
 )
-from exporter.dashboards.settings import Settings
+from monitoring.settings import Settings
 
 UID = "wfa-actions"
 _RUNS = "wfa_step_runs_total"

@@ -7,7 +7,8 @@ The funnel row repeats once per selected workflow.
 
 from __future__ import annotations
 
-from exporter.dashboards.panels import (
+from exporter.metrics.snapshot import window_label
+from monitoring.panels import (
     MIN_VOLUME,
     PROM_VAR,
     STEP_VAR,
@@ -29,9 +30,8 @@ from exporter.dashboards.panels import (
     timeseries,
     window_var,
 )
-from exporter.dashboards.promql import all_names, wf_step
-from exporter.dashboards.settings import Settings
-from exporter.metrics.snapshot import window_label
+from monitoring.promql import all_names, wf_step
+from monitoring.settings import Settings
 
 UID = "wfa-funnel"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.dashboards.panels import (
+from monitoring.panels import (
     PROM_VAR,
     Json,
     Pos,
@@ -15,7 +15,7 @@ from exporter.dashboards.panels import (
     steps,
     timeseries,
 )
-from exporter.dashboards.settings import Settings
+from monitoring.settings import Settings
 
 UID = "wfa-exporter"
 

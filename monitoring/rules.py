@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.dashboards.settings import Settings, human_duration, last, percent, prom_duration
 from exporter.metrics.snapshot import window_label
+from monitoring.settings import Settings, human_duration, last, percent, prom_duration
 
 Rule = dict[str, Any]
 BY_STEP = "tenant, workflow, step"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.dashboards.panels import (
+from exporter.metrics.snapshot import window_label
+from monitoring.panels import (
     PROM_VAR,
     STORE_VAR,
     TENANT_VAR,
@@ -19,9 +20,8 @@ from exporter.dashboards.panels import (
     table,
     timeseries,
 )
-from exporter.dashboards.promql import increase, rate, wf, workflow_names
-from exporter.dashboards.settings import Settings, last
-from exporter.metrics.snapshot import window_label
+from monitoring.promql import increase, rate, wf, workflow_names
+from monitoring.settings import Settings, last
 
 UID = "wfa-overview"
 FUNNEL_LINK = (

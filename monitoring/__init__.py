@@ -1,6 +1,6 @@
 """Dashboards, Prometheus rules and config, and Grafana alerts generated from one config.
 
-`python -m exporter.dashboards` writes them; the committed files are its output for the
+`python -m monitoring` writes them; the committed files are its output for the
 default config, and a test fails when they differ.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from exporter.dashboards import actions, funnel, grafana_alerts, health, overview, rules, scrape
-from exporter.dashboards.settings import Settings
+from monitoring import actions, funnel, grafana_alerts, health, overview, rules, scrape
+from monitoring.settings import Settings
 
 BUILDERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "overview.json": overview.build,
@@ -24,12 +24,12 @@ BUILDERS: dict[str, Callable[[Settings], dict[str, Any]]] = {
 }
 """Committed dashboard file name -> dashboard builder."""
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 """The repository (where the generated files are committed)."""
 DEFAULT_DIR = ROOT / "dashboards"
 """Where the committed dashboard JSON lives."""
 RULES = "provisioning/prometheus/rules"
-GENERATED_BY = "python -m exporter.dashboards"
+GENERATED_BY = "python -m monitoring"
 
 
 class _Dumper(yaml.SafeDumper):

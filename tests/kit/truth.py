@@ -160,7 +160,7 @@ def _in(start: datetime, end: datetime) -> Callable[[datetime], int | None]:
 
 
 class Truth:
-    """Expected numbers for one generated data set (DESIGN §3 definitions)."""
+    """Expected numbers for one generated data set (README: "What the numbers mean")."""
 
     def __init__(
         self,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.dashboards.panels import PROMETHEUS_UID
-from exporter.dashboards.rules import BY_STEP, DAY, with_step_names
-from exporter.dashboards.settings import Settings, human_duration, last, percent, prom_duration
 from exporter.metrics.snapshot import window_label
+from monitoring.panels import PROMETHEUS_UID
+from monitoring.rules import BY_STEP, DAY, with_step_names
+from monitoring.settings import Settings, human_duration, last, percent, prom_duration
 
 Json = dict[str, Any]
 FOLDER = "Workflow analytics"

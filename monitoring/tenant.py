@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from exporter.dashboards import rendered
+from monitoring import rendered
 
 Json = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""A private PostgreSQL cluster built from the system binaries, for tests and the demo."""
+"""The demo's private PostgreSQL cluster: the system binaries, or the `pgserver` wheel."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
-from urllib.parse import urlsplit, urlunsplit
+from typing import Protocol, Self
 
 SUPERUSER = "postgres"
 FALLBACK_OS_USER = "wfa"
@@ -25,11 +24,20 @@ START_TIMEOUT_S = 60
 _SOCKET_PATH_MAX = 100
 
 
+SOURCE_DB = "wfa_source"
+STORE_DB = "wfa_store"
+"""The demo's two databases: the simulated application's and the analytics store."""
+
+
 class DevDBError(RuntimeError):
     """Raised when the private cluster cannot be found, created, started or queried."""
 
 
-def _version_key(path: Path) -> tuple[int, ...]:
+class ClusterUnavailable(DevDBError):
+    """Neither server binaries nor the `pgserver` wheel are installed."""
+
+
+def version_key(path: Path) -> tuple[int, ...]:
     """Sort key for a ``/usr/lib/postgresql/<version>/bin`` directory."""
     return tuple(int(part) for part in re.findall(r"\d+", path.parent.name)) or (0,)
 
@@ -54,7 +62,7 @@ def find_bindir() -> Path:
             "PostgreSQL server binaries not found: no initdb/pg_ctl on PATH or in "
             "/usr/lib/postgresql/*/bin (install the 'postgresql' package)"
         )
-    return max(candidates, key=_version_key)
+    return max(candidates, key=version_key)
 
 
 def server_major_version(bindir: Path) -> str:
@@ -92,7 +100,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Tell whether ``port`` can be bound on ``host``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -105,15 +113,6 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 def quote_ident(name: str) -> str:
     """Quote an SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def replace_dbname(dsn: str, dbname: str) -> str:
-    """Return ``dsn`` (URL or ``key=value`` form) pointing at ``dbname``."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        return urlunsplit(parts._replace(path="/" + dbname))
-    words = [w for w in dsn.split() if not w.startswith("dbname=")]
-    return " ".join([*words, f"dbname={dbname}"])
 
 
 def _clean_env() -> dict[str, str]:
@@ -155,11 +154,17 @@ class DevCluster:
 
     superuser = SUPERUSER
 
-    def __init__(self, datadir: Path, port: int | None = None, fast: bool = False) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        port: int | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.datadir = Path(datadir).absolute()
         self.requested_port = port
         self.port: int | None = port
-        self.fast = fast
+        self.settings = dict(settings or {})
+        """Extra server settings written into the managed config file."""
         self.bindir = find_bindir()
         self.sharedir = find_sharedir(self.bindir)
         self.timescaledb_control = (
@@ -299,10 +304,6 @@ class DevCluster:
                 time.sleep(0.1)
         self.psql(sql)
 
-    def drop_database(self, name: str) -> None:
-        """Drop database ``name`` if it exists, terminating its connections."""
-        self.psql(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
-
     def database_exists(self, name: str) -> bool:
         """Tell whether database ``name`` exists."""
         literal = "'" + name.replace("'", "''") + "'"
@@ -362,7 +363,7 @@ class DevCluster:
         if self.requested_port is not None:
             return self.requested_port
         previous = self._configured_port()
-        if previous is not None and _port_is_free(previous):
+        if previous is not None and port_is_free(previous):
             return previous
         return free_port()
 
@@ -390,15 +391,14 @@ class DevCluster:
             "log_min_messages": "warning",
             "logging_collector": "off",
         }
-        if self.fast:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+        settings.update(self.settings)
         if self.has_timescaledb:
             settings["shared_preload_libraries"] = "'timescaledb'"
             settings["timescaledb.telemetry_level"] = "off"
         body = "".join(f"{key} = {value}\n" for key, value in settings.items())
         path = self.datadir / MANAGED_CONF
         path.write_text(
-            "# Managed by exporter.devdb; rewritten on every start.\n" + body, encoding="utf-8"
+            "# Managed by exporter.localdb; rewritten on every start.\n" + body, encoding="utf-8"
         )
         if self.os_user is not None:
             entry = pwd.getpwnam(self.os_user)
@@ -446,3 +446,67 @@ class DevCluster:
                 f"{' '.join(cmd)} failed (exit {res.returncode}):\n{res.stdout}{res.stderr}"
             )
         return res
+
+
+# the demo's cluster ------------------------------------------------------------------------
+
+
+class Cluster(Protocol):
+    """What the demo needs from a PostgreSQL server it started."""
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq URL for `dbname`."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the server, keeping its data."""
+        ...
+
+
+def _ensure_databases(create: Callable[[str], None], exists: Callable[[str], bool]) -> None:
+    for name in (SOURCE_DB, STORE_DB):
+        if not exists(name):
+            create(name)
+
+
+class EmbeddedCluster:
+    """PostgreSQL from the `pgserver` wheel, for machines without server binaries."""
+
+    def __init__(self, pgdata: Path) -> None:
+        try:
+            import pgserver  # type: ignore[import-not-found]
+        except ImportError:
+            raise ClusterUnavailable(
+                "no PostgreSQL server binaries (initdb, pg_ctl) and no pgserver: install the "
+                "'postgresql' package, or `pip install 'workflow-analytics[demo]'`"
+            ) from None
+        self.server = pgserver.get_server(str(pgdata), cleanup_mode="stop")
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq URL for `dbname`."""
+        return self.server.get_uri(dbname)
+
+    def start(self) -> None:
+        """Create the demo databases."""
+        have = self.server.psql("SELECT datname FROM pg_database;")
+        for name in (SOURCE_DB, STORE_DB):
+            if name not in have:
+                self.server.psql(f"CREATE DATABASE {name};")
+
+    def stop(self) -> None:
+        """Stop the server, keeping its data."""
+        self.server.cleanup()
+
+
+def open_cluster(root: Path) -> tuple[Cluster, str]:
+    """Start the demo's cluster in `root`: system binaries when present, else pgserver."""
+    try:
+        find_bindir()
+    except DevDBError:
+        embedded = EmbeddedCluster(root / "pgdata-embedded")
+        embedded.start()
+        return embedded, "embedded PostgreSQL (pgserver)"
+    cluster = DevCluster(root / "pgdata")
+    cluster.start()
+    _ensure_databases(cluster.create_database, cluster.database_exists)
+    return cluster, f"PostgreSQL from {cluster.bindir}"

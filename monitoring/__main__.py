@@ -1,4 +1,4 @@
-"""`python -m exporter.dashboards [--config FILE] [--out DIR] [--check]`: generate or check.
+"""`python -m monitoring [--config FILE] [--out DIR] [--check]`: generate or check.
 
 Without --config the committed files (every key at its default) are generated into the
 repository; with it, a deployment's own dashboards, rules, Prometheus config and Grafana alerts.
@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from exporter.config import ConfigError
-from exporter.dashboards import ROOT, drift, write
-from exporter.dashboards.settings import Settings
+from monitoring import ROOT, drift, write
+from monitoring.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the generated files (exit 0); with --check exit 1 when a file differs."""
-    parser = argparse.ArgumentParser(prog="python -m exporter.dashboards")
+    parser = argparse.ArgumentParser(prog="python -m monitoring")
     parser.add_argument("--config", "-c", type=Path, help="config file (default: defaults)")
     parser.add_argument("--out", type=Path, default=ROOT, help="root directory to write into")
     parser.add_argument("--check", action="store_true", help="only report files that differ")

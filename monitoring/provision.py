@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from exporter.dashboards.tenant import SQL_DATASOURCE, tenant_dashboards
+from monitoring.tenant import SQL_DATASOURCE, tenant_dashboards
 
 DEFAULT_GRAFANA_DIR = PurePosixPath("/etc/grafana/provisioning")
 """Where the written directory is mounted in the Grafana container."""

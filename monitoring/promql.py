@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.dashboards.settings import Settings
+from monitoring.settings import Settings
 
 
 def wf(s: Settings) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.dashboards.settings import Settings
+from monitoring.settings import Settings
 
 STORE_SERIES = r"wfa_(workflow|step|funnel)_.+|wfa_exporter_rejected_rows_total"
 """Series read from the store (the same on every replica): relabelled without `instance`."""
