@@ -124,25 +124,32 @@ async def test_incidents_fire_their_alerts_and_the_dropoff_one_resolves(
                 tmp_path / "simulate.log",
             )
             started = time.monotonic()
-            fired: dict[str, dict[str, str]] = {}
-            while len(fired) < len(WANTED) and time.monotonic() - started < 150:
+            # keyed by target: with 20 s windows and a baseline of a minute, a quiet step's p95
+            # can also cross 3x by chance; what must hold is that each incident's step fires
+            fired: dict[tuple[str, str, str], dict[str, str]] = {}
+            wanted = {(name, *target) for name, target in WANTED.items()}
+            while not wanted <= set(fired) and time.monotonic() - started < 150:
                 for a in await prom.alerts():
-                    if a["state"] == "firing" and a["labels"]["alertname"] in WANTED:
-                        fired.setdefault(a["labels"]["alertname"], a["labels"])
+                    labels = a["labels"]
+                    if a["state"] == "firing" and labels["alertname"] in WANTED:
+                        key = (labels["alertname"], labels["workflow"], labels["step"])
+                        fired.setdefault(key, labels)
                 assert simulate.poll() is None, (tmp_path / "simulate.log").read_text()
                 await asyncio.sleep(1)
-            assert set(fired) == set(WANTED), (
+            assert wanted <= set(fired), (
                 f"fired: {sorted(fired)}\n{(tmp_path / 'simulate.log').read_text()[-2000:]}"
             )
-            for name, (workflow, step) in WANTED.items():
-                labels = fired[name]
-                assert (labels["workflow"], labels["step"]) == (workflow, step), labels
-                assert labels["workflow_name"] and labels["step_name"] == f"Step {step[-1]}"
+            for key in wanted:
+                labels = fired[key]
+                assert labels["workflow_name"] and labels["step_name"] == f"Step {key[2][-1]}"
             # the drop-off incident ends 45 s after the start; its 30 s cohort clears after it
             resolved = False
             while time.monotonic() - started < 200:
-                names = {a["labels"]["alertname"] for a in await prom.alerts()}
-                if "WfaStepDropoffHigh" not in names:
+                names = {
+                    (a["labels"]["alertname"], a["labels"].get("workflow"), a["labels"].get("step"))
+                    for a in await prom.alerts()
+                }
+                if ("WfaStepDropoffHigh", *WANTED["WfaStepDropoffHigh"]) not in names:
                     resolved = True
                     break
                 await asyncio.sleep(1)

@@ -465,7 +465,7 @@ async def test_tenant_filter_keeps_excluded_tenants_out(db_dsn):
         await svc.close()
 
 
-async def test_store_down_keeps_last_snapshot_and_tells_the_truth(pg, db_dsn):
+async def test_store_down_ends_leadership_and_tells_the_truth(pg, db_dsn):
     data = await fill(db_dsn, executions=800, workflows=3)
     dsn_port = int(db_dsn.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
     proxy = Proxy(dsn_port)
@@ -488,9 +488,13 @@ async def test_store_down_keeps_last_snapshot_and_tells_the_truth(pg, db_dsn):
         await asyncio.sleep(1.1)
         down = parse(ms.exposition())
         promtool_check(ms.exposition())
-        assert counters_of(down) == counters_of(good), "the last snapshot is still served"
+        # the lock session lives on the store: its loss ends leadership, and a replica that
+        # cannot prove it leads serves no workflow series (two of them would double the sums)
+        assert counters_of(good) and counters_of(down) == {}, "no workflow series without lead"
+        assert get(down, "wfa_exporter_leader") == 0
         assert get(down, "wfa_exporter_store_up") == 0
-        assert get(down, "wfa_exporter_snapshot_errors_total", reason="unreachable") == 1
+        # a standby attempts no snapshot, so none fails: the poll's error is the one counted
+        assert get(down, "wfa_exporter_snapshot_errors_total", reason="unreachable") == 0
         assert get(down, "wfa_exporter_poll_errors_total", reason="unreachable") == 1
         assert get(down, "wfa_exporter_snapshot_age_seconds") >= age0 + 1
 
@@ -499,8 +503,9 @@ async def test_store_down_keeps_last_snapshot_and_tells_the_truth(pg, db_dsn):
         assert await ms.refresh(NOW) is not None
         back = parse(ms.exposition())
         assert get(back, "wfa_exporter_store_up") == 1
+        assert get(back, "wfa_exporter_leader") == 1
         assert get(back, "wfa_exporter_snapshot_age_seconds") < 1
-        assert counters_of(back) == counters_of(good)
+        assert counters_of(back) == counters_of(good), "the same persisted values continue"
     finally:
         await svc.close()
         if proxy.server is not None and proxy.server.is_serving():
