@@ -135,8 +135,16 @@ async def _latencies(
     return times, answers
 
 
-def run(executions: int, batch: int, reps: int, raw_reps: int) -> list[Figure]:
+def run(
+    executions: int,
+    batch: int = 5000,
+    reps: int = 10,
+    raw_reps: int = 1,
+    quick: bool = False,
+) -> list[Figure]:
     """Ingest the same source into both backends, then time the read queries on each."""
+    if quick:
+        reps = 1
     scale = f"{executions:,} executions"
     now = datetime.now(UTC).replace(microsecond=0)
     start, end = now - timedelta(days=DAYS, minutes=17), now

@@ -236,9 +236,16 @@ def _qe_counts(s: Scraper) -> tuple[float, float]:
 
 
 def run(
-    executions: int, workflows: int, scrapes: int, peer_scrapes: int, peers: bool = True
+    executions: int,
+    workflows: int = 40,
+    scrapes: int = 400,
+    peer_scrapes: int = 10,
+    peers: bool = True,
+    quick: bool = False,
 ) -> list[Figure]:
-    """Every figure at `executions` source rows."""
+    """Every figure at `executions` source rows (quick: a few scrapes, no peers)."""
+    if quick:
+        workflows, scrapes, peers = min(workflows, 5), min(scrapes, 20), False
     scale = f"{executions:,} executions"
     figures: list[Figure] = []
     with cluster() as c, tempfile.TemporaryDirectory() as tmp:
