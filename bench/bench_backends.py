@@ -21,6 +21,7 @@ from exporter.db import connect
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
+from exporter.store.timescale import TimescaleBackend
 from exporter.timerange import Segments
 
 BACKENDS = ("postgres", "timescaledb")
@@ -100,6 +101,27 @@ async def _ingest(src: str, store: str, backend: str, batch: int) -> dict[str, f
     }
 
 
+RAW_SIZE = """
+SELECT coalesce(sum(hypertable_size(format('%I.%I', hypertable_schema, hypertable_name))), 0)
+  FROM timescaledb_information.hypertables WHERE hypertable_schema = 'wfa'"""
+
+
+async def _compression(store: str, now: datetime, after: timedelta) -> tuple[float, float, int]:
+    """Raw hypertable bytes before and after compressing chunks older than `after`; chunks."""
+    conn = await connect(store)
+    try:
+        before = float(await conn.fetchval(RAW_SIZE))
+        backend = TimescaleBackend(compress_after=after)
+        await backend.maintain(conn, now)
+        chunks = await conn.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks "
+            "WHERE hypertable_schema = 'wfa' AND is_compressed"
+        )
+        return before, float(await conn.fetchval(RAW_SIZE)), int(chunks)
+    finally:
+        await conn.close()
+
+
 @contextlib.contextmanager
 def _raw_only() -> Iterator[None]:
     """Answer the read queries from the raw tables alone (every segment is a raw edge)."""
@@ -152,6 +174,7 @@ def run(
     ingest: dict[str, dict[str, float]] = {}
     answers: dict[tuple[str, bool], dict[str, list[dict]]] = {}
     lat: dict[tuple[str, bool], dict[str, list[float]]] = {}
+    compression = (0.0, 0.0, 0)
     with cluster(fast=True) as c:
         if not c.has_timescaledb:
             raise SystemExit(f"TimescaleDB is not installed: {c.timescaledb_reason}")
@@ -168,6 +191,8 @@ def run(
                 lat[backend, raw], answers[backend, raw] = asyncio.run(
                     _latencies(c.dsn(db), start, end, n, raw)
                 )
+            if backend == "timescaledb":
+                compression = asyncio.run(_compression(c.dsn(db), now, timedelta(days=7)))
     for backend in BACKENDS:
         i = ingest[backend]
         figures += [
@@ -186,6 +211,13 @@ def run(
                100 * pg["poll"] / ts["poll"], "%", target="≥ 80 %"),
         Figure("backends", scale, "timescaledb / postgres ingest rate (by CPU seconds)",
                100 * pg["poll_cpu"] / ts["poll_cpu"], "%", target="≥ 80 %"),
+    ]
+    before, after, chunks = compression
+    figures += [
+        Figure("backends", scale, "timescaledb: raw tables before compression", before / 2**20,
+               "MiB"),
+        Figure("backends", scale, f"timescaledb: compression ratio ({chunks} chunks older "
+               "than 7 days compressed)", before / after if after else 0.0, "x"),
     ]
     for backend in BACKENDS:
         for q in QUERIES:
