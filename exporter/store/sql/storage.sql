@@ -30,3 +30,11 @@ SELECT format('%I.%I', view_schema, view_name) AS view,
 
 -- name: pg_watermarks
 SELECT rollup, watermark FROM wfa.watermarks;
+
+-- name: timescaledb_status
+-- Whether the timescaledb extension is created here, installable, and preloaded by the server.
+SELECT
+    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS installed,
+    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,
+    'timescaledb' = ANY (string_to_array(
+        replace(current_setting('shared_preload_libraries'), ' ', ''), ',')) AS preloaded;
