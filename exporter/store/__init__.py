@@ -21,7 +21,6 @@ __all__ = [
     "RefreshResult",
     "backend_for",
     "choose_backend",
-    "has_timescaledb",
     "make_backend",
 ]
 
@@ -34,15 +33,6 @@ class BackendChoice:
 
     name: str
     reason: str
-
-
-async def has_timescaledb(conn: asyncpg.Connection) -> bool:
-    """True when the timescaledb extension is installed in this database."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
-        )
-    )
 
 
 async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> BackendChoice:
@@ -59,7 +49,7 @@ async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> Backen
         return BackendChoice("timescaledb", "the timescaledb extension is created in the store")
     if not status["available"]:
         return BackendChoice("postgres", "the timescaledb extension is not installed on the server")
-    if not status["preloaded"]:
+    if status["preloaded"] is False:
         return BackendChoice(
             "postgres", "timescaledb is installed but not in shared_preload_libraries"
         )
@@ -68,7 +58,9 @@ async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> Backen
     except asyncpg.PostgresError as exc:
         log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
         return BackendChoice("postgres", f"creating the timescaledb extension failed: {exc}")
-    return BackendChoice("timescaledb", "created the timescaledb extension (available, preloaded)")
+    return BackendChoice(
+        "timescaledb", "created the timescaledb extension: installed on the server and preloaded"
+    )
 
 
 async def make_backend(

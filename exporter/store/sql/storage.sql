@@ -32,9 +32,12 @@ SELECT format('%I.%I', view_schema, view_name) AS view,
 SELECT rollup, watermark FROM wfa.watermarks;
 
 -- name: timescaledb_status
--- Whether the timescaledb extension is created here, installable, and preloaded by the server.
+-- Whether the timescaledb extension is created here, installable, and preloaded by the server
+-- (preloaded is NULL when this user may not read shared_preload_libraries).
 SELECT
     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS installed,
     EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,
-    'timescaledb' = ANY (string_to_array(
-        replace(current_setting('shared_preload_libraries'), ' ', ''), ',')) AS preloaded;
+    -- NULL when this user may not read the setting
+    'timescaledb' = ANY (string_to_array(replace(
+        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'), ' ', ''),
+        ',')) AS preloaded;
