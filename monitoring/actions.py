@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from monitoring.panels import (
+    FUNNEL_LINK,
     PROM_VAR,
     STEP_VAR,
     STORE_VAR,
@@ -42,7 +43,8 @@ ERROR_CHARS = 200
 
 TOP_ERRORS = f"""SELECT left(r.error, {ERROR_CHARS}) AS "Error", w.name AS "Workflow",
        (s.step_index + 1) || '. ' || s.name AS "Step", r.action_type AS "Action",
-       sum(r.runs)::bigint AS "Failures", max(r.bucket) AS "Last seen (hour)"
+       sum(r.runs)::bigint AS "Failures", max(r.bucket) AS "Last seen (hour)",
+       r.workflow_id
   FROM wfa.step_runs_1h r
   JOIN wfa.workflows w ON w.workflow_id = r.workflow_id
   LEFT JOIN wfa.workflow_steps s ON s.workflow_id = r.workflow_id AND s.step_id = r.step_id
@@ -271,7 +273,15 @@ def panels(s: Settings) -> list[Json]:
             [sql(TOP_ERRORS)],
             size=Pos(24, 9),
             overrides=[
-                override("Failures", thresholds=high_is_bad(10, 100), cell={"type": "color-text"})
+                override("Failures", thresholds=high_is_bad(10, 100), cell={"type": "color-text"}),
+                override("workflow_id", hidden=True),
+                override(
+                    "Workflow",
+                    links=[
+                        {"title": "Funnel and drop-off for ${__data.fields.Workflow}",
+                         "url": FUNNEL_LINK}
+                    ],
+                ),
             ],
             sort_by=[{"displayName": "Failures", "desc": True}],
         ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from exporter.metrics.snapshot import window_label
 from monitoring.panels import (
+    ACTIONS_LINK,
     MIN_VOLUME,
     PROM_VAR,
     STEP_VAR,
@@ -59,7 +60,7 @@ COHORT_FUNNEL = f"""WITH {STEPS}, cohort AS (
    WHERE $__timeFilter(bucket) AND workflow_id IN ($workflow)
    GROUP BY 1, 2
 ), funnel AS (
-  SELECT s.workflow_id, s.workflow, s.step_index, s.name, s.action_type,
+  SELECT s.workflow_id, s.workflow, s.step_id, s.step_index, s.name, s.action_type,
          coalesce(r.n, 0) AS reached,
          (SELECT coalesce(sum(c.n), 0) FROM cohort c
            WHERE c.workflow_id = s.workflow_id AND c.status = 'active'
@@ -84,7 +85,8 @@ COHORT_FUNNEL = f"""WITH {STEPS}, cohort AS (
 SELECT r.workflow AS "Workflow", (r.step_index + 1) || '. ' || r.name AS "Step",
        r.action_type AS "Action", r.reached AS "Reached", r.in_progress AS "In progress",
        r.dropped AS "Dropped", r.dropoff_ratio AS "Drop-off ratio",
-       CASE WHEN b.step_index IS NULL THEN '' ELSE 'bottleneck' END AS "Bottleneck"
+       CASE WHEN b.step_index IS NULL THEN '' ELSE 'bottleneck' END AS "Bottleneck",
+       r.workflow_id, r.step_id
   FROM ratios r
   LEFT JOIN bottleneck b ON b.workflow_id = r.workflow_id AND b.step_index = r.step_index
  ORDER BY r.workflow, r.workflow_id, r.step_index"""
@@ -120,7 +122,8 @@ SELECT s.workflow AS "Workflow", (s.step_index + 1) || '. ' || s.name AS "Step",
        coalesce(r.attempts, 0)::float8
          / nullif(first_value(coalesce(r.attempts, 0))
                     OVER (PARTITION BY s.workflow_id ORDER BY s.step_index), 0)
-         AS "Relative to first step"
+         AS "Relative to first step",
+       s.workflow_id, s.step_id
   FROM steps s
   LEFT JOIN runs r ON r.workflow_id = s.workflow_id AND r.step_id = s.step_id
  ORDER BY s.workflow, s.workflow_id, s.step_index"""
@@ -190,6 +193,19 @@ def dropoff_thresholds(s: Settings) -> Json:
     return high_is_bad(round(ratio * 0.6, 4), ratio)
 
 
+_STEP_LINKS = [
+    override("workflow_id", hidden=True),
+    override("step_id", hidden=True),
+    override(
+        "Step",
+        links=[
+            {"title": "Action performance of ${__data.fields.Step}", "url": ACTIONS_LINK}
+        ],
+    ),
+]
+"""Hidden ids, and a link from each step to its action performance."""
+
+
 def panels(s: Settings) -> list[Json]:
     """One row per selected workflow (repeated), then drop-off over time."""
     half = Pos(12, 9)
@@ -221,7 +237,7 @@ def panels(s: Settings) -> list[Json]:
             "workflow: reached, still in progress at the step, dropped (reached minus reached "
             "the next step minus in progress) and the drop-off ratio. The bottleneck of each "
             "workflow is its highest ratio among steps reached by at least $min_volume "
-            "executions.",
+            "executions. Click a step to open its action performance.",
             [sql(COHORT_FUNNEL)],
             size=half,
             overrides=[
@@ -232,15 +248,20 @@ def panels(s: Settings) -> list[Json]:
                     cell={"type": "color-background", "mode": "gradient"},
                 ),
                 _BOTTLENECK,
+                *_STEP_LINKS,
             ],
         ),
         table(
             "Activity funnel: attempts per step",
             "Step attempts entered in the whole hours that start in the time range and their "
-            "current status, per workflow; relative to the attempts of its first step.",
+            "current status, per workflow; relative to the attempts of its first step. Click a "
+            "step to open its action performance.",
             [sql(ACTIVITY_FUNNEL)],
             size=half,
-            overrides=[override("Relative to first step", unit="percentunit", min=0)],
+            overrides=[
+                override("Relative to first step", unit="percentunit", min=0),
+                *_STEP_LINKS,
+            ],
         ),
         row("Drop-off over time"),
         timeseries(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exporter.metrics.snapshot import window_label
 from monitoring.panels import (
+    FUNNEL_LINK,
     PROM_VAR,
     STORE_VAR,
     TENANT_VAR,
@@ -24,10 +25,6 @@ from monitoring.promql import increase, rate, wf, workflow_names
 from monitoring.settings import Settings, last
 
 UID = "wfa-overview"
-FUNNEL_LINK = (
-    "/d/wfa-funnel/funnel-and-drop-off"
-    "?var-workflow=${__data.fields.workflow_id}&${__url_time_range}"
-)
 
 _COUNTERS = (
     ("Enrollments", "wfa_workflow_enrollments_total", "Executions enrolled in the time range."),

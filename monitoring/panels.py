@@ -149,6 +149,16 @@ STEP_VAR = sql_var(
     "Current steps of the selected workflows, in workflow order (a step id shared by several "
     "workflows selects it in each).",
 )
+FUNNEL_LINK = (
+    "/d/wfa-funnel/funnel-and-drop-off"
+    "?var-workflow=${__data.fields.workflow_id}&${__url_time_range}"
+)
+"""A table row's workflow (hidden `workflow_id` column) to its funnel, same time range."""
+ACTIONS_LINK = (
+    "/d/wfa-actions/action-performance?var-workflow=${__data.fields.workflow_id}"
+    "&var-step=${__data.fields.step_id}&${__url_time_range}"
+)
+"""A table row's step (hidden `workflow_id`, `step_id`) to its action performance."""
 MIN_VOLUME = "${min_volume:sqlstring}::int"
 """The min_volume variable in SQL: a quoted literal cast to int, so a non-number is an error."""
 

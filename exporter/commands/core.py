@@ -67,7 +67,7 @@ async def _migrate(cfg: Config, with_roles: bool) -> int:
     try:
         backend = await backend_for(conn, cfg.store)
         version = await migrate(conn, backend)
-        print(f"schema wfa at version {version} ({backend.name})")
+        print(f"schema wfa at version {version} ({backend.name}: {backend.reason})")
         if with_roles:
             password = os.environ.get(READER_PASSWORD_ENV) or None
             try:

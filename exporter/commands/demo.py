@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 TENANT = "tenant-1"
 SCOPES = ("read", "export", "admin")
+MIN_TOKEN_CHARS = 16
+"""Shortest `--token` the demo accepts."""
 DEMO_GRACE_S = 5.0
 """How long the demo's shutdown waits for each part."""
 
@@ -66,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workflows", type=int, default=5)
     p.add_argument("--rate", default="5/s", help="live enrollments: 5/s, 300/m, 5000/h")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--token",
+        type=_token,
+        help="API token of the demo (default: the one kept in DIR/token, made on the first run)",
+    )
     p.add_argument("--api-listen", default="127.0.0.1:8080", help="API address (port 0: any)")
     p.add_argument("--metrics-listen", default="127.0.0.1:9464", help="/metrics address")
     p.add_argument("--prometheus-listen", default="127.0.0.1:9090")
@@ -83,6 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "instead of dropoff=; repeatable; see `wfa simulate --help`)",
     )
     p.set_defaults(func=cmd_demo)
+
+
+def _token(text: str) -> str:
+    token = text.strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_TOKEN_CHARS} characters without spaces"
+        )
+    return token
 
 
 def _incident(text: str) -> Incident:
@@ -274,11 +290,52 @@ class Prometheus:
 # the demo ----------------------------------------------------------------------------------
 
 
+def demo_token(root: Path, given: str | None) -> tuple[str, str]:
+    """The demo's token and where it came from: `--token`, else `root/token` (made once)."""
+    from exporter.api.auth import new_token
+
+    path = root / "token"
+    if given is not None:
+        token, origin = given, f"--token, kept in {path}"
+    elif path.is_file() and path.read_text().strip():
+        return path.read_text().strip(), f"kept in {path}"
+    else:
+        token, origin = new_token(), f"new, kept in {path}"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token, origin
+
+
+def graph_url(prom: str, expr: str) -> str:
+    """Prometheus's graph page showing `expr` over the last hour."""
+    from urllib.parse import quote
+
+    return f"http://{prom}/graph?g0.expr={quote(expr)}&g0.tab=0&g0.range_input=1h"
+
+
+FUNNEL_RULE = "workflow_step:wfa_funnel_step_conversion:ratio"
+"""The recording rule the banner shows on Prometheus (the funnel dashboard's main series)."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """What the banner names: addresses, the token and the store's backend."""
+
+    api: str
+    metrics: str
+    token: str
+    token_origin: str
+    workflow: str
+    backend: str
+    backend_reason: str
+
+
 def banner(
-    api: str, metrics: str, token: str, workflow: str, root: Path, prom: Prometheus | None,
+    where: Where, root: Path, prom: Prometheus | None,
     database: str, history: int, live: str, exports: bool = False,
 ) -> str:
     """What the demo prints once everything listens."""
+    api, metrics, token, workflow = where.api, where.metrics, where.token, where.workflow
     base = f"http://{api}/api/v1"
     kept = f"written: {history:,} executions" if history else "kept from the last run"
     wf = f"{base}/workflows/{workflow}/analytics"
@@ -288,18 +345,23 @@ def banner(
         "workflow-analytics demo is running; Ctrl-C stops it (data is kept in "
         f"{root}).",
         f"  database    {database}",
+        f"  store       {where.backend} ({where.backend_reason})",
         f"  history     {kept}",
         f"  live        {live}",
         f"  metrics     http://{metrics}/metrics",
         f"  API         {base}   (OpenAPI: {base}/openapi.json)",
     ]
     if prom is not None:
-        lines.append(
+        lines += [
             f"  Prometheus  http://{prom.listen}   (alerts: http://{prom.listen}/alerts; rules "
-            f"generated into {prom.rules})"
-        )
+            f"generated into {prom.rules})",
+            f"  funnel      {graph_url(prom.listen, FUNNEL_RULE)}",
+        ]
     lines += [
-        f"  token       {token}",
+        "  dashboards  Grafana is not part of the demo; `docker compose --profile demo up` runs "
+        "the whole",
+        "              stack with the dashboards on http://localhost:3000",
+        f"  token       {token}   ({where.token_origin}; --token sets another)",
         f"              (tenant {TENANT}, scopes {', '.join(SCOPES)}; config {root / 'demo.yaml'})",
         "",
         "Try:",
@@ -364,6 +426,7 @@ class Demo:
     started: float = field(default_factory=time.monotonic)
     cfg: Config | None = None
     token: str = ""
+    token_origin: str = ""
     database: str = ""
     history: int = 0
     service: ExporterService | None = None
@@ -373,6 +436,7 @@ class Demo:
 
     async def start_cluster(self) -> None:
         """Start the private cluster (stopped last), then add every other part."""
+        self.token, self.token_origin = demo_token(self.root, self.args.token)
         cluster, self.database = await asyncio.to_thread(open_cluster, self.root)
 
         async def stop_cluster() -> None:
@@ -383,10 +447,7 @@ class Demo:
         self._add_parts(cluster)
 
     def _add_parts(self, cluster: Cluster) -> None:
-        from exporter.api.auth import new_token
-
         args, rt = self.args, self.rt
-        self.token = new_token()
         api_sock = bind_or_other(args.api_listen, "--api-listen")
         metrics_listen = free_listen(args.metrics_listen, "--metrics-listen")
         raw = demo_config(
@@ -448,10 +509,16 @@ class Demo:
         live_text = f"{live.rate:g} enrollments/s, {live.state.active:,} running executions resumed"
         for inc in self.args.incident:
             live_text += f"\n              incident: {inc.describe()}"
+        backend = self.service.backend
+        assert backend is not None
+        where = Where(
+            server.address, metrics_at, self.token, self.token_origin, workflow,
+            backend.name, backend.reason,
+        )
         print(
             banner(
-                server.address, metrics_at, self.token, workflow, self.root, prom,
-                self.database, self.history, live_text, has_exports(server.app),
+                where, self.root, prom, self.database, self.history, live_text,
+                has_exports(server.app),
             ),
             flush=True,
         )

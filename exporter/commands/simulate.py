@@ -10,12 +10,15 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import asyncpg
+
 from exporter.commands.common import add_config_arg, config_or_exit, run, setup_logging
 from exporter.config import Config
 from exporter.db import connect
 
 if TYPE_CHECKING:
     from exporter.simulate.incident import Incident
+    from exporter.simulate.model import SimData
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-init", action="store_true", help="do not create the source tables")
     p.add_argument(
+        "--reset",
+        action="store_true",
+        help="empty the source tables first (by default a rerun appends new executions to the "
+        "workflows already there)",
+    )
+    p.add_argument(
         "--live",
         action="store_true",
         help="then keep enrolling contacts and advancing executions until interrupted",
@@ -58,6 +67,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tick", type=float, default=1.0, help="live: seconds between writes")
     p.add_argument("--duration", type=float, default=None, help="live: stop after N seconds")
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="live: print a progress line every S seconds (rate, enrolled, advanced, finished)",
+    )
     p.set_defaults(func=cmd_simulate)
 
 
@@ -80,9 +96,6 @@ def _rate(text: str) -> float:
 
 
 async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
-    from exporter.simulate.generate import generate
-    from exporter.simulate.writer import create_source_schema, write
-
     if args.incident and not args.live:
         print("--incident needs --live (incidents happen in the live workload)", file=sys.stderr)
         return 1
@@ -92,40 +105,61 @@ async def _simulate(cfg: Config, args: argparse.Namespace) -> int:
     executions = args.executions
     if executions is None:
         executions = 0 if args.live else 10_000
-    if executions == 0 and args.live:
+    if executions == 0 and args.live and not args.reset:
         return await _live(cfg, args)
     started = time.perf_counter()
-    data = generate(
+    conn = await connect(cfg.source.dsn)
+    try:
+        data, note = await _history(conn, cfg, args, executions, now)
+    finally:
+        await conn.close()
+    took = time.perf_counter() - started
+    print(
+        f"wrote {len(data.workflows)} workflows and {len(data.executions)} executions "
+        f"in {took:.1f}s{note}",
+        flush=True,
+    )
+    if args.live:
+        return await _live(cfg, args)
+    return 0
+
+
+async def _history(
+    conn: asyncpg.Connection, cfg: Config, args: argparse.Namespace, executions: int,
+    now: datetime,
+) -> tuple[SimData, str]:
+    """Write the history: into empty tables, or appended to the workflows already there."""
+    from exporter.simulate.generate import generate
+    from exporter.simulate.live import load_workflows
+    from exporter.simulate.writer import create_source_schema, free_id_prefix, reset_source, write
+
+    s = cfg.source
+    if not args.no_init:
+        await create_source_schema(conn, s.executions_table, s.workflows_table)
+    note = ""
+    if args.reset:
+        removed = await reset_source(conn, s.executions_table, s.workflows_table)
+        note = f" (after removing {removed} executions)"
+    given = await load_workflows(conn, s.workflows_table)
+    prefix = await free_id_prefix(conn, s.executions_table)
+    if given:
+        note = f" (appended to the {len(given)} workflows already in the source)"
+    data = await asyncio.to_thread(
+        generate,
         executions=executions,
         days=args.days,
         workflows=args.workflows,
         tenants=args.tenants,
         seed=args.seed,
         now=now,
+        id_prefix=prefix,
+        given=given,
     )
-    conn = await connect(cfg.source.dsn)
-    try:
-        if not args.no_init:
-            await create_source_schema(
-                conn, cfg.source.executions_table, cfg.source.workflows_table
-            )
+    async with conn.transaction():
         await write(
-            conn,
-            data,
-            executions_table=cfg.source.executions_table,
-            workflows_table=cfg.source.workflows_table,
+            conn, data, executions_table=s.executions_table, workflows_table=s.workflows_table
         )
-    finally:
-        await conn.close()
-    took = time.perf_counter() - started
-    print(
-        f"wrote {len(data.workflows)} workflows and {len(data.executions)} executions "
-        f"in {took:.1f}s",
-        flush=True,
-    )
-    if args.live:
-        return await _live(cfg, args)
-    return 0
+    return data, note
 
 
 async def _live(cfg: Config, args: argparse.Namespace) -> int:
@@ -173,6 +207,8 @@ async def _live(cfg: Config, args: argparse.Namespace) -> int:
             executions_table=cfg.source.executions_table,
             reconnect=lambda: connect(cfg.source.dsn),
             announce=lambda line: print(line, flush=True),
+            report_every=args.report_every,
+            report=lambda line: print(line, flush=True),
         )
     finally:
         await conn.close()

@@ -131,25 +131,48 @@ def _translate(error: ErrorDetails) -> Problem:
 
 
 def _cross_check(config: Config | None, data: Any, schema_problems: list[Problem]) -> list[Problem]:
-    """Run every cross-check whose sections are valid, even when others are not."""
+    """Run every cross-check in the same pass as the schema checks.
+
+    A section with invalid fields is checked without them (their defaults stand in), and a
+    cross-check problem that involves a left-out field is not reported: that field already has
+    its own problem.
+    """
     sections: dict[str, BaseModel] = {}
+    left_out: list[str] = []
     if config is not None:
         sections = {name: getattr(config, name) for name in Config.model_fields}
     elif isinstance(data, Mapping):
-        broken = {problem.location.split(".")[0].split("[")[0] for problem in schema_problems}
+        bad = [re.split(r"[.\[]", p.location)[:2] for p in schema_problems]
         for name, field in Config.model_fields.items():
             model = field.annotation
-            if name in broken or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 continue
+            if any(len(parts) == 1 and parts[0] == name for parts in bad):
+                continue
+            raw = data.get(name) or {}
+            drop = {parts[1] for parts in bad if len(parts) == 2 and parts[0] == name}
+            if drop and isinstance(raw, Mapping):
+                raw = {k: v for k, v in raw.items() if k not in drop}
+                left_out += [f"{name}.{key}" for key in drop]
             try:
-                sections[name] = model.model_validate(data.get(name) or {})
+                sections[name] = model.model_validate(raw)
             except ValidationError:
                 continue
     problems: list[Problem] = []
     for names, check in _CHECKS:
         if all(name in sections for name in names):
-            problems.extend(check(*(sections[name] for name in names)))
+            problems.extend(
+                p for p in check(*(sections[name] for name in names))
+                if not _involves(p, left_out)
+            )
     return problems
+
+
+def _involves(problem: Problem, locations: list[str]) -> bool:
+    """Whether a problem is at, inside or names one of `locations`."""
+    return _under_any(problem.location, locations) or any(
+        re.search(rf"\b{re.escape(loc)}\b", problem.message) for loc in locations
+    )
 
 
 def _check_retention(exporter: ExporterConfig, retention: RetentionConfig) -> Iterator[Problem]:

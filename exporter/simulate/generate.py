@@ -19,7 +19,7 @@ import bisect
 import gc
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import accumulate
@@ -451,8 +451,14 @@ def generate(
     tenants: int = 2,
     seed: int = 0,
     now: datetime,
+    id_prefix: str = "ex-",
+    given: Sequence[SimWorkflow] = (),
 ) -> SimData:
-    """Generate workflows and executions enrolled uniformly over [now - days, now)."""
+    """Generate workflows and executions enrolled uniformly over [now - days, now).
+
+    Execution ids are `id_prefix` and a number; with `given` workflows (those already in a
+    source) the executions go to them and no new ones are made.
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if executions < 0 or workflows < 1 or tenants < 1 or days <= 0:
@@ -461,7 +467,7 @@ def generate(
     now_ms = to_ms(now)
     span = max(1, int(days * _DAY))
     start_ms = now_ms - span
-    wfs = [
+    wfs = list(given) or [
         _make_workflow(rng, i, tenants, start_ms - rng.randint(_DAY, 60 * _DAY))
         for i in range(workflows)
     ]
@@ -483,7 +489,7 @@ def generate(
             w = bisect.bisect_right(cum, random() * total)
             w = last_wf if w > last_wf else w
             contact = f"contact-{int(random() * contacts):0{width}d}"
-            ex_id = f"ex-{i + 1:0{width}d}"
+            ex_id = f"{id_prefix}{i + 1:0{width}d}"
             out.append(_simulate(rng, wfs[w], profs[w], e_ms, now_ms, ex_id, contact))
     finally:
         if gc_was_enabled:

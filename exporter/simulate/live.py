@@ -164,6 +164,10 @@ class LiveWorkload:
         self.contacts = contacts
         self.rng = Random(f"live-{seed}-{self.now_ms}")
         self.enrolled = 0
+        self.finished = 0
+        """Executions whose last event has been revealed (completed, exited or failed)."""
+        self.advanced = 0
+        """Times a running execution moved on (a step entered or finished, a conversion)."""
         self.ticks = 0
         self.written = 0
         self._prefix = f"lv-{_base36(self.now_ms)}-"
@@ -197,11 +201,14 @@ class LiveWorkload:
             return 2**62
         return max(1, round(self.rng.expovariate(self.rate) * 1000))
 
-    def _push(self, script: _Script) -> None:
+    def _push(self, script: _Script) -> bool:
+        """Queue the script's next event; False when it has none left (the execution is over)."""
         k = bisect.bisect_right(script.events, self.now_ms)
         if k < len(script.events):
             self._seq += 1
             heapq.heappush(self._heap, (script.events[k], self._seq, script))
+            return True
+        return False
 
     def _enroll(self, at_ms: int) -> _Script:
         rng = self.rng
@@ -240,13 +247,15 @@ class LiveWorkload:
         heap = self._heap
         while heap and heap[0][0] <= now_ms:
             due.append(heapq.heappop(heap)[2])
+        self.advanced += len(due)
         while self._next_arrival <= now_ms:
             due.append(self._enroll(self._next_arrival))
             self._next_arrival += self._gap()
         self.now_ms = now_ms
         out = [view_at(s, now_ms) for s in due]
         for s in due:
-            self._push(s)
+            if not self._push(s):
+                self.finished += 1
         self.ticks += 1
         self.written += len(out)
         return out
@@ -347,6 +356,14 @@ async def open_live(
     )
 
 
+def progress_line(live: LiveWorkload, rate: float) -> str:
+    """One line on the live workload: the enrollment rate just measured and the totals."""
+    return (
+        f"live: {rate:.1f} enrollments/s; {live.enrolled:,} enrolled, {live.advanced:,} "
+        f"advanced, {live.finished:,} finished, {live.active:,} running"
+    )
+
+
 def utc_now() -> datetime:
     """The current time (the default clock)."""
     return datetime.now(UTC)
@@ -362,6 +379,7 @@ async def run_live(
     clock: Callable[[], datetime] = utc_now,
     executions_table: str = EXECUTIONS_TABLE,
     report_every: float = 60.0,
+    report: Callable[[str], None] | None = None,
     reconnect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> int:
@@ -370,10 +388,12 @@ async def run_live(
     With `reconnect`, a source that goes away (a restart) is reconnected with backoff: the
     changes of the ticks in between are kept and written once it is back (the latest state of
     each execution). Connections opened that way are closed here; `conn` stays the caller's.
-    Incident starts and ends go to `announce` (and the log) when they happen.
+    Incident starts and ends go to `announce` (and the log) when they happen; every
+    `report_every` seconds a `progress_line` goes to `report` (else to the log).
     """
     stop = stop or asyncio.Event()
     started = last_report = time.monotonic()
+    enrolled_then = live.enrolled
     written = 0
     current: asyncpg.Connection | None = conn
     pending: dict[str, SimExecution] = {}
@@ -421,13 +441,9 @@ async def run_live(
                 wait = backoff.next_delay()
             now = time.monotonic()
             if now - last_report >= report_every:
-                last_report = now
-                log.info(
-                    "live: %d enrolled, %d active, %d rows written",
-                    live.enrolled,
-                    live.active,
-                    written,
-                )
+                line = progress_line(live, (live.enrolled - enrolled_then) / (now - last_report))
+                (report or log.info)(line)
+                last_report, enrolled_then = now, live.enrolled
             if duration is not None and now - started >= duration:
                 break
             with contextlib.suppress(TimeoutError):

@@ -178,6 +178,33 @@ async def write(
     return n_wf, len(ordered)
 
 
+async def free_id_prefix(
+    conn: asyncpg.Connection, executions_table: str = EXECUTIONS_TABLE, base: str = "ex-"
+) -> str:
+    """An execution id prefix no source row uses yet: `ex-`, else `ex-r2-`, `ex-r3-`, ..."""
+    table = quote_ident(executions_table)
+    for k in range(1, 10_000):
+        prefix = base if k == 1 else f"{base}r{k}-"
+        if not await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE starts_with(id::text, $1))", prefix
+        ):
+            return prefix
+    raise RuntimeError(f"no free execution id prefix left in {executions_table}")
+
+
+async def reset_source(
+    conn: asyncpg.Connection,
+    executions_table: str = EXECUTIONS_TABLE,
+    workflows_table: str = WORKFLOWS_TABLE,
+) -> int:
+    """Empty the source tables; returns how many executions were removed."""
+    removed = await conn.fetchval(f"SELECT count(*) FROM {quote_ident(executions_table)}")
+    await conn.execute(
+        f"TRUNCATE {quote_ident(executions_table)}, {quote_ident(workflows_table)}"
+    )
+    return removed
+
+
 async def upsert_executions(
     conn: asyncpg.Connection,
     executions: Iterable[SimExecution],

@@ -2,26 +2,64 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from exporter.store.backend import Backend, RefreshResult
+from exporter.store.backend import STORAGE, Backend, RefreshResult, recorded_backend
 from exporter.store.postgres import PostgresBackend
 
 if TYPE_CHECKING:
     from exporter.config.schema import StoreConfig
 
-__all__ = ["Backend", "RefreshResult", "backend_for", "has_timescaledb", "make_backend"]
+__all__ = [
+    "Backend",
+    "BackendChoice",
+    "RefreshResult",
+    "backend_for",
+    "choose_backend",
+    "make_backend",
+]
+
+log = logging.getLogger(__name__)
 
 
-async def has_timescaledb(conn: asyncpg.Connection) -> bool:
-    """True when the timescaledb extension is installed in this database."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+@dataclass(frozen=True, slots=True)
+class BackendChoice:
+    """The backend `store.backend` resolved to, and why."""
+
+    name: str
+    reason: str
+
+
+async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> BackendChoice:
+    """Resolve `store.backend`; `auto` keeps the backend the schema was made for, else uses
+    TimescaleDB when its extension is created, or creates it when the server has it available
+    and preloaded, else plain PostgreSQL."""
+    if kind != "auto":
+        return BackendChoice(kind, "store.backend names it")
+    recorded = await recorded_backend(conn)
+    if recorded:
+        return BackendChoice(recorded, "the store was created for it")
+    status = await conn.fetchrow(STORAGE["timescaledb_status"])
+    if status["installed"]:
+        return BackendChoice("timescaledb", "the timescaledb extension is created in the store")
+    if not status["available"]:
+        return BackendChoice("postgres", "the timescaledb extension is not installed on the server")
+    if status["preloaded"] is False:
+        return BackendChoice(
+            "postgres", "timescaledb is installed but not in shared_preload_libraries"
         )
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as exc:
+        log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
+        return BackendChoice("postgres", f"creating the timescaledb extension failed: {exc}")
+    return BackendChoice(
+        "timescaledb", "created the timescaledb extension: installed on the server and preloaded"
     )
 
 
@@ -34,18 +72,22 @@ async def make_backend(
     use_policies: bool = False,
     compress_after: timedelta | None = None,
 ) -> Backend:
-    """The backend named by config; `auto` picks TimescaleDB when its extension is installed."""
-    if kind == "auto":
-        kind = "timescaledb" if await has_timescaledb(conn) else "postgres"
-    if kind == "timescaledb":
+    """The backend named by config, `auto` resolved by `choose_backend` (its reason is kept
+    in the backend's `reason`)."""
+    choice = await choose_backend(conn, kind)
+    backend: Backend
+    if choice.name == "timescaledb":
         from exporter.store.timescale import TimescaleBackend
 
-        return TimescaleBackend(
+        backend = TimescaleBackend(
             chunk_interval=partition_interval,
             use_policies=use_policies,
             compress_after=compress_after,
         )
-    return PostgresBackend(partition_interval, premake)
+    else:
+        backend = PostgresBackend(partition_interval, premake)
+    backend.reason = choice.reason
+    return backend
 
 
 async def backend_for(conn: asyncpg.Connection, store: StoreConfig) -> Backend:

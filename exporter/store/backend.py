@@ -53,6 +53,13 @@ def dataset_of(raw: str) -> str:
     raise RetentionError(f"{raw!r} is not a raw table")
 
 
+async def recorded_backend(conn: asyncpg.Connection) -> str | None:
+    """The backend the schema was created for, if any."""
+    if not await conn.fetchval("SELECT to_regclass('wfa.meta') IS NOT NULL"):
+        return None
+    return await conn.fetchval("SELECT value FROM wfa.meta WHERE key = 'backend'")
+
+
 async def retention_cutoffs(conn: asyncpg.Connection) -> dict[str, datetime]:
     """Per dataset, the time before which data was dropped; refreshes must not reach below it."""
     rows = await conn.fetch(
@@ -88,6 +95,8 @@ class Backend(ABC):
 
     name: str
     read_source: ReadSource
+    reason: str = "store.backend names it"
+    """Why this backend was chosen (see `choose_backend`)."""
 
     @abstractmethod
     def migration(self, version: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from exporter.store import locks
-from exporter.store.backend import Backend
+from exporter.store.backend import Backend, recorded_backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
@@ -30,13 +30,6 @@ async def current_version(conn: asyncpg.Connection) -> int:
     if not exists:
         return 0
     return await conn.fetchval("SELECT coalesce(max(version), 0) FROM wfa.schema_version")
-
-
-async def recorded_backend(conn: asyncpg.Connection) -> str | None:
-    """The backend the schema was created for, if any."""
-    if not await conn.fetchval("SELECT to_regclass('wfa.meta') IS NOT NULL"):
-        return None
-    return await conn.fetchval("SELECT value FROM wfa.meta WHERE key = 'backend'")
 
 
 async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:

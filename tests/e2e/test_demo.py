@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.localdb import find_bindir, find_sharedir
 from tests.kit.devdb import DevCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,12 +87,13 @@ def demo_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_make_demo(demo_dir: Path) -> None:
-    """Started in the background it serves a funnel within its startup time; SIGINT stops all."""
-    args = (
-        f"--dir {demo_dir} --executions 2000 --rate 20/s --poll-interval 1s "
-        "--api-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0"
-    )
+def _timescaledb_installed() -> bool:
+    sharedir = find_sharedir(find_bindir())
+    return bool(sharedir and (sharedir / "extension" / "timescaledb.control").exists())
+
+
+def _start_demo(args: str) -> tuple[subprocess.Popen[str], str, float]:
+    """`make demo` in its own session, read until its `ready in` line."""
     proc = subprocess.Popen(
         ["make", "--no-print-directory", "-C", str(REPO), "demo", f"DEMO_ARGS={args}"],
         stdout=subprocess.PIPE,
@@ -102,19 +104,50 @@ def test_make_demo(demo_dir: Path) -> None:
     )
     assert proc.stdout is not None
     output = ""
+    started = time.monotonic()
+    for line in proc.stdout:
+        output += line
+        if line.startswith("ready in") or time.monotonic() - started > STARTUP_S:
+            break
+    return proc, output, started
+
+
+def _stop_demo(proc: subprocess.Popen[str]) -> str:
+    os.killpg(proc.pid, signal.SIGINT)
     try:
-        started = time.monotonic()
-        for line in proc.stdout:
-            output += line
-            if line.startswith("ready in") or time.monotonic() - started > STARTUP_S:
-                break
+        rest, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate()
+    return rest
+
+
+def test_make_demo(demo_dir: Path) -> None:
+    """Started in the background it serves a funnel within its startup time; SIGINT stops all;
+    the store is TimescaleDB wherever the extension is installed; a rerun keeps the token."""
+    args = (
+        f"--dir {demo_dir} --executions 2000 --rate 20/s --poll-interval 1s "
+        "--api-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --prometheus-listen 127.0.0.1:0"
+    )
+    proc, output, started = _start_demo(args)
+    try:
         assert "ready in" in output, output
         token = re.search(r"export TOKEN=(\S+)", output).group(1)
         funnel = re.search(r"'(http://\S+/analytics/funnel\?range=7d)'", output).group(1)
         metrics = re.search(r"(http://\S+/metrics)", output).group(1)
+        backend = "timescaledb" if _timescaledb_installed() else "postgres"
+        assert re.search(rf"^  store       {backend} \(\S.*\)$", output, re.M), output
+        assert "docker compose --profile demo up" in output
+        if "Prometheus  http://" in output:
+            assert "workflow_step%3Awfa_funnel_step_conversion%3Aratio" in output
+        assert (demo_dir / "token").read_text().strip() == token
+        assert (demo_dir / "token").stat().st_mode & 0o077 == 0
 
         status, _ = _get(funnel)
         assert status == 401
+        base = funnel.split("/workflows/")[0]
+        status, body = _get(f"{base}/retention", token)
+        assert status == 200 and json.loads(body)["backend"] == backend, body
         deadline = time.monotonic() + 60
         enrolled = 0
         while time.monotonic() < deadline and not enrolled:
@@ -149,15 +182,35 @@ def test_make_demo(demo_dir: Path) -> None:
             moved = _enrollments(metrics)
         assert moved > first > 0, "the live workload did not move the enrollment counters"
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            rest, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rest, _ = proc.communicate()
-        output += rest
+        output += _stop_demo(proc)
     assert "stopped; data kept in" in output, output
     assert _session_pids(proc.pid) == []
     assert not (demo_dir / "pgdata" / "postmaster.pid").exists()
     assert _pids_mentioning(str(demo_dir)) == []
     assert (demo_dir / "pgdata" / "PG_VERSION").exists()
+
+    proc, again, _ = _start_demo(args + " --no-prometheus")
+    try:
+        assert "ready in" in again, again
+        assert "kept from the last run" in again
+        assert f"export TOKEN={token}" in again and f"kept in {demo_dir / 'token'}" in again
+        funnel = re.search(r"'(http://\S+/analytics/funnel\?range=7d)'", again).group(1)
+        status, body = _get(funnel, token)
+        assert status == 200, body
+    finally:
+        again += _stop_demo(proc)
+    assert "stopped; data kept in" in again, again
+
+
+def test_demo_refuses_a_short_token(tmp_path: Path) -> None:
+    """`--token` is checked before anything starts: one line, exit 2, no state written."""
+    wfa = REPO / ".venv" / "bin" / "wfa"
+    if not wfa.exists():
+        pytest.skip("the project's virtualenv is not bootstrapped")
+    done = subprocess.run(
+        [str(wfa), "demo", "--dir", str(tmp_path / "s"), "--token", "short"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--token: must be at least 16 characters" in done.stderr, done.stderr
+    assert not (tmp_path / "s").exists()

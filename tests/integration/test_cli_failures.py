@@ -170,3 +170,19 @@ def test_demo_listener_failure_is_one_line_and_stops_its_cluster(tmp_path: Path)
         assert not (state / "pgdata" / "postmaster.pid").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_check_config_lists_cross_checks_in_the_same_pass(tmp_path: Path) -> None:
+    """One run names the schema problems and the cross-setting ones together, no traceback."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "configs"
+    path = fixture / "broken_cross_checks_same_section.yaml"
+    expected = [
+        line.removeprefix("# expect: ")
+        for line in path.read_text().splitlines()
+        if line.startswith("# expect: ")
+    ]
+    res = wfa("check-config", "--config", str(path), cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    reported = [line.strip() for line in res.stderr.splitlines()[1:]]
+    assert sorted(reported) == sorted(expected), res.stderr
+    assert any(p.startswith("api.listen: conflicts") for p in reported)

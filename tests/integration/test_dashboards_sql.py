@@ -6,6 +6,7 @@ equal to exporter.queries (the API) for the hours the panel covers."""
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tests.integration.dashboard_board import (
     hours_in,
     now_minute,
 )
-from tests.kit.grafana import Query, queries
+from tests.kit.grafana import ALL, Query, queries, variable_queries
 
 NOW = now_minute()
 HOUR0 = NOW.replace(minute=0)
@@ -474,3 +475,73 @@ def test_hour_range_of_a_grafana_range() -> None:
     assert hours_in(t - timedelta(days=1), t) == (hour - timedelta(hours=23), hour + HOUR)
     aligned = hour
     assert hours_in(aligned - HOUR, aligned - timedelta(seconds=1)) == (aligned - HOUR, aligned)
+
+
+_LINK = re.compile(r"^/d/(?P<uid>[\w-]+)/(?P<slug>[\w-]+)\?(?P<query>.+)$")
+_FIELD = re.compile(r"\$\{__data\.fields\.([^}]+)\}")
+TIME_RANGE = "${__url_time_range}"
+
+
+def _data_links(d: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(panel title, column, link) of every data link set on a column of a panel."""
+    out = []
+    for panel in d["panels"]:
+        for ov in panel.get("fieldConfig", {}).get("overrides", []):
+            for prop in ov["properties"]:
+                if prop["id"] == "links":
+                    column = ov["matcher"]["options"]
+                    out += [(panel["title"], column, link) for link in prop["value"]]
+    return out
+
+
+async def test_data_links_open_the_same_workflow_and_step(db_dsn: str) -> None:
+    """Each data link, filled from the rows its panel returns, opens an existing dashboard in
+    the same time range with its variables set to values that dashboard offers."""
+    await _fill(db_dsn, "postgres")
+    by_uid = {d["uid"]: d for d in DASHBOARDS.values()}
+    slug = {u: re.sub(r"[^a-z0-9]+", "-", d["title"].lower()).strip("-") for u, d in by_uid.items()}
+    conn = await asyncpg.connect(db_dsn)
+    followed: dict[str, int] = defaultdict(int)
+    try:
+        for name, d in DASHBOARDS.items():
+            links = _data_links(d)
+            if not links:
+                continue
+            board = Board(conn, d, tsdb=False)
+            selected = await board.choose(Choice("all", "all"), *ALIGNED)
+            by_panel = {q.panel: q for q in queries(name, d) if q.kind == "sql"}
+            for title, column, link in links:
+                q = by_panel[title]
+                scoped = next(board.runs(q, selected))
+                rows = await conn.fetch(board.sql(q.text, *ALIGNED, scoped=scoped))
+                assert rows, (name, title)
+                assert link["url"].endswith("&" + TIME_RANGE), link
+                for row in rows:
+                    assert column in row, (name, title, column)
+                    url = _FIELD.sub(lambda m, r=row: str(r[m.group(1)]), link["url"])
+                    got = _LINK.match(url.removesuffix("&" + TIME_RANGE))
+                    assert got and got["uid"] in by_uid, url
+                    assert got["slug"] == slug[got["uid"]], url
+                    params = dict(
+                        p.removeprefix("var-").split("=", 1) for p in got["query"].split("&")
+                    )
+                    target = Board(conn, by_uid[got["uid"]], tsdb=False)
+                    for var, kind, _ in variable_queries(target.dashboard):
+                        if kind != "sql":
+                            continue
+                        values = [v for _, v in await target.options(var, *ALIGNED)]
+                        if var in params:
+                            assert params[var] in values, (url, var, values)
+                            target.templating[var].select([params[var]])
+                        else:
+                            target.templating[var].select(ALL)
+                    assert set(params) <= {v for v, _, _ in variable_queries(target.dashboard)}
+                    followed[f"{name}:{title}"] += 1
+    finally:
+        await conn.close()
+    assert set(followed) >= {
+        "funnel.json:Cohort funnel: drop-off per step",
+        "funnel.json:Activity funnel: attempts per step",
+        "overview.json:Workflows by volume",
+        "actions.json:Top error texts",
+    }, followed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -45,12 +46,22 @@ def test_merge_windows_joins_neighbours_and_bounds_the_count() -> None:
 
 
 async def test_auto_picks_the_backend(db_dsn: str, timescale_dsn: str) -> None:
-    for dsn, kind in ((db_dsn, PostgresBackend), (timescale_dsn, TimescaleBackend)):
-        conn = await asyncpg.connect(dsn)
-        try:
-            assert isinstance(await make_backend(conn, "auto"), kind)
-        finally:
-            await conn.close()
+    conn = await asyncpg.connect(timescale_dsn)
+    try:
+        b = await make_backend(conn, "auto")
+        assert isinstance(b, TimescaleBackend)
+        assert b.reason == "the timescaledb extension is created in the store"
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await migrate(conn, await make_backend(conn, "postgres"))
+        await conn.execute("CREATE EXTENSION timescaledb")
+        b = await make_backend(conn, "auto")
+        assert isinstance(b, PostgresBackend), "auto keeps the backend the store was made for"
+        assert b.reason == "the store was created for it"
+    finally:
+        await conn.close()
     conn = await asyncpg.connect(timescale_dsn)
     try:
         b = await make_backend(
@@ -62,6 +73,46 @@ async def test_auto_picks_the_backend(db_dsn: str, timescale_dsn: str) -> None:
             True,
             timedelta(days=1),
         )
+    finally:
+        await conn.close()
+
+
+async def test_auto_creates_the_extension_when_it_can(
+    pg: Any, databases: Any, db_dsn: str
+) -> None:
+    """Available and preloaded: `auto` creates timescaledb; a user without CREATE on the
+    database cannot, and gets plain PostgreSQL and the reason."""
+    if not pg.has_timescaledb:
+        pytest.skip("TimescaleDB is not installed in the test cluster")
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        b = await make_backend(conn, "auto")
+        assert isinstance(b, TimescaleBackend)
+        assert b.reason.startswith("created the timescaledb extension")
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
+        )
+        await conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'wfa_plain') "
+            "THEN CREATE ROLE wfa_plain LOGIN; END IF; END $$"
+        )
+    finally:
+        await conn.close()
+    name = await databases.create()
+    admin = await asyncpg.connect(pg.dsn(name))
+    try:
+        # may connect and use the public schema, may not CREATE in the database
+        await admin.execute("GRANT ALL ON SCHEMA public TO wfa_plain")
+    finally:
+        await admin.close()
+    try:
+        conn = await asyncpg.connect(pg.dsn(name), user="wfa_plain")
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        pytest.skip(f"cannot log in as a plain role on this server: {exc}")
+    try:
+        b = await make_backend(conn, "auto")
+        assert isinstance(b, PostgresBackend)
+        assert b.reason.startswith("creating the timescaledb extension failed: "), b.reason
     finally:
         await conn.close()
 

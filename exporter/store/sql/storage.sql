@@ -30,3 +30,14 @@ SELECT format('%I.%I', view_schema, view_name) AS view,
 
 -- name: pg_watermarks
 SELECT rollup, watermark FROM wfa.watermarks;
+
+-- name: timescaledb_status
+-- Whether the timescaledb extension is created here, installable, and preloaded by the server
+-- (preloaded is NULL when this user may not read shared_preload_libraries).
+SELECT
+    EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS installed,
+    EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,
+    -- NULL when this user may not read the setting
+    'timescaledb' = ANY (string_to_array(replace(
+        (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'), ' ', ''),
+        ',')) AS preloaded;
