@@ -11,7 +11,8 @@ from exporter.api.app import API_PREFIX
 from exporter.api.params import (
     MAX_BUCKETS,
     MAX_ID_CHARS,
-    RANGES,
+    RANGE_EXAMPLES,
+    RANGE_PATTERN,
     TIME_PATTERN,
     RefreshBody,
     time_zones,
@@ -69,8 +70,10 @@ PARAMETERS: J = {
     "range": {
         "name": "range",
         "in": "query",
-        "description": "Shorthand for the last N up to now; not with `from`/`to`.",
-        "schema": {"type": "string", "enum": list(RANGES)},
+        "description": "The last N up to now, any duration with units (s m h d w), e.g. "
+        "`90m`, `12h`, `3d`, `6w`, `1d12h`; not with `from`/`to`; at most the configured "
+        "maximum range.",
+        "schema": {**_TEXT_PARAM, "pattern": RANGE_PATTERN, "examples": list(RANGE_EXAMPLES)},
     },
     "granularity": {
         "name": "granularity",
@@ -206,7 +209,10 @@ PARAMETERS.update(
         "format": {
             "name": "format",
             "in": "query",
-            "schema": {"type": "string", "enum": _EXPORT_FORMATS, "default": "csv"},
+            "description": "File format. Without it, a GET picks it from the `Accept` header "
+            "(text/csv, application/json, application/x-ndjson, application/pdf; q-values and "
+            "wildcards honoured; 406 when none fits) and a job is csv.",
+            "schema": {"type": "string", "enum": _EXPORT_FORMATS},
         },
         "dataset": {
             "name": "dataset",
@@ -286,6 +292,7 @@ def _export_paths() -> J:
                     },
                     **_COMMON_ERRORS,
                     "404": _resp("NotFound"),
+                    "406": _problem("The `Accept` header allows none of the formats."),
                     "429": _resp("TooMany"),
                 },
             },
@@ -510,6 +517,60 @@ def _analytics_paths() -> J:
 
 
 
+def _problem_paths() -> J:
+    kind = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "integer"},
+            "title": {"type": "string"},
+            "when": {"type": "string"},
+        },
+        "required": ["type", "status", "title", "when"],
+    }
+    meta = {"tags": ["meta"], "security": []}
+    return {
+        f"{API_PREFIX}/problems": {
+            "get": {
+                "operationId": "listProblemTypes",
+                "summary": "Every kind of error (problem `type`) this API answers.",
+                **meta,
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": _obj(
+                                    {"problems": {"type": "array", "items": kind}}, ["problems"]
+                                )
+                            }
+                        },
+                    },
+                    "400": _resp("BadRequest"),
+                },
+            }
+        },
+        f"{API_PREFIX}/problems/{{kind}}": {
+            "get": {
+                "operationId": "getProblemType",
+                "summary": "What one problem `type` URI means.",
+                **meta,
+                "parameters": [
+                    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": kind}},
+                    },
+                    "400": _resp("BadRequest"),
+                    "404": _problem("No such problem type."),
+                },
+            }
+        },
+    }
+
+
 def openapi_document() -> J:
     """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
     paths = _analytics_paths()
@@ -524,6 +585,7 @@ def openapi_document() -> J:
         )
     paths.update(_export_paths())
     paths.update(_retention_paths())
+    paths.update(_problem_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -443,13 +443,13 @@ def register(app: web.Application) -> None:
     p = API_PREFIX
     wf = f"{p}/workflows/{{workflow_id}}/analytics"
     get = app.router.add_get
-    get(f"{p}/workflows", list_workflows, allow_head=False)
-    get(wf, get_summary, allow_head=False)
-    get(f"{wf}/funnel", get_funnel, allow_head=False)
-    get(f"{wf}/actions", get_actions, allow_head=False)
-    get(f"{wf}/stream", stream, allow_head=False)
+    get(f"{p}/workflows", list_workflows)
+    get(wf, get_summary)
+    get(f"{wf}/funnel", get_funnel)
+    get(f"{wf}/actions", get_actions)
+    get(f"{wf}/stream", stream)
     app.router.add_post(f"{wf}/refresh", refresh)
     for prefix in (p, ""):
-        get(f"{prefix}/healthz", healthz, allow_head=False)
-        get(f"{prefix}/readyz", readyz, allow_head=False)
-    get(f"{p}/openapi.json", openapi, allow_head=False)
+        get(f"{prefix}/healthz", healthz)
+        get(f"{prefix}/readyz", readyz)
+    get(f"{p}/openapi.json", openapi)
