@@ -17,6 +17,7 @@ from exporter.api.accept import negotiate
 from exporter.api.app import API_PREFIX, CONFIG, POOL, SETTINGS
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
+from exporter.api.pages import PageQuery, decode_cursor, page_of
 from exporter.api.params import (
     MAX_ID_CHARS,
     NoQuery,
@@ -291,6 +292,30 @@ async def _job(request: web.Request) -> Any:
     return job
 
 
+JOBS_PER_PAGE = 50
+"""Export jobs per page without `limit`."""
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /exports: the tenant's export jobs, newest first, a page at a time."""
+    principal = require_scope(request, SCOPE)
+    q = parse_query(request.query, PageQuery)
+    limit = q.limit or JOBS_PER_PAGE
+    after: tuple[datetime | None, uuid.UUID | None] = (None, None)
+    if q.cursor:
+        created, jid = decode_cursor(q.cursor, (str, str))
+        try:
+            after = (datetime.fromisoformat(created), uuid.UUID(jid))
+        except ValueError:
+            raise ProblemError(
+                400, "Invalid parameter", "is not a cursor this listing gave", param="cursor"
+            ) from None
+    jobs = await request.app[JOBS].page(principal.tenant, *after, limit + 1)
+    page = page_of(request, jobs, limit, lambda j: (j["created_at"].isoformat(), str(j["job_id"])))
+    body = {"jobs": [_job_json(j) for j in page.items], "next": page.next}
+    return page.link(json_body(dumps(body)))
+
+
 async def get_job(request: web.Request) -> web.Response:
     """GET /exports/{job_id}: status, row count and size of a job."""
     return json_body(dumps(_job_json(await _job(request))))
@@ -346,5 +371,6 @@ def register(app: web.Application) -> None:
     wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics/export"
     app.router.add_get(wf, stream_export)
     app.router.add_post(wf, create_job)
+    app.router.add_get(f"{API_PREFIX}/exports", list_jobs)
     app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}", get_job)
     app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}/download", download)

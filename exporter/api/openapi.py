@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from exporter import __version__, models
 from exporter.api.app import API_PREFIX
+from exporter.api.pages import MAX_LIMIT
 from exporter.api.params import (
     MAX_BUCKETS,
     MAX_ID_CHARS,
@@ -113,6 +114,12 @@ def _problem(description: str, headers: J | None = None) -> J:
 
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+_LINK = {
+    "Link": {
+        "description": 'The next page: `<URL>; rel="next"` (absent on the last page).',
+        "schema": {"type": "string"},
+    }
+}
 _FRESHNESS = {
     "X-Data-As-Of": {
         "description": "The body's data_as_of (absent before the first poll cycle).",
@@ -221,6 +228,18 @@ PARAMETERS.update(
             "the raw executions enrolled in the range. A PDF is the full report.",
             "schema": {"type": "string", "enum": _EXPORT_DATASETS, "default": "summary"},
         },
+        "page_limit": {
+            "name": "limit",
+            "in": "query",
+            "description": "Items per page (default: 500 workflows, 50 export jobs).",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+        },
+        "cursor": {
+            "name": "cursor",
+            "in": "query",
+            "description": "Where the previous page stopped: take the `next` URL as it is.",
+            "schema": {"type": "string", "maxLength": 512},
+        },
         "job_id": {
             "name": "job_id",
             "in": "path",
@@ -318,6 +337,19 @@ def _export_paths() -> J:
                     "429": _resp("TooMany"),
                 },
             },
+        },
+        f"{API_PREFIX}/exports": {
+            "get": {
+                "operationId": "listExports",
+                "summary": "The tenant's export jobs (status, created, expires, size), newest "
+                "first, a page at a time.",
+                "tags": ["exports"],
+                "parameters": _params("page_limit", "cursor"),
+                "responses": {
+                    "200": {**_json("ExportJobList"), "headers": _LINK},
+                    **_COMMON_ERRORS,
+                },
+            }
         },
         job: {
             "get": {
@@ -430,10 +462,11 @@ def _analytics_paths() -> J:
         f"{API_PREFIX}/workflows": {
             "get": {
                 "operationId": "listWorkflows",
-                "summary": "The tenant's workflows with their steps.",
+                "summary": "The tenant's workflows with their steps, by id, a page at a time.",
                 "tags": ["workflows"],
+                "parameters": _params("page_limit", "cursor"),
                 "responses": {
-                    "200": _json("WorkflowList"),
+                    "200": {**_json("WorkflowList"), "headers": _LINK},
                     "400": _resp("BadRequest"),
                     **_AUTH_ERRORS,
                     "414": _resp("UriTooLong"),

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from exporter.api.app import MAX_HEADER_FIELD, MAX_REQUEST_LINE
 from exporter.api.errors import AccessLogger, problem
 from exporter.runtime import url_host
 
@@ -19,10 +20,15 @@ def parser_problem(exc: BadHttpMessage) -> web.Response:
     """The problem+json answer to a request aiohttp's parser refused: 414 for a request line
     over the limit, 431 for a header over it, 400 for anything else malformed."""
     if isinstance(exc, LineTooLong):
-        what = str(exc.args[0] if exc.args else "")
-        if "Header" in what or ": " in what:
-            return problem(431, "Request Header Fields Too Large", "a header is too long")
-        return problem(414, "URI Too Long", "the request line is too long")
+        # aiohttp passes the limit that was exceeded: the header field limit means a header
+        if len(exc.args) > 1 and str(exc.args[1]) == str(MAX_HEADER_FIELD):
+            return problem(
+                431, "Request Header Fields Too Large",
+                f"a header is longer than {MAX_HEADER_FIELD} bytes",
+            )
+        return problem(
+            414, "URI Too Long", f"the request line is longer than {MAX_REQUEST_LINE} bytes"
+        )
     return problem(400, "Bad Request", "the request is not valid HTTP", kind="malformed-request")
 
 
