@@ -84,9 +84,12 @@ class Workflow(Body):
 
 
 class WorkflowList(Body):
-    """GET /workflows."""
+    """GET /workflows: a page of the tenant's workflows, by id."""
 
     workflows: list[Workflow]
+    next: str | None = Field(
+        None, description="URL of the next page (also in the `Link` header); null on the last."
+    )
 
 
 class TimeStats(Body):
@@ -314,6 +317,15 @@ class ExportJob(Body):
     download_url: str | None = Field(description="Set once the job succeeded.")
 
 
+class ExportJobList(Body):
+    """GET /exports: a page of the tenant's export jobs, newest first."""
+
+    jobs: list[ExportJob]
+    next: str | None = Field(
+        None, description="URL of the next page (also in the `Link` header); null on the last."
+    )
+
+
 # retention ---------------------------------------------------------------------------------
 
 
@@ -447,7 +459,7 @@ class RetentionRun(Body):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Problem, Status, Ready, WorkflowList, Summary, Funnel, Actions, RefreshResult, ExportJob,
-    RetentionOverview, RetentionPolicyResult, RetentionAudit, RetentionRun,
+    ExportJobList, RetentionOverview, RetentionPolicyResult, RetentionAudit, RetentionRun,
 )
 """Every response body the API documents (nested models come along)."""
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (ExportRequest,)

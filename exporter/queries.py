@@ -56,20 +56,30 @@ async def _steps(conn: asyncpg.Connection, tenant: str | None, ids: Sequence[str
     return out
 
 
-async def list_workflows(conn: asyncpg.Connection, tenant: str | None) -> list[Workflow]:
-    """Every workflow of `tenant` (None: all tenants) with its steps."""
-    rows = await conn.fetch(Q["workflows"], tenant)
+async def _with_steps(
+    conn: asyncpg.Connection, tenant: str | None, rows: Sequence[asyncpg.Record]
+) -> list[Workflow]:
     steps = await _steps(conn, tenant, [r["workflow_id"] for r in rows])
     return [
         Workflow(
-            r["workflow_id"],
-            r["tenant_id"],
-            r["name"],
-            r["source_updated_at"],
+            r["workflow_id"], r["tenant_id"], r["name"], r["source_updated_at"],
             *steps[r["workflow_id"]],
         )
         for r in rows
     ]
+
+
+async def list_workflows(conn: asyncpg.Connection, tenant: str | None) -> list[Workflow]:
+    """Every workflow of `tenant` (None: all tenants) with its steps."""
+    return await _with_steps(conn, tenant, await conn.fetch(Q["workflows"], tenant))
+
+
+async def workflows_page(
+    conn: asyncpg.Connection, tenant: str, after: str | None, limit: int
+) -> list[Workflow]:
+    """Up to `limit` workflows of `tenant` by id, after the id `after`, with their steps."""
+    rows = await conn.fetch(Q["workflows_page"], tenant, after, limit)
+    return await _with_steps(conn, tenant, rows)
 
 
 async def get_workflow(

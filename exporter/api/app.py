@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 
+from exporter.api import cors
 from exporter.api.auth import TOKENS, TokenTable
+from exporter.api.cors import options_middleware
 from exporter.api.errors import Handler, ProblemError, problem_middleware
 from exporter.api.sse import IngestHub, ResultCache
 from exporter.api.tokenstore import StoredTokens
@@ -36,6 +38,7 @@ ROUTE_MODULES: tuple[str, ...] = (
     "exporter.api.routes",
     "exporter.api.exports",
     "exporter.api.retention",
+    "exporter.api.problems",
 )
 """Modules whose `register(app)` adds routes; later issues append theirs here."""
 
@@ -166,7 +169,7 @@ def create_app(
     """Build the API application over an open store pool."""
     settings = settings or ApiSettings()
     app = web.Application(
-        middlewares=[problem_middleware, store_middleware],
+        middlewares=[problem_middleware, options_middleware, store_middleware],
         client_max_size=cfg.api.max_body_bytes,
         handler_args={"max_line_size": MAX_REQUEST_LINE, "max_field_size": MAX_HEADER_FIELD},
     )
@@ -187,6 +190,7 @@ def create_app(
     )
     app[TOKENS] = TokenTable(cfg.api.tokens, stored)
     app[OUTAGES] = OutageLog()
+    cors.setup(app, cfg.api.cors_origins)
     app.on_startup.append(_start_hub)
     app.on_startup.append(_start_tokens)
     app.on_shutdown.append(_stop_streams)

@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -24,6 +25,80 @@ REQUEST_ID = web.RequestKey("request_id", str)
 MAX_QUERY_BYTES = 2048
 """Longest accepted query string; longer ones answer 414."""
 
+PROBLEM_BASE = "/api/v1/problems/"
+"""Problem `type` URIs are this plus the kind (relative: the API serves their description)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of error: its status, title and when it happens."""
+
+    status: int
+    title: str
+    when: str
+
+
+KINDS: dict[str, Kind] = {
+    "invalid-parameter": Kind(
+        400,
+        "Invalid parameter",
+        "a query parameter, path segment or body field is malformed, unknown or out of range; "
+        "`param` names it",
+    ),
+    "malformed-request": Kind(400, "Bad Request", "the HTTP request itself is malformed"),
+    "unauthorized": Kind(
+        401, "Unauthorized", "no bearer token, or an unknown, expired or revoked one"
+    ),
+    "forbidden": Kind(403, "Forbidden", "the token lacks the scope (or tenant) the call needs"),
+    "not-found": Kind(
+        404, "Not Found", "no such route, or no such workflow or export job for this tenant"
+    ),
+    "method-not-allowed": Kind(
+        405, "Method Not Allowed", "the route exists; `Allow` lists its methods"
+    ),
+    "not-acceptable": Kind(
+        406, "Not Acceptable", "no format of the resource matches the `Accept` header"
+    ),
+    "request-timeout": Kind(408, "Request Timeout", "the request body did not arrive in time"),
+    "conflict": Kind(
+        409,
+        "Conflict",
+        "the resource is busy (`Retry-After` says when to retry) or the export job failed",
+    ),
+    "gone": Kind(410, "Gone", "the export file expired; create the export again"),
+    "payload-too-large": Kind(
+        413, "Payload Too Large", "the request body is over `api.max_body_bytes`"
+    ),
+    "uri-too-long": Kind(414, "URI Too Long", "the request line or query string is over the limit"),
+    "rate-limited": Kind(
+        429, "Too Many Requests", "too many requests or streams for this token; see `Retry-After`"
+    ),
+    "headers-too-large": Kind(
+        431,
+        "Request Header Fields Too Large",
+        "a header line or the header block is over the limit",
+    ),
+    "internal-error": Kind(
+        500, "Internal Server Error", "a bug; the log line with the same `request_id` says more"
+    ),
+    "unavailable": Kind(
+        503,
+        "Service Unavailable",
+        "the store is unreachable, its schema is missing, a query timed out, or the API is "
+        "shutting down; retry after `Retry-After` seconds",
+    ),
+}
+"""Every kind of error the API answers, by the last segment of its `type` URI."""
+_KIND_OF_STATUS = {k.status: name for name, k in reversed(KINDS.items())}
+"""The default kind of each status: the first listed with it."""
+
+
+def problem_type(status: int, kind: str | None = None) -> str:
+    """The `type` URI of a problem: its kind's, else the status's, else `about:blank`."""
+    name = kind or _KIND_OF_STATUS.get(status)
+    return PROBLEM_BASE + name if name in KINDS else "about:blank"
+
+
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -39,6 +114,7 @@ class ProblemError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        kind: str | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail or title)
@@ -47,6 +123,7 @@ class ProblemError(Exception):
         self.detail = detail
         self.param = param
         self.headers = headers or {}
+        self.kind = kind
         self.extra = extra
 
 
@@ -58,10 +135,12 @@ def problem(
     param: str | None = None,
     headers: dict[str, str] | None = None,
     request: web.Request | None = None,
+    kind: str | None = None,
     **extra: Any,
 ) -> web.Response:
-    """An `application/problem+json` response; `param` names the offending parameter."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status}
+    """An `application/problem+json` response; `param` names the offending parameter, `kind`
+    the kind of error when the status alone does not (see `KINDS`)."""
+    body: dict[str, Any] = {"type": problem_type(status, kind), "title": title, "status": status}
     if detail:
         body["detail"] = detail
     if param is not None:
@@ -122,6 +201,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             param=exc.param,
             headers=exc.headers or None,
             request=request,
+            kind=exc.kind,
             **exc.extra,
         )
     except web.HTTPException as exc:

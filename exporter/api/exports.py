@@ -13,9 +13,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
+from exporter.api.accept import negotiate
 from exporter.api.app import API_PREFIX, CONFIG, POOL, SETTINGS
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
+from exporter.api.pages import PageQuery, decode_cursor, page_of
 from exporter.api.params import (
     MAX_ID_CHARS,
     NoQuery,
@@ -56,14 +58,19 @@ RETRY_AFTER_S = 5
 class ExportQuery(TimeQuery):
     """What to export: format, dataset, funnel mode, and the analytics time filter."""
 
-    format: Literal["csv", "json", "ndjson", "pdf"] = "csv"
+    format: Literal["csv", "json", "ndjson", "pdf"] | None = None
+    """None: chosen by the `Accept` header of a GET (csv without one), csv for a job."""
     dataset: Literal["summary", "funnel", "actions", "executions"] = "summary"
     mode: Literal["cohort", "activity"] = "cohort"
 
 
 async def _spec(
-    request: web.Request, principal: Principal, q: ExportQuery
+    request: web.Request, principal: Principal, q: ExportQuery, *, negotiated: bool = False
 ) -> tuple[ExportSpec, Workflow]:
+    fmt = q.format
+    if fmt is None:
+        accept = request.headers.get("Accept") if negotiated else None
+        fmt = negotiate(accept, {f: FORMATS[f][0].split(";")[0] for f in FORMATS}, "csv")
     tr = time_range(request, q)
     wid = workflow_id_of(request)
     wf = await load_workflow(request, principal, wid)
@@ -71,7 +78,7 @@ async def _spec(
         tenant=principal.tenant,
         workflow_id=wid,
         dataset=q.dataset,
-        format=q.format,
+        format=fmt,
         start=tr.start,
         end=tr.end,
         granularity=tr.granularity,
@@ -124,7 +131,9 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
     """GET /workflows/{id}/analytics/export: the export streamed in the response."""
     principal = require_scope(request, SCOPE)
     q = parse_query(request.query, ExportQuery)
-    spec, wf = await _spec(request, principal, q)
+    spec, wf = await _spec(request, principal, q, negotiated=True)
+    if request.method == "HEAD":
+        return web.Response(headers=_headers(spec))
     limit = request.app[CONFIG].exports.max_concurrent_per_tenant
     streams = request.app[STREAMS]
     if streams[principal.tenant] >= limit:
@@ -141,16 +150,19 @@ async def stream_export(request: web.Request) -> web.StreamResponse:
         streams[principal.tenant] -= 1
 
 
+def _headers(spec: ExportSpec) -> dict[str, str]:
+    return {
+        "Content-Type": FORMATS[spec.format][0],
+        "Content-Disposition": _attachment(spec),
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Vary": "Accept",
+    }
+
+
 async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.StreamResponse:
     now = datetime.now(UTC)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": FORMATS[spec.format][0],
-            "Content-Disposition": _attachment(spec),
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        }
-    )
+    response = web.StreamResponse(headers=_headers(spec))
     progress = Progress()
     async with request.app[POOL].acquire() as conn:
         as_of = iso(await data_as_of(conn))
@@ -280,6 +292,30 @@ async def _job(request: web.Request) -> Any:
     return job
 
 
+JOBS_PER_PAGE = 50
+"""Export jobs per page without `limit`."""
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /exports: the tenant's export jobs, newest first, a page at a time."""
+    principal = require_scope(request, SCOPE)
+    q = parse_query(request.query, PageQuery)
+    limit = q.limit or JOBS_PER_PAGE
+    after: tuple[datetime | None, uuid.UUID | None] = (None, None)
+    if q.cursor:
+        created, jid = decode_cursor(q.cursor, (str, str))
+        try:
+            after = (datetime.fromisoformat(created), uuid.UUID(jid))
+        except ValueError:
+            raise ProblemError(
+                400, "Invalid parameter", "is not a cursor this listing gave", param="cursor"
+            ) from None
+    jobs = await request.app[JOBS].page(principal.tenant, *after, limit + 1)
+    page = page_of(request, jobs, limit, lambda j: (j["created_at"].isoformat(), str(j["job_id"])))
+    body = {"jobs": [_job_json(j) for j in page.items], "next": page.next}
+    return page.link(json_body(dumps(body)))
+
+
 async def get_job(request: web.Request) -> web.Response:
     """GET /exports/{job_id}: status, row count and size of a job."""
     return json_body(dumps(_job_json(await _job(request))))
@@ -333,7 +369,8 @@ def register(app: web.Application) -> None:
     app.on_startup.append(_start_jobs)
     app.on_shutdown.append(_stop_jobs)
     wf = f"{API_PREFIX}/workflows/{{workflow_id}}/analytics/export"
-    app.router.add_get(wf, stream_export, allow_head=False)
+    app.router.add_get(wf, stream_export)
     app.router.add_post(wf, create_job)
-    app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}", get_job, allow_head=False)
-    app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}/download", download, allow_head=False)
+    app.router.add_get(f"{API_PREFIX}/exports", list_jobs)
+    app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}", get_job)
+    app.router.add_get(f"{API_PREFIX}/exports/{{job_id}}/download", download)

@@ -8,10 +8,12 @@ from pydantic import BaseModel
 
 from exporter import __version__, models
 from exporter.api.app import API_PREFIX
+from exporter.api.pages import MAX_LIMIT
 from exporter.api.params import (
     MAX_BUCKETS,
     MAX_ID_CHARS,
-    RANGES,
+    RANGE_EXAMPLES,
+    RANGE_PATTERN,
     TIME_PATTERN,
     RefreshBody,
     time_zones,
@@ -69,8 +71,10 @@ PARAMETERS: J = {
     "range": {
         "name": "range",
         "in": "query",
-        "description": "Shorthand for the last N up to now; not with `from`/`to`.",
-        "schema": {"type": "string", "enum": list(RANGES)},
+        "description": "The last N up to now, any duration with units (s m h d w), e.g. "
+        "`90m`, `12h`, `3d`, `6w`, `1d12h`; not with `from`/`to`; at most the configured "
+        "maximum range.",
+        "schema": {**_TEXT_PARAM, "pattern": RANGE_PATTERN, "examples": list(RANGE_EXAMPLES)},
     },
     "granularity": {
         "name": "granularity",
@@ -110,6 +114,12 @@ def _problem(description: str, headers: J | None = None) -> J:
 
 
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}}}
+_LINK = {
+    "Link": {
+        "description": 'The next page: `<URL>; rel="next"` (absent on the last page).',
+        "schema": {"type": "string"},
+    }
+}
 _FRESHNESS = {
     "X-Data-As-Of": {
         "description": "The body's data_as_of (absent before the first poll cycle).",
@@ -206,7 +216,10 @@ PARAMETERS.update(
         "format": {
             "name": "format",
             "in": "query",
-            "schema": {"type": "string", "enum": _EXPORT_FORMATS, "default": "csv"},
+            "description": "File format. Without it, a GET picks it from the `Accept` header "
+            "(text/csv, application/json, application/x-ndjson, application/pdf; q-values and "
+            "wildcards honoured; 406 when none fits) and a job is csv.",
+            "schema": {"type": "string", "enum": _EXPORT_FORMATS},
         },
         "dataset": {
             "name": "dataset",
@@ -214,6 +227,18 @@ PARAMETERS.update(
             "description": "summary: the series; funnel and actions: per step; executions: "
             "the raw executions enrolled in the range. A PDF is the full report.",
             "schema": {"type": "string", "enum": _EXPORT_DATASETS, "default": "summary"},
+        },
+        "page_limit": {
+            "name": "limit",
+            "in": "query",
+            "description": "Items per page (default: 500 workflows, 50 export jobs).",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+        },
+        "cursor": {
+            "name": "cursor",
+            "in": "query",
+            "description": "Where the previous page stopped: take the `next` URL as it is.",
+            "schema": {"type": "string", "maxLength": 512},
         },
         "job_id": {
             "name": "job_id",
@@ -286,6 +311,7 @@ def _export_paths() -> J:
                     },
                     **_COMMON_ERRORS,
                     "404": _resp("NotFound"),
+                    "406": _problem("The `Accept` header allows none of the formats."),
                     "429": _resp("TooMany"),
                 },
             },
@@ -311,6 +337,19 @@ def _export_paths() -> J:
                     "429": _resp("TooMany"),
                 },
             },
+        },
+        f"{API_PREFIX}/exports": {
+            "get": {
+                "operationId": "listExports",
+                "summary": "The tenant's export jobs (status, created, expires, size), newest "
+                "first, a page at a time.",
+                "tags": ["exports"],
+                "parameters": _params("page_limit", "cursor"),
+                "responses": {
+                    "200": {**_json("ExportJobList"), "headers": _LINK},
+                    **_COMMON_ERRORS,
+                },
+            }
         },
         job: {
             "get": {
@@ -423,10 +462,11 @@ def _analytics_paths() -> J:
         f"{API_PREFIX}/workflows": {
             "get": {
                 "operationId": "listWorkflows",
-                "summary": "The tenant's workflows with their steps.",
+                "summary": "The tenant's workflows with their steps, by id, a page at a time.",
                 "tags": ["workflows"],
+                "parameters": _params("page_limit", "cursor"),
                 "responses": {
-                    "200": _json("WorkflowList"),
+                    "200": {**_json("WorkflowList"), "headers": _LINK},
                     "400": _resp("BadRequest"),
                     **_AUTH_ERRORS,
                     "414": _resp("UriTooLong"),
@@ -510,6 +550,60 @@ def _analytics_paths() -> J:
 
 
 
+def _problem_paths() -> J:
+    kind = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "status": {"type": "integer"},
+            "title": {"type": "string"},
+            "when": {"type": "string"},
+        },
+        "required": ["type", "status", "title", "when"],
+    }
+    meta = {"tags": ["meta"], "security": []}
+    return {
+        f"{API_PREFIX}/problems": {
+            "get": {
+                "operationId": "listProblemTypes",
+                "summary": "Every kind of error (problem `type`) this API answers.",
+                **meta,
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": _obj(
+                                    {"problems": {"type": "array", "items": kind}}, ["problems"]
+                                )
+                            }
+                        },
+                    },
+                    "400": _resp("BadRequest"),
+                },
+            }
+        },
+        f"{API_PREFIX}/problems/{{kind}}": {
+            "get": {
+                "operationId": "getProblemType",
+                "summary": "What one problem `type` URI means.",
+                **meta,
+                "parameters": [
+                    {"name": "kind", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": kind}},
+                    },
+                    "400": _resp("BadRequest"),
+                    "404": _problem("No such problem type."),
+                },
+            }
+        },
+    }
+
+
 def openapi_document() -> J:
     """The OpenAPI 3.1 document served at /api/v1/openapi.json."""
     paths = _analytics_paths()
@@ -524,6 +618,7 @@ def openapi_document() -> J:
         )
     paths.update(_export_paths())
     paths.update(_retention_paths())
+    paths.update(_problem_paths())
     return {
         "openapi": "3.1.0",
         "info": {

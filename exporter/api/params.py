@@ -27,15 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exporter.api.app import CONFIG
 from exporter.api.errors import ProblemError
+from exporter.config.durations import parse_duration
 from exporter.timerange import GRANULARITIES
 
-RANGES: dict[str, timedelta] = {
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
-    "30d": timedelta(days=30),
-    "90d": timedelta(days=90),
-}
-"""The `range=` shorthands: the last N up to now."""
+RANGE_PATTERN = r"^([0-9]{1,6}[wdhms])+$"
+"""`range=`: the last N up to now, any duration with units (`90m`, `1h`, `12h`, `3d`, `6w`,
+`1d12h`)."""
+RANGE_EXAMPLES = ("1h", "24h", "7d", "30d", "90d")
 
 MAX_ID_CHARS = 256
 """Longest workflow id accepted in a path."""
@@ -62,7 +60,6 @@ _MAX_TEXT = 64
 
 Granularity = Literal["hour", "day", "week", "month"]
 Mode = Literal["cohort", "activity"]
-RangeName = Literal["24h", "7d", "30d", "90d"]
 assert set(Granularity.__args__) == set(GRANULARITIES)  # type: ignore[attr-defined]
 
 
@@ -81,7 +78,7 @@ class TimeQuery(QueryModel):
 
     from_: str | None = Field(None, alias="from", max_length=_MAX_TEXT, pattern=TIME_PATTERN)
     to: str | None = Field(None, max_length=_MAX_TEXT, pattern=TIME_PATTERN)
-    range: RangeName | None = None
+    range: str | None = Field(None, max_length=_MAX_TEXT, pattern=RANGE_PATTERN)
     granularity: Granularity | None = None
     tz: str = Field("UTC", max_length=_MAX_TEXT)
 
@@ -143,6 +140,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "string_pattern_mismatch":
+        if err["loc"] and err["loc"][-1] == "range":
+            return "must be a duration with units, like 90m, 12h, 3d or 6w"
         return _TIME_MSG
     return str(err["msg"]).removeprefix("Value error, ")
 
@@ -288,6 +287,17 @@ def auto_granularity(span: timedelta) -> str:
     return "week"
 
 
+def range_length(text: str) -> timedelta:
+    """The length of a `range=` value (already matched by RANGE_PATTERN); 400 when zero."""
+    try:
+        length = parse_duration(text)
+    except ValueError as exc:
+        raise _bad("range", str(exc)) from None
+    if length <= timedelta(0):
+        raise _bad("range", "must be longer than zero")
+    return length
+
+
 def resolve_time(
     q: TimeQuery,
     *,
@@ -302,7 +312,7 @@ def resolve_time(
         if q.from_ is not None or q.to is not None:
             raise _bad("range", "cannot be combined with from or to")
         end = now
-        start = end - RANGES[q.range]
+        start = end - range_length(q.range)
     else:
         given = parse_time(q.from_, "from", now, zone, False) if q.from_ is not None else None
         end = parse_time(q.to, "to", now, zone, True) if q.to is not None else now

@@ -263,8 +263,8 @@ def register(app: web.Application) -> None:
     """Add the retention routes."""
     app[BACKEND] = BackendHolder()
     p = f"{API_PREFIX}/retention"
-    app.router.add_get(p, get_policies, allow_head=False)
-    app.router.add_get(f"{p}/audit", get_audit, allow_head=False)
+    app.router.add_get(p, get_policies)
+    app.router.add_get(f"{p}/audit", get_audit)
     app.router.add_post(f"{p}/run", run_now)
     app.router.add_put(f"{p}/{{dataset}}", put_policy)
     app.router.add_delete(f"{p}/{{dataset}}", reset_policy)

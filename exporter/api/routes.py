@@ -28,6 +28,7 @@ from exporter.api.app import (
 from exporter.api.auth import Principal, require_scope
 from exporter.api.errors import ProblemError
 from exporter.api.openapi import openapi_document
+from exporter.api.pages import PageQuery, decode_cursor, page_of
 from exporter.api.params import (
     MAX_ID_CHARS,
     FunnelQuery,
@@ -75,6 +76,10 @@ def _finite(data: Any) -> Any:
     if isinstance(data, list):
         return [_finite(v) for v in data]
     return data
+
+
+WORKFLOWS_PER_PAGE = 500
+"""Workflows per page without `limit` (more than most tenants have: one page)."""
 
 
 def json_body(body: bytes, status: int = 200) -> web.Response:
@@ -245,12 +250,16 @@ def question_of(q: TimeQuery) -> tuple:
 
 
 async def list_workflows(request: web.Request) -> web.Response:
-    """GET /workflows: the tenant's workflows and their steps."""
+    """GET /workflows: the tenant's workflows and their steps, a page at a time."""
     principal = require_scope(request, "read")
-    parse_query(request.query, NoQuery)
+    q = parse_query(request.query, PageQuery)
+    limit = q.limit or WORKFLOWS_PER_PAGE
+    after = decode_cursor(q.cursor, (str,))[0] if q.cursor else None
     async with request.app[POOL].acquire() as conn:
-        wfs = await queries.list_workflows(conn, principal.tenant)
-    return json_body(models.WorkflowList(workflows=[_workflow(w) for w in wfs]).json_bytes())
+        wfs = await queries.workflows_page(conn, principal.tenant, after, limit + 1)
+    page = page_of(request, wfs, limit, lambda w: (w.workflow_id,))
+    body = models.WorkflowList(workflows=[_workflow(w) for w in page.items], next=page.next)
+    return page.link(json_body(body.json_bytes()))
 
 
 async def _analytics(request: web.Request, kind: str, q: TimeQuery) -> web.Response:
@@ -443,13 +452,13 @@ def register(app: web.Application) -> None:
     p = API_PREFIX
     wf = f"{p}/workflows/{{workflow_id}}/analytics"
     get = app.router.add_get
-    get(f"{p}/workflows", list_workflows, allow_head=False)
-    get(wf, get_summary, allow_head=False)
-    get(f"{wf}/funnel", get_funnel, allow_head=False)
-    get(f"{wf}/actions", get_actions, allow_head=False)
-    get(f"{wf}/stream", stream, allow_head=False)
+    get(f"{p}/workflows", list_workflows)
+    get(wf, get_summary)
+    get(f"{wf}/funnel", get_funnel)
+    get(f"{wf}/actions", get_actions)
+    get(f"{wf}/stream", stream)
     app.router.add_post(f"{wf}/refresh", refresh)
     for prefix in (p, ""):
-        get(f"{prefix}/healthz", healthz, allow_head=False)
-        get(f"{prefix}/readyz", readyz, allow_head=False)
-    get(f"{p}/openapi.json", openapi, allow_head=False)
+        get(f"{prefix}/healthz", healthz)
+        get(f"{prefix}/readyz", readyz)
+    get(f"{p}/openapi.json", openapi)

@@ -358,14 +358,16 @@ async def run_stream(
     *,
     heartbeat: float = 15.0,
 ) -> web.StreamResponse:
-    """Serve `analytics` events for one workflow until the client leaves or the app stops."""
-    resp = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-        }
-    )
+    """Serve `analytics` events for one workflow until the client leaves or the app stops
+    (a HEAD request gets the headers only)."""
+    headers = {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+    if request.method == "HEAD":
+        return web.Response(headers=headers)
+    resp = web.StreamResponse(headers=headers)
     sub = hub.subscribe(workflow_id, owner)
     try:
         await resp.prepare(request)

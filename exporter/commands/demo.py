@@ -41,7 +41,6 @@ from exporter.localdb import SOURCE_DB, STORE_DB, Cluster, open_cluster
 from exporter.metrics import MetricsServer
 from exporter.runtime import ListenError, Runtime, StartupFailed, Stopped, bind, url_host
 from exporter.service import ExporterService
-from exporter.source.reader import quote_ident
 
 if TYPE_CHECKING:
     from exporter.simulate.incident import Incident
@@ -158,14 +157,13 @@ async def ensure_history(
 ) -> int:
     """Create the source tables and write the history when they are empty; rows written."""
     from exporter.simulate.generate import generate
-    from exporter.simulate.writer import create_source_schema, write
+    from exporter.simulate.writer import create_source_schema, has_executions, write
 
     s = cfg.source
     conn = await connect(s.dsn)
     try:
         await create_source_schema(conn, s.executions_table, s.workflows_table)
-        table = quote_ident(s.executions_table)
-        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
+        if await has_executions(conn, s.executions_table):
             return 0
         now = datetime.now(UTC).replace(microsecond=0)
         data = await asyncio.to_thread(

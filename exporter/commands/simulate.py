@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-init", action="store_true", help="do not create the source tables")
     p.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="write the history only into an empty source (for services that restart)",
+    )
+    p.add_argument(
         "--reset",
         action="store_true",
         help="empty the source tables first (by default a rerun appends new executions to the "
@@ -131,7 +136,14 @@ async def _history(
     """Write the history: into empty tables, or appended to the workflows already there."""
     from exporter.simulate.generate import generate
     from exporter.simulate.live import load_workflows
-    from exporter.simulate.writer import create_source_schema, free_id_prefix, reset_source, write
+    from exporter.simulate.model import SimData
+    from exporter.simulate.writer import (
+        create_source_schema,
+        free_id_prefix,
+        has_executions,
+        reset_source,
+        write,
+    )
 
     s = cfg.source
     if not args.no_init:
@@ -141,6 +153,8 @@ async def _history(
         removed = await reset_source(conn, s.executions_table, s.workflows_table)
         note = f" (after removing {removed} executions)"
     given = await load_workflows(conn, s.workflows_table)
+    if given and args.if_empty and await has_executions(conn, s.executions_table):
+        return SimData([], [], now), " (--if-empty: the source has executions already)"
     prefix = await free_id_prefix(conn, s.executions_table)
     if given:
         note = f" (appended to the {len(given)} workflows already in the source)"

@@ -485,6 +485,18 @@ class ApiToken(BaseModel):
     scopes: Annotated[frozenset[Scope], Field(min_length=1)] = frozenset({"read"})
 
 
+def _origin(value: object) -> object:
+    """An origin is `*` or scheme://host[:port], nothing after it."""
+    if isinstance(value, str) and value != "*" and not re.fullmatch(
+        r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", value
+    ):
+        raise _error("origin", "must be * or an origin like https://app.example.com[:port]")
+    return value
+
+
+CorsOrigin = Annotated[str, BeforeValidator(_origin)]
+
+
 class ApiConfig(BaseModel):
     """The aiohttp API service."""
 
@@ -498,6 +510,9 @@ class ApiConfig(BaseModel):
     refresh_min_interval: Duration = timedelta(seconds=10)
     max_body_bytes: PositiveInt = 65536
     header_timeout: PositiveDuration = timedelta(seconds=10)
+    cors_origins: tuple[CorsOrigin, ...] = ()
+    """Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`; `*`
+    allows any. Empty (the default): no CORS headers."""
 
 
 class ExportsConfig(BaseModel):

@@ -178,6 +178,17 @@ class ExportJobs:
         async with self.pool.acquire() as conn:
             return await conn.fetchrow(Q["job_get"], job_id, tenant)
 
+    async def page(
+        self,
+        tenant: str,
+        created_before: datetime | None,
+        job_before: uuid.UUID | None,
+        limit: int,
+    ) -> list[asyncpg.Record]:
+        """Up to `limit` jobs of `tenant`, newest first, after the job (created, id) given."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(Q["job_page"], tenant, created_before, job_before, limit)
+
     def path(self, job: Any) -> Path:
         """Where the finished file of a job is."""
         return self.directory / file_name(job["job_id"], job["format"])

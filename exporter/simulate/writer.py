@@ -178,6 +178,14 @@ async def write(
     return n_wf, len(ordered)
 
 
+async def has_executions(
+    conn: asyncpg.Connection, executions_table: str = EXECUTIONS_TABLE
+) -> bool:
+    """Whether the source holds any execution."""
+    table = quote_ident(executions_table)
+    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"))
+
+
 async def free_id_prefix(
     conn: asyncpg.Connection, executions_table: str = EXECUTIONS_TABLE, base: str = "ex-"
 ) -> str:

@@ -443,7 +443,7 @@ async def test_tenant_isolation_on_every_endpoint(
             assert status == 404, (path, body)
             body.pop("instance"), body.pop("request_id")
             assert body == {
-                "type": "about:blank",
+                "type": "/api/v1/problems/not-found",
                 "title": "Not Found",
                 "status": 404,
                 "detail": "no such workflow",

@@ -32,6 +32,7 @@ TOKENS: dict[str, tuple[str, str, list[str]]] = {
     "a_admin": ("wfa_test_tenant1_admin", "tenant-1", ["read", "admin"]),
     "a_export": ("wfa_test_tenant1_export", "tenant-1", ["export"]),
     "b_read": ("wfa_test_tenant2_read", "tenant-2", ["read"]),
+    "b_export": ("wfa_test_tenant2_export", "tenant-2", ["export"]),
 }
 """name -> (secret, tenant, scopes) of the tokens every test config accepts."""
 

@@ -35,6 +35,12 @@ def utc(*a: int) -> datetime:
     [
         ({}, utc(2024, 3, 24, 10, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
         ({"range": "24h"}, utc(2024, 3, 30, 10, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "1h"}, utc(2024, 3, 31, 9, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "90m"}, utc(2024, 3, 31, 8, 47, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "12h"}, utc(2024, 3, 30, 22, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "3d"}, utc(2024, 3, 28, 10, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "6w"}, utc(2024, 2, 18, 10, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
+        ({"range": "1d12h"}, utc(2024, 3, 29, 22, 17, 42), utc(2024, 3, 31, 10, 17, 42)),
         ({"from": "now/d", "to": "now/d"}, utc(2024, 3, 31), utc(2024, 4, 1)),
         ({"from": "now-1d/d", "to": "now-1d/d"}, utc(2024, 3, 30), utc(2024, 3, 31)),
         ({"from": "now/w", "to": "now/w"}, utc(2024, 3, 25), utc(2024, 4, 1)),
@@ -92,6 +98,13 @@ def test_relative_flag_and_auto_granularity() -> None:
         ({"from": "now", "to": "now"}, "from"),
         ({"from": "now-401d"}, "from"),
         ({"range": "90d", "to": "now"}, "range"),
+        ({"range": "401d"}, "range"),
+        ({"range": "0h"}, "range"),
+        ({"range": "12"}, "range"),
+        ({"range": "1M"}, "range"),
+        ({"range": "-3d"}, "range"),
+        ({"range": "3 d"}, "range"),
+        ({"range": "1h1h"}, "range"),
         ({"tz": "Europe/Nowhere"}, "tz"),
         ({"tz": "utc"}, "tz"),
         ({"granularity": "hour", "from": "now-300d"}, "granularity"),
@@ -106,6 +119,12 @@ def test_rejects_with_the_parameter_named(query: dict[str, Any], param: str) -> 
         resolve(**query)
     assert err.value.status == 400
     assert err.value.param == param
+
+
+def test_a_bad_range_says_what_it_takes() -> None:
+    with pytest.raises(ProblemError) as err:
+        resolve(range="soon")
+    assert err.value.detail == "must be a duration with units, like 90m, 12h, 3d or 6w"
 
 
 def test_repeated_and_unknown_parameters() -> None:

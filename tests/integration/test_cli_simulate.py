@@ -49,6 +49,10 @@ async def test_a_rerun_appends_and_reset_starts_over(tmp_path: Path, db_dsn: str
     assert third.returncode == 0, third.stderr
     assert await _counts(db_dsn) == (900, 900, 5, 0)
 
+    once = await asyncio.to_thread(wfa, *common, "--if-empty", cwd=tmp_path)
+    assert once.returncode == 0 and "--if-empty: the source has executions" in once.stdout
+    assert await _counts(db_dsn) == (900, 900, 5, 0)
+
     reset = await asyncio.to_thread(
         wfa, *common[:-4], "--executions", "50", "--days", "1", "--reset", cwd=tmp_path
     )

@@ -109,6 +109,7 @@ def test_commands_exist_in_the_cli() -> None:
         assert callable(args.func), name
     sim = compose["services"]["simulator"]["command"]
     assert sim[0] == "simulate" and "--live" in sim
+    assert "--if-empty" in sim, "a restarted simulator must not append its history again"
     assert sim[sim.index("--rate") + 1] == "20/s"
 
 

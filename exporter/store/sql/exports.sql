@@ -94,3 +94,11 @@ DELETE FROM wfa.export_jobs
 
 -- name: job_files
 SELECT job_id, status, format FROM wfa.export_jobs WHERE job_id = ANY($1::uuid[]);
+
+-- name: job_page
+-- A tenant's export jobs, newest first, after (created_at $2, job_id $3), $4 of them.
+SELECT * FROM wfa.export_jobs
+ WHERE tenant_id = $1
+   AND ($2::timestamptz IS NULL OR (created_at, job_id) < ($2, $3::uuid))
+ ORDER BY created_at DESC, job_id DESC
+ LIMIT $4;

@@ -76,3 +76,11 @@ SELECT workflow_id, step_id, action_type, status, duration_le, error,
        sum(runs)::bigint AS runs, sum(duration_ms_sum)::bigint AS duration_ms_sum
   FROM wfa.step_runs_totals($1, $2, $3, $4, $5, $6, $7, $8)
  GROUP BY 1, 2, 3, 4, 5, 6;
+
+-- name: workflows_page
+-- A tenant's workflows by id, after the id $2 (NULL: from the first), $3 of them.
+SELECT w.workflow_id, w.tenant_id, w.name, w.source_updated_at
+  FROM wfa.workflows w
+ WHERE w.tenant_id = $1 AND ($2::text IS NULL OR w.workflow_id > $2)
+ ORDER BY w.workflow_id
+ LIMIT $3;
