@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import inspect
 import json
+import os
 import subprocess
 import sys
 import time
@@ -94,8 +95,22 @@ def run_isolated(name: str, executions: int, quick: bool, timeout: float | None)
     return json.loads(lines[-1])
 
 
-def report(figures: list[Figure], notes: list[str], took: float, scales: list[int]) -> str:
-    """The Markdown report: machine, table (grouped by benchmark, then scale), notes."""
+BUSY_LOAD = 1.5
+"""Above this load average before the run, other work shared the machine."""
+
+
+def load_line(load: float) -> str:
+    """The load average before the run, and whether it makes the figures suspect."""
+    line = f"Load average (1 min) before the run: {load:.2f}"
+    if load > BUSY_LOAD:
+        return line + f", above {BUSY_LOAD}: other work shared the machine; figures pessimistic."
+    return line + " (the machine was otherwise idle)."
+
+
+def report(
+    figures: list[Figure], notes: list[str], took: float, scales: list[int], load: float
+) -> str:
+    """The Markdown report: machine, load, table (grouped by benchmark, then scale), notes."""
 
     def rank(f: Figure) -> int:
         word = f.benchmark.split()[0] if f.benchmark else ""
@@ -106,6 +121,7 @@ def report(figures: list[Figure], notes: list[str], took: float, scales: list[in
     lines = [
         f"Machine: {machine()}; {done}; scales {', '.join(f'{s:,}' for s in scales)} "
         f"executions; {took / 60:.1f} min.",
+        load_line(load),
         "",
         markdown(figures),
     ]
@@ -165,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = RESULTS / f"bench-{'quick-' if args.quick else ''}{stamp}.md"
     started = time.monotonic()
+    load = os.getloadavg()[0]
     figures: list[Figure] = []
     notes: list[str] = []
     failed = False
@@ -186,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                 last = res["error"].strip().splitlines()[-1]
                 notes.append(f"{name} at {scale:,}: failed: {last}")
                 print(f"bench: {name} failed:\n{res['error']}", file=sys.stderr, flush=True)
-            save(out, report(figures, notes, time.monotonic() - started, scales), figures,
+            save(out, report(figures, notes, time.monotonic() - started, scales, load), figures,
                  notes, scales)
-    text = report(figures, notes, time.monotonic() - started, scales)
+    text = report(figures, notes, time.monotonic() - started, scales, load)
     save(out, text, figures, notes, scales)
     print(text)
     return 1 if failed else 0

@@ -36,6 +36,7 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     assert "| benchmark | scale | metric | ours | beside it | target |" in out
     assert out.count("| benchmark |") == 1
     assert "Machine: " in out
+    assert "Load average (1 min) before the run: " in out
     assert report.read_text() in out
 
     data = json.loads(report.with_suffix(".json").read_text())
