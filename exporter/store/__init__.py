@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from exporter.store import locks
 from exporter.store.backend import STORAGE, Backend, RefreshResult, recorded_backend
 from exporter.store.postgres import PostgresBackend
 
@@ -53,14 +54,28 @@ async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> Backen
         return BackendChoice(
             "postgres", "timescaledb is installed but not in shared_preload_libraries"
         )
+    # Replicas starting together on a new store must agree: the first creates the extension
+    # under the migration lock, the others wait and find it created.
+    await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATE)
     try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    except asyncpg.PostgresError as exc:
-        log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
-        return BackendChoice("postgres", f"creating the timescaledb extension failed: {exc}")
-    return BackendChoice(
-        "timescaledb", "created the timescaledb extension: installed on the server and preloaded"
-    )
+        if await recorded_backend(conn) is None and not (
+            await conn.fetchrow(STORAGE["timescaledb_status"])
+        )["installed"]:
+            try:
+                async with conn.transaction():
+                    await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            except asyncpg.PostgresError as exc:
+                log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
+                return BackendChoice(
+                    "postgres", f"creating the timescaledb extension failed: {exc}"
+                )
+            return BackendChoice(
+                "timescaledb",
+                "created the timescaledb extension: installed on the server and preloaded",
+            )
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATE)
+    return await choose_backend(conn, kind)
 
 
 async def make_backend(

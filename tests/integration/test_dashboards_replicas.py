@@ -49,7 +49,7 @@ RECORDED = [
 class Exporter:
     """A `wfa exporter` process on its own metrics port."""
 
-    def __init__(self, dsn: str, workdir: Path, name: str):
+    def __init__(self, dsn: str, workdir: Path, name: str, reasons: list[str]):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.config = workdir / f"{name}.yaml"
@@ -58,7 +58,14 @@ class Exporter:
                 {
                     "source": {"dsn": dsn},
                     "exporter": {"poll_interval": "1s", "refresh_interval": "2s"},
-                    "metrics": {"listen": self.target, "snapshot_interval": "1s"},
+                    # every exit reason allowlisted: labels never depend on when a snapshot
+                    # ran during the first ingest (top-N promotion would)
+                    "metrics": {
+                        "listen": self.target,
+                        "snapshot_interval": "1s",
+                        "exit_reasons": reasons,
+                        "top_reasons": 0,
+                    },
                 }
             )
         )
@@ -184,8 +191,11 @@ async def test_two_replicas_equal_one_exporter_across_a_failover(
     dsn_two = pg.dsn(await databases.create())
     dsn_one = pg.dsn(await databases.create())
     data_two, data_one = await _source(dsn_two, now), await _source(dsn_one, now)
-    replicas = [Exporter(dsn_two, tmp_path, "a"), Exporter(dsn_two, tmp_path, "b")]
-    single = Exporter(dsn_one, tmp_path, "single")
+    reasons = sorted({e.exit_reason for e in data_one.executions if e.exit_reason})
+    replicas = [
+        Exporter(dsn_two, tmp_path, "a", reasons), Exporter(dsn_two, tmp_path, "b", reasons)
+    ]
+    single = Exporter(dsn_one, tmp_path, "single", reasons)
     conn = await asyncpg.connect(dsn_two)
     http = aiohttp.ClientSession()
     try:
@@ -199,9 +209,12 @@ async def test_two_replicas_equal_one_exporter_across_a_failover(
             def completed() -> int:
                 return sum(e.status == "completed" for e in data_one.executions)
 
+            enrollments = f"sum(wfa_workflow_enrollments_total{{{job}}})"
+
             async def caught_up() -> bool:
                 a, b = await _total(two, completions), await _total(one, completions)
-                return a == b == completed()
+                c, d = await _total(two, enrollments), await _total(one, enrollments)
+                return a == b == completed() and c == d == len(data_one.executions)
 
             await _wait(caught_up, "both stores ingested and scraped", 90)
             roles = [await r.leader(http) for r in replicas]
@@ -213,6 +226,8 @@ async def test_two_replicas_equal_one_exporter_across_a_failover(
             assert not await two.series(
                 f'{{{job}, __name__=~"wfa_(workflow|step|funnel)_.+", instance!=""}}'
             )
+            # the window of the comparisons starts once both have scraped the caught-up values
+            await asyncio.sleep(2 * SCRAPE.total_seconds())
             started = datetime.now(UTC)
             completed_before = completed()
 
