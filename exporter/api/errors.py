@@ -24,6 +24,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 MAX_QUERY_BYTES = 2048
 """Longest accepted query string; longer ones answer 414."""
+MAX_HEADER_BYTES = 32 * 1024
+"""Most header bytes in all of a request (aiohttp limits each field alone); more is 431."""
 
 PROBLEM_BASE = "/api/v1/problems/"
 """Problem `type` URIs are this plus the kind (relative: the API serves their description)."""
@@ -191,6 +193,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if len(request.query_string) > MAX_QUERY_BYTES:
             raise ProblemError(
                 414, "URI Too Long", f"the query string is longer than {MAX_QUERY_BYTES} bytes"
+            )
+        if sum(len(k) + len(v) for k, v in request.raw_headers) > MAX_HEADER_BYTES:
+            raise ProblemError(
+                431,
+                "Request Header Fields Too Large",
+                f"the headers are longer than {MAX_HEADER_BYTES} bytes in all",
             )
         response = await handler(request)
     except ProblemError as exc:

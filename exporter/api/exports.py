@@ -44,7 +44,6 @@ from exporter.exports import (
     render,
 )
 from exporter.exports.formats import FORMATS
-from exporter.exports.render import coalesce
 from exporter.health import data_as_of, iso
 from exporter.queries import Workflow
 
@@ -179,7 +178,7 @@ async def _stream(request: web.Request, spec: ExportSpec, wf: Workflow) -> web.S
             try:
                 await response.prepare(request)
                 await response.write(first)
-                async for chunk in coalesce(chunks):
+                async for chunk in chunks:
                     await response.write(chunk)
                 await response.write_eof()
             except ConnectionError as exc:

@@ -141,24 +141,6 @@ class CsvLines:
             raise ExportError("CSV output ended inside a record")
 
 
-WRITE_BYTES = 256 * 1024
-"""Chunks are joined into writes of about this size (fewer HTTP chunks and syscalls)."""
-
-
-async def coalesce(chunks: AsyncIterator[bytes], size: int = WRITE_BYTES) -> AsyncIterator[bytes]:
-    """`chunks` joined into pieces of at least `size` bytes (the last one may be shorter)."""
-    parts: list[bytes] = []
-    held = 0
-    async for chunk in chunks:
-        parts.append(chunk)
-        held += len(chunk)
-        if held >= size:
-            yield b"".join(parts)
-            parts, held = [], 0
-    if parts:
-        yield b"".join(parts)
-
-
 async def copy_chunks(
     conn: asyncpg.Connection, query: str, *args: Any, **options: Any
 ) -> AsyncIterator[bytes]:

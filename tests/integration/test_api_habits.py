@@ -267,6 +267,9 @@ async def test_parser_errors_are_problem_documents(store: Store) -> None:
             (f"GET /{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri-too-long"),
             (f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'b' * 40000}\r\n\r\n", 431,
              "headers-too-large"),
+            ("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+             + "".join(f"X-H{i}: {'c' * 4000}\r\n" for i in range(10)) + "\r\n", 431,
+             "headers-too-large"),
             ("NOT HTTP AT ALL\r\n\r\n", 400, "malformed-request"),
         ]
         for request, status, kind in cases:

@@ -226,8 +226,9 @@ async def test_two_replicas_equal_one_exporter_across_a_failover(
             assert not await two.series(
                 f'{{{job}, __name__=~"wfa_(workflow|step|funnel)_.+", instance!=""}}'
             )
-            # the window of the comparisons starts once both have scraped the caught-up values
-            await asyncio.sleep(2 * SCRAPE.total_seconds())
+            # the comparisons' windows reach 3 s before `started`: start them after the last
+            # jump of the first ingest has left that margin (plus two scrapes)
+            await asyncio.sleep(3 + 2 * SCRAPE.total_seconds())
             started = datetime.now(UTC)
             completed_before = completed()
 

@@ -551,14 +551,21 @@ async def test_wfa_exporter_command_serves_metrics(db_dsn, tmp_path: Path):
         stderr=subprocess.STDOUT,
     )
     try:
-        body = await _wait_for(f"http://127.0.0.1:{port}/metrics", b"wfa_workflow_info{")
-        samples = parse(body)
         truth = Truth(data)
-        for wf in data.workflows:
-            got = get(
-                samples, "wfa_workflow_enrollments_total", workflow=wf.id, tenant=wf.tenant_id
-            )
-            assert got == truth.totals(wf.id)["enrollments"]
+        want = [truth.totals(wf.id)["enrollments"] for wf in data.workflows]
+        got: list[float] = []
+        for _ in range(100):
+            # a snapshot may be taken between two ingest batches: wait for the last one
+            body = await _wait_for(f"http://127.0.0.1:{port}/metrics", b"wfa_workflow_info{")
+            samples = parse(body)
+            got = [
+                get(samples, "wfa_workflow_enrollments_total", workflow=wf.id, tenant=wf.tenant_id)
+                for wf in data.workflows
+            ]
+            if got == want:
+                break
+            await asyncio.sleep(0.2)
+        assert got == want
         assert get(samples, "wfa_exporter_poll_duration_seconds_count") >= 1
         await _wait_for(f"http://127.0.0.1:{port}/healthz", b'"store_up": true')
     finally:
