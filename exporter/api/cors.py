@@ -27,12 +27,11 @@ class Cors:
 
     def decorate(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
         """Add the CORS headers of an allowed origin (before the headers are sent)."""
-        origin = request.headers.get(hdrs.ORIGIN)
         if not self.origins:
             return
         response.headers.add(hdrs.VARY, hdrs.ORIGIN)
-        if self.allows(origin):
-            assert origin is not None
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and self.allows(origin):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSE_HEADERS
 

@@ -116,7 +116,6 @@ class ProblemError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
-        kind: str | None = None,
         **extra: Any,
     ) -> None:
         super().__init__(detail or title)
@@ -125,7 +124,6 @@ class ProblemError(Exception):
         self.detail = detail
         self.param = param
         self.headers = headers or {}
-        self.kind = kind
         self.extra = extra
 
 
@@ -209,7 +207,6 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             param=exc.param,
             headers=exc.headers or None,
             request=request,
-            kind=exc.kind,
             **exc.extra,
         )
     except web.HTTPException as exc:

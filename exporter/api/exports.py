@@ -301,16 +301,8 @@ async def list_jobs(request: web.Request) -> web.Response:
     principal = require_scope(request, SCOPE)
     q = parse_query(request.query, PageQuery)
     limit = q.limit or JOBS_PER_PAGE
-    after: tuple[datetime | None, uuid.UUID | None] = (None, None)
-    if q.cursor:
-        created, jid = decode_cursor(q.cursor, (str, str))
-        try:
-            after = (datetime.fromisoformat(created), uuid.UUID(jid))
-        except ValueError:
-            raise ProblemError(
-                400, "Invalid parameter", "is not a cursor this listing gave", param="cursor"
-            ) from None
-    jobs = await request.app[JOBS].page(principal.tenant, *after, limit + 1)
+    after = decode_cursor(q.cursor, (datetime.fromisoformat, uuid.UUID)) if q.cursor else None
+    jobs = await request.app[JOBS].page(principal.tenant, *(after or (None, None)), limit + 1)
     page = page_of(request, jobs, limit, lambda j: (j["created_at"].isoformat(), str(j["job_id"])))
     body = {"jobs": [_job_json(j) for j in page.items], "next": page.next}
     return page.link(json_body(dumps(body)))

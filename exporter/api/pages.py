@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,31 +26,29 @@ class PageQuery(QueryModel):
     cursor: str | None = Field(None, max_length=_MAX_CURSOR)
 
 
-def encode_cursor(key: Sequence[Any]) -> str:
-    """The opaque cursor after an item whose sort key is `key` (JSON-able values)."""
-    raw = json.dumps(list(key), separators=(",", ":"), default=str).encode()
+def encode_cursor(key: Sequence[str]) -> str:
+    """The opaque cursor after an item whose sort key is `key` (text values)."""
+    raw = json.dumps(list(key), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def decode_cursor(text: str, types: Sequence[type]) -> list[Any]:
-    """The sort key in a cursor, checked against `types`; 400 naming `cursor` otherwise."""
+def decode_cursor(text: str, parsers: Sequence[Callable[[str], Any]]) -> list[Any]:
+    """The sort key in a cursor: one text value per parser, each parsed by it (`str`,
+    `datetime.fromisoformat`, `uuid.UUID`, ...); 400 naming `cursor` otherwise."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         key = json.loads(raw)
+        if not (
+            isinstance(key, list)
+            and len(key) == len(parsers)
+            and all(isinstance(v, str) for v in key)
+        ):
+            raise ValueError(text)
+        return [parse(v) for parse, v in zip(parsers, key, strict=True)]
     except (binascii.Error, ValueError):
-        key = None
-    if not (
-        isinstance(key, list)
-        and len(key) == len(types)
-        and all(
-            isinstance(v, t) and not isinstance(v, bool)
-            for v, t in zip(key, types, strict=True)
-        )
-    ):
         raise ProblemError(
             400, "Invalid parameter", "is not a cursor this listing gave", param="cursor"
-        )
-    return key
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from exporter.api.app import API_PREFIX
@@ -27,7 +25,7 @@ async def list_kinds(request: web.Request) -> web.Response:
     """GET /problems: every kind of error this API answers."""
     parse_query(request.query, NoQuery)
     body = {"problems": [describe(name, kind) for name, kind in KINDS.items()]}
-    return web.json_response(body, dumps=json.dumps)
+    return web.json_response(body)
 
 
 async def get_kind(request: web.Request) -> web.Response:
@@ -36,7 +34,7 @@ async def get_kind(request: web.Request) -> web.Response:
     name = request.match_info["kind"]
     if name not in KINDS:
         raise ProblemError(404, "Not Found", "no such problem type", param="kind")
-    return web.json_response(describe(name, KINDS[name]), dumps=json.dumps)
+    return web.json_response(describe(name, KINDS[name]))
 
 
 def register(app: web.Application) -> None:

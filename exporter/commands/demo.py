@@ -293,10 +293,11 @@ def demo_token(root: Path, given: str | None) -> tuple[str, str]:
     from exporter.api.auth import new_token
 
     path = root / "token"
+    kept = path.read_text().strip() if path.is_file() else ""
     if given is not None:
         token, origin = given, f"--token, kept in {path}"
-    elif path.is_file() and path.read_text().strip():
-        return path.read_text().strip(), f"kept in {path}"
+    elif kept:
+        return kept, f"kept in {path}"
     else:
         token, origin = new_token(), f"new, kept in {path}"
     path.write_text(token + "\n")

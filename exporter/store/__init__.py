@@ -39,9 +39,21 @@ class BackendChoice:
 async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> BackendChoice:
     """Resolve `store.backend`; `auto` keeps the backend the schema was made for, else uses
     TimescaleDB when its extension is created, or creates it when the server has it available
-    and preloaded, else plain PostgreSQL."""
+    and preloaded, else plain PostgreSQL.
+
+    `auto` decides under the migration lock, so replicas starting together on a new store
+    agree: the first creates the extension, the others find it created.
+    """
     if kind != "auto":
         return BackendChoice(kind, "store.backend names it")
+    await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATE)
+    try:
+        return await _resolve_auto(conn)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATE)
+
+
+async def _resolve_auto(conn: asyncpg.Connection) -> BackendChoice:
     recorded = await recorded_backend(conn)
     if recorded:
         return BackendChoice(recorded, "the store was created for it")
@@ -54,28 +66,15 @@ async def choose_backend(conn: asyncpg.Connection, kind: str = "auto") -> Backen
         return BackendChoice(
             "postgres", "timescaledb is installed but not in shared_preload_libraries"
         )
-    # Replicas starting together on a new store must agree: the first creates the extension
-    # under the migration lock, the others wait and find it created.
-    await conn.execute("SELECT pg_advisory_lock($1)", locks.MIGRATE)
     try:
-        if await recorded_backend(conn) is None and not (
-            await conn.fetchrow(STORAGE["timescaledb_status"])
-        )["installed"]:
-            try:
-                async with conn.transaction():
-                    await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            except asyncpg.PostgresError as exc:
-                log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
-                return BackendChoice(
-                    "postgres", f"creating the timescaledb extension failed: {exc}"
-                )
-            return BackendChoice(
-                "timescaledb",
-                "created the timescaledb extension: installed on the server and preloaded",
-            )
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", locks.MIGRATE)
-    return await choose_backend(conn, kind)
+        async with conn.transaction():
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as exc:
+        log.warning("store.backend auto: cannot create the timescaledb extension: %s", exc)
+        return BackendChoice("postgres", f"creating the timescaledb extension failed: {exc}")
+    return BackendChoice(
+        "timescaledb", "created the timescaledb extension: installed on the server and preloaded"
+    )
 
 
 async def make_backend(

@@ -7,9 +7,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient
 
+from exporter.api import API_PREFIX
 from exporter.config import config_from_dict
 from exporter.service import ExporterService
+from tests.integration.test_api_common import OpenApi, Store, api_client
 
 
 @pytest.fixture(params=["postgres", "timescaledb"])
@@ -43,3 +46,18 @@ async def conn(store_dsn: tuple[str, str]) -> AsyncIterator[asyncpg.Connection]:
     c = await asyncpg.connect(store_dsn[1])
     yield c
     await c.close()
+
+
+@pytest.fixture(scope="module")
+async def client(store: Store) -> AsyncIterator[TestClient]:
+    """A client of the API served over the module's `store` (a module may define its own)."""
+    async with api_client(store) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def spec(client: TestClient) -> OpenApi:
+    """The OpenAPI document the module's client serves."""
+    resp = await client.get(f"{API_PREFIX}/openapi.json")
+    assert resp.status == 200
+    return OpenApi(await resp.json())

@@ -37,21 +37,6 @@ async def store(pg: PgServer) -> AsyncIterator[Store]:
         yield s
 
 
-@pytest.fixture(scope="module")
-async def client(store: Store) -> AsyncIterator[TestClient]:
-    """A client of the API served over the module's store."""
-    async with api_client(store) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def spec(client: TestClient) -> OpenApi:
-    """The served OpenAPI document."""
-    resp = await client.get(f"{P}/openapi.json")
-    assert resp.status == 200
-    return OpenApi(await resp.json())
-
-
 async def call(
     client: TestClient,
     spec: OpenApi,

@@ -44,19 +44,6 @@ async def store(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Async
         yield s
 
 
-@pytest.fixture(scope="module")
-async def client(store: Store) -> AsyncIterator[TestClient]:
-    """A client of the API over the module's store."""
-    async with api_client(store) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-async def spec(client: TestClient) -> OpenApi:
-    """The served OpenAPI document."""
-    return OpenApi(await (await client.get(f"{P}/openapi.json")).json())
-
-
 async def _get(
     client: TestClient, spec: OpenApi, path: str, token: str | None = "a_read", **kw: Any
 ) -> tuple[int, Any, Any]:

@@ -37,7 +37,6 @@ SELECT rollup, watermark FROM wfa.watermarks;
 SELECT
     EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS installed,
     EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,
-    -- NULL when this user may not read the setting
     'timescaledb' = ANY (string_to_array(replace(
         (SELECT setting FROM pg_settings WHERE name = 'shared_preload_libraries'), ' ', ''),
         ',')) AS preloaded;
