@@ -447,7 +447,7 @@ class Ingestor:
             await self.backend.prepare_write(
                 ctx.store, {k: (v[0], v[1]) for k, v in batch.spans.items()}
             )
-        counters = Counter(batch.counters)
+        counters = batch.deltas()
         healed = _heal_reasons(batch, chunk.olds) if chunk.heal else Counter()
         for reason, n in healed.items():
             counters[("reconciled_rows", *_EXPORTER[:4], reason)] += n

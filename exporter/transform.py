@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import zlib
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,10 +169,17 @@ class Batch:
     runs_del: list[tuple] = field(default_factory=list)
     invalid: set[tuple[str, int]] = field(default_factory=set)
     counters: Counter = field(default_factory=Counter)
+    counted: list[tuple] = field(default_factory=list)  # keys of counters to add 1 to
     spans: dict[str, list[datetime]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)
     rejected: list[tuple] = field(default_factory=list)
     skipped: int = 0
+
+    def deltas(self) -> Counter:
+        """The batch's counter increments: `counters` plus one per key in `counted`."""
+        out = Counter(self.counters)
+        out.update(self.counted)
+        return out
 
     def span(self, table: str, t: datetime) -> None:
         """Widen the time span written to `table`."""
@@ -211,15 +219,26 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def parse_time(value: object, what: str) -> datetime:
     """An ISO-8601 timestamp from JSON; naive values are taken as UTC."""
-    if not isinstance(value, str):
-        raise Rejected("invalid_step_progress", f"{what} is not a timestamp string")
+    t = _time(value)
+    if t is None:
+        if not isinstance(value, str):
+            raise Rejected("invalid_step_progress", f"{what} is not a timestamp string")
+        raise Rejected("invalid_step_progress", f"{what} {value!r} is not ISO 8601")
+    return t
+
+
+def _time(value: object) -> datetime | None:
+    """`parse_time` without the message: None when `value` is not an ISO-8601 string."""
+    if type(value) is not str:
+        return None
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        raise Rejected("invalid_step_progress", f"{what} {value!r} is not ISO 8601") from None
-    if t.tzinfo is UTC:
+        return None
+    tz = t.tzinfo
+    if tz is UTC:
         return t
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return t.replace(tzinfo=UTC) if tz is None else t.astimezone(UTC)
 
 
 def parse_progress(text: str | None, window: Plausible | None = None) -> list[Attempt]:
@@ -234,29 +253,43 @@ def parse_progress(text: str | None, window: Plausible | None = None) -> list[At
         raise Rejected("invalid_step_progress", "not a JSON array")
     out = []
     seen: set[tuple[str, datetime]] = set()
+    earliest, latest = (window.earliest, window.latest) if window is not None else (None, None)
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise Rejected("invalid_step_progress", f"entry {i} is not an object")
-        step_id = item.get("step_id")
+        get = item.get
+        step_id = get("step_id")
         if step_id is None or isinstance(step_id, (dict, list)):
             raise Rejected("invalid_step_progress", f"entry {i} has no step_id")
-        status = item.get("status")
+        status = get("status")
         if status not in ATTEMPT_STATUSES:
             raise Rejected("invalid_step_progress", f"entry {i} has status {status!r}")
-        entered = parse_time(item.get("entered_at"), f"entry {i} entered_at")
-        fin_raw = item.get("finished_at")
-        finished = None if fin_raw is None else parse_time(fin_raw, f"entry {i} finished_at")
-        sid = str(step_id)
-        check_id(sid, f"entry {i} step_id")
+        entered_raw = get("entered_at")
+        entered = _time(entered_raw)
+        if entered is None:
+            parse_time(entered_raw, f"entry {i} entered_at")
+        fin_raw = get("finished_at")
+        finished = None
+        if fin_raw is not None:
+            finished = _time(fin_raw)
+            if finished is None:
+                parse_time(fin_raw, f"entry {i} finished_at")
+        sid = step_id if type(step_id) is str else str(step_id)
+        if len(sid) * 4 > MAX_ID_BYTES:
+            check_id(sid, f"entry {i} step_id")
         if finished is not None and finished < entered:
             raise Rejected("finished_before_entered", f"entry {i} of step {sid}")
-        if window is not None:
+        if earliest is not None and not (
+            earliest <= entered <= latest
+            and (finished is None or earliest <= finished <= latest)
+        ):
             window.check(entered, f"entry {i} entered_at")
             window.check(finished, f"entry {i} finished_at")
-        if (sid, entered) in seen:
+        key = (sid, entered)
+        if key in seen:
             raise Rejected("duplicate_attempt", f"entry {i}: step {sid} entered twice at {entered}")
-        seen.add((sid, entered))
-        error = item.get("error")
+        seen.add(key)
+        error = get("error")
         err = None if error is None else bounded_text(str(error))
         out.append(Attempt(sid, entered, finished, status, err))
     return out
@@ -405,25 +438,24 @@ def _diff_attempts(
 ) -> tuple[list[str], set[tuple[str, datetime]]]:
     """Step attempts new, changed or gone since the stored state, with their counter deltas;
     the new signatures and the stored attempts' keys."""
+    if old is None or not old.attempts:
+        return _new_attempts(batch, row.id, wf, attempts), set()
     eid, tenant, wfid = row.id, wf.tenant_id, wf.workflow_id
     entered_us = [_us(a.entered_at) for a in attempts]
     new_sigs = [a.signature(us) for a, us in zip(attempts, entered_us, strict=True)]
     old_by_key = {}
-    if old is not None:
-        for sig in old.attempts:
-            oa = OldAttempt.parse(sig)
-            old_by_key[(oa.step_id, oa.entered_at)] = oa
+    for sig in old.attempts:
+        oa = OldAttempt.parse(sig)
+        old_by_key[(oa.step_id, oa.entered_at)] = oa
     new_keys = set()
     c = batch.counters
     invalid = batch.invalid
     for a, sig, us in zip(attempts, new_sigs, entered_us, strict=True):
-        oa = None
-        if old_by_key:
-            key = (a.step_id, a.entered_at)
-            new_keys.add(key)
-            oa = old_by_key.get(key)
-            if oa is not None and oa.signature == sig:
-                continue
+        key = (a.step_id, a.entered_at)
+        new_keys.add(key)
+        oa = old_by_key.get(key)
+        if oa is not None and oa.signature == sig:
+            continue
         action = wf.action_types.get(a.step_id, "unknown")
         dur = a.duration_ms
         le = None if dur is None else bucket_le(dur / 1000)
@@ -450,6 +482,52 @@ def _diff_attempts(
     return new_sigs, set(old_by_key)
 
 
+def _new_attempts(batch: Batch, eid: str, wf: WorkflowInfo, attempts: list[Attempt]) -> list[str]:
+    """`_diff_attempts` of an execution with no stored attempts: every attempt is new."""
+    if not attempts:
+        return []
+    tenant, wfid, types = wf.tenant_id, wf.workflow_id, wf.action_types
+    sigs = []
+    keys = batch.counted
+    sums = batch.counters
+    runs = batch.runs_new
+    hours = set()
+    for a in attempts:
+        sid, entered, fin, status = a.step_id, a.entered_at, a.finished_at, a.status
+        us = (entered - _EPOCH) // _US
+        hours.add(us // _US_PER_HOUR)
+        err = a.error
+        sigs.append(
+            _SEP.join(
+                (
+                    sid,
+                    str(us),
+                    status,
+                    "" if fin is None else str((fin - _EPOCH) // _US),
+                    "" if err is None else str(zlib.crc32(err.encode())),
+                )
+            )
+        )
+        action = types.get(sid, "unknown")
+        keys.append(("step_runs", tenant, wfid, sid, action, ""))
+        if status in TERMINAL:
+            keys.append(("step_outcomes", tenant, wfid, sid, action, status))
+        if fin is None:
+            dur = le = None
+        else:
+            dur = (fin - entered) // _MS
+            le = BOUNDS[bisect_left(BOUNDS, dur / 1000)]
+            keys.append(("step_duration_bucket", tenant, wfid, sid, action, LE_LABELS[le]))
+            sums[("step_duration_sum_ms", tenant, wfid, sid, action, "")] += dur
+        runs.append(
+            StepRunRow(eid, sid, entered, tenant, wfid, action, status, fin, dur, le, err)
+        )
+    batch.invalid.update(("step_runs", h) for h in hours)
+    batch.span("step_runs", min(a.entered_at for a in attempts))
+    batch.span("step_runs", max(a.entered_at for a in attempts))
+    return sigs
+
+
 def _diff_reached(
     batch: Batch,
     row: SourceExecution,
@@ -471,6 +549,15 @@ def _diff_reached(
         batch.span("execution_steps", enrolled)
 
 
+_EVENT_METRICS = {
+    "enrolled": "enrollments",
+    "completed": "completions",
+    "converted": "conversions",
+    "exited": "exits",
+    "failed": "failures",
+}
+
+
 def _count_event(
     batch: Batch,
     tenant: str,
@@ -480,20 +567,12 @@ def _count_event(
     dur: int | None,
     le: float | None,
 ) -> None:
-    c = batch.counters
-    metric = {
-        "enrolled": "enrollments",
-        "completed": "completions",
-        "converted": "conversions",
-        "exited": "exits",
-        "failed": "failures",
-    }[event]
     label = (reason or "") if event == "exited" else ""
-    c[(metric, tenant, wfid, "", "", label)] += 1
+    batch.counted.append((_EVENT_METRICS[event], tenant, wfid, "", "", label))
     if dur is not None and le is not None:
         name = "time_to_complete" if event == "completed" else "time_to_convert"
-        c[(f"{name}_bucket", tenant, wfid, "", "", LE_LABELS[le])] += 1
-        c[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur
+        batch.counted.append((f"{name}_bucket", tenant, wfid, "", "", LE_LABELS[le]))
+        batch.counters[(f"{name}_sum_ms", tenant, wfid, "", "", "")] += dur
 
 
 def parse_workflow(r: Mapping[str, Any], window: Plausible) -> list[tuple[str, str, str]]:

@@ -4,6 +4,7 @@ deltas out. Times derive from now; nothing touches a database."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -110,8 +111,8 @@ def test_a_new_execution_writes_its_rows_and_counts_once() -> None:
         "s1", "send_email", "running", None,
     )
     assert [s.step_id for s in batch.steps_new] == ["s1"]
-    assert batch.counters[("enrollments", "t1", "wf-1", "", "", "")] == 1
-    assert batch.counters[("step_runs", "t1", "wf-1", "s1", "send_email", "")] == 1
+    assert batch.deltas()[("enrollments", "t1", "wf-1", "", "", "")] == 1
+    assert batch.deltas()[("step_runs", "t1", "wf-1", "s1", "send_email", "")] == 1
     assert ("cohort", hour_of(T0)) in batch.invalid
     assert hour_start(hour_of(T0)) == T0.replace(minute=0, second=0)
     assert batch.touched == {"wf-1"}
@@ -122,7 +123,7 @@ def test_the_same_version_again_is_skipped() -> None:
     apply_execution(first, row(), WF, None, None, WINDOW)
     again = Batch()
     apply_execution(again, row(), WF, stored(first), None, WINDOW)
-    assert again.skipped == 1 and not again.executions and not again.counters
+    assert again.skipped == 1 and not again.executions and not again.deltas()
 
 
 def test_progress_updates_diff_against_the_stored_state() -> None:
@@ -152,7 +153,7 @@ def test_progress_updates_diff_against_the_stored_state() -> None:
     assert (upd.step_id, upd.status, upd.duration_ms) == ("s1", "failed", 90_000)
     assert upd.error == "smtp 550"
     assert [r.step_id for r in done.runs_new] == ["s2"]
-    c = done.counters
+    c = done.deltas()
     # s1 was counted as an attempt already: only its outcome and duration are new.
     assert ("step_runs", "t1", "wf-1", "s1", "send_email", "") not in c
     assert c[("step_outcomes", "t1", "wf-1", "s1", "send_email", "failed")] == 1
@@ -189,7 +190,7 @@ def test_a_vanished_attempt_and_a_changed_exit_are_deleted_and_invalidated() -> 
     assert ("events", hour_of(later)) in second.invalid
     assert second.steps_del == [("e1", "s1", T0)]
     # The exit was counted when first seen; moving it counts nothing again.
-    assert not any(k[0] == "exits" for k in second.counters)
+    assert not any(k[0] == "exits" for k in second.deltas())
 
 
 def test_conversion_window_decides_converted_in_window() -> None:
@@ -221,7 +222,7 @@ def test_hostile_rows_are_rejected_with_a_reason(changes: dict, reason: str) -> 
     with pytest.raises(Rejected) as err:
         apply_execution(batch, row(**changes), WF, None, None, WINDOW)
     assert err.value.reason == reason
-    assert not batch.executions and not batch.counters
+    assert not batch.executions and not batch.deltas()
 
 
 def test_unknown_workflow_is_rejected() -> None:
@@ -240,3 +241,61 @@ def test_parse_progress_and_steps_bound_free_text() -> None:
     assert len(steps[0][1].encode()) <= 1000 and steps[1] == ("b", "b", "unknown")
     with pytest.raises(Rejected):
         parse_steps(json.dumps([{"id": "a"}, {"id": "a"}]))
+
+
+def _final_state(batches: list[Batch]) -> tuple[dict, dict, set, Counter]:
+    """Store contents (attempts, events, reached steps) and counter totals after `batches`."""
+    runs: dict = {}
+    events: dict = {}
+    steps: set = set()
+    total: Counter = Counter()
+    for b in batches:
+        for key in b.runs_del:
+            runs.pop(key, None)
+        for r in b.runs_new + b.runs_upd:
+            runs[(r.execution_id, r.step_id, r.entered_at)] = r
+        for key in b.events_del:
+            events.pop(key, None)
+        for ev in b.events_new + b.events_upd:
+            events[(ev.execution_id, ev.event, ev.occurred_at)] = ev
+        steps -= set(b.steps_del)
+        steps |= {(s.execution_id, s.step_id, s.enrolled_at) for s in b.steps_new}
+        total.update(b.deltas())
+    return runs, events, steps, total
+
+
+def test_first_import_equals_the_same_history_seen_version_by_version() -> None:
+    """A first-seen execution takes its own path; it must store and count what diffing each
+    earlier version and then the last one does."""
+    e1 = T0 + timedelta(minutes=1)
+    f1 = e1 + timedelta(seconds=2)
+    e2 = f1 + timedelta(hours=1)
+    f2 = e2 + timedelta(minutes=30)
+    versions = [
+        row(),
+        row(step_progress=progress(("s1", e1, f1, "failed", "smtp 550"),
+                                   ("s1", f1, None, "running", None)),
+            current_step_id="s1", updated_at=f1),
+        row(status="completed", completed_at=f2, converted_at=f2, current_step_id=None,
+            step_progress=progress(("s1", e1, f1, "failed", "smtp 550"),
+                                   ("s1", f1, e2, "succeeded", None),
+                                   ("s2", e2, f2, "skipped", None),
+                                   ("s9", e2, f2, "succeeded", "é" * 2000)),
+            updated_at=f2),
+    ]
+    seen: list[Batch] = []
+    old = None
+    for v in versions:
+        b = Batch()
+        apply_execution(b, v, WF, old, timedelta(days=1), WINDOW)
+        seen.append(b)
+        # What the store holds now: this version's execution row, every event so far.
+        _, events, _, _ = _final_state(seen)
+        old = stored(b)
+        old.times = {k: None for k in old.times} | {ev: t for _, ev, t in events}
+    direct = Batch()
+    apply_execution(direct, versions[-1], WF, None, timedelta(days=1), WINDOW)
+    assert _final_state([direct]) == _final_state(seen)
+    assert direct.executions[0].attempts == seen[-1].executions[0].attempts
+    runs, _, _, counts = _final_state([direct])
+    assert len(runs) == 4 and counts[("step_runs", "t1", "wf-1", "s9", "unknown", "")] == 1
