@@ -3,8 +3,10 @@
 `wfa run` (exporter, API and /metrics in one process) polls a filled source every
 second and builds its metrics snapshot every second. One client holds an SSE stream on a
 workflow and reads /metrics in a tight loop; each sample commits one new enrollment of that
-workflow to the source and times both. The physical limit is the poll interval: a change
-waits for the next poll (half an interval on average) before anything can see it.
+workflow to the source and times both, while a live workload commits `--live-rate` other
+executions per second (200 by default) to the other workflows. The physical limit is the
+poll interval: a change waits for the next poll (half an interval on average) before anything
+can see it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ SNAPSHOT_S = 1.0
 TOKEN = "wfa_bench_freshness_token"
 TENANT = "tenant-1"
 SAMPLE_TIMEOUT_S = 30.0
+LIVE_RATE = 200
+"""Execution changes per second committed to the other workflows while samples are taken."""
+LIVE_TICK_S = 0.1
 
 
 async def _fill(dsn: str, executions: int) -> list[SimWorkflow]:
+    """The source history; its workflows, the measured tenant's first."""
     now = datetime.now(UTC).replace(microsecond=0)
     data = generate(executions=executions, days=30, workflows=5, tenants=2, seed=3, now=now)
     conn = await asyncpg.connect(dsn)
@@ -52,7 +58,7 @@ async def _fill(dsn: str, executions: int) -> list[SimWorkflow]:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return [w for w in data.workflows if w.tenant_id == TENANT]
+    return sorted(data.workflows, key=lambda w: w.tenant_id != TENANT)
 
 
 def _config(dsn: str, port: int, metrics_port: int, path: Path) -> None:
@@ -131,10 +137,39 @@ async def _stream(session: aiohttp.ClientSession, url: str, events: asyncio.Queu
                 events.put_nowait(time.monotonic())
 
 
+async def _live(dsn: str, workflows: list[SimWorkflow], rate: int, stop: asyncio.Event) -> float:
+    """Commit `rate` new executions per second to `workflows` until `stop`; the rate achieved."""
+    rng = random.Random(11)
+    conn = await asyncpg.connect(dsn)
+    per_tick = max(1, round(rate * LIVE_TICK_S))
+    sent, began = 0, time.monotonic()
+    try:
+        while not stop.is_set():
+            now = datetime.now(UTC)
+            batch = [
+                simulate_execution(
+                    rng, rng.choice(workflows), now, now,
+                    execution_id=f"live-{time.time_ns()}-{k}", contact_id=f"contact-live-{k}",
+                )
+                for k in range(per_tick)
+            ]
+            await upsert_executions(conn, batch)
+            sent += len(batch)
+            ahead = began + sent / rate - time.monotonic()
+            if ahead > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), ahead)
+    finally:
+        await conn.close()
+    return sent / (time.monotonic() - began)
+
+
 async def _measure(
-    api: str, metrics_url: str, dsn: str, wf: SimWorkflow, samples: int
-) -> tuple[list[float], list[float], list[float]]:
-    """Milliseconds from commit to the ingest NOTIFY, the SSE event and the new /metrics value."""
+    api: str, metrics_url: str, dsn: str, workflows: list[SimWorkflow], samples: int, rate: int
+) -> tuple[list[float], list[float], list[float], float]:
+    """Milliseconds from commit to the ingest NOTIFY, the SSE event and the new /metrics value
+    of the first workflow, while the others take `rate` changes per second; the rate achieved."""
+    wf, others = workflows[0], workflows[1:]
     pattern = re.compile(
         r'^wfa_workflow_enrollments_total\{[^}]*workflow="' + re.escape(wf.id) + r'"[^}]*\} (\S+)',
         re.M,
@@ -150,6 +185,8 @@ async def _measure(
         if wf.id in payload:
             notified.put_nowait(time.monotonic())
 
+    stop = asyncio.Event()
+    live = asyncio.create_task(_live(dsn, others, rate, stop)) if rate and others else None
     async with aiohttp.ClientSession() as session:
         stream = asyncio.create_task(
             _stream(session, f"{api}/api/v1/workflows/{wf.id}/analytics/stream", events)
@@ -197,17 +234,22 @@ async def _measure(
                 if after:
                     ingested.append((min(after) - t0) * 1000)
         finally:
+            stop.set()
             await listener.close()
             stream.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream
             await conn.close()
-    return ingested, sse, scraped
+    achieved = await live if live is not None else 0.0
+    return ingested, sse, scraped, achieved
 
 
-def run(executions: int, *, quick: bool = False, samples: int | None = None) -> list[Figure]:
+def run(
+    executions: int, *, quick: bool = False, samples: int | None = None, rate: int | None = None
+) -> list[Figure]:
     """Freshness with `executions` rows of history, imported first with `wfa backfill`."""
     samples = samples or (3 if quick else 12)
+    rate = (20 if quick else LIVE_RATE) if rate is None else rate
     scale = f"{executions:,} executions"
     with cluster() as c, tempfile.TemporaryDirectory() as tmp:
         c.create_database("wfa")
@@ -218,16 +260,17 @@ def run(executions: int, *, quick: bool = False, samples: int | None = None) -> 
         _config(dsn, port, mport, config)
         imported = _backfill(config)
         with _server(config, port):
-            ingested, sse, scraped = asyncio.run(
+            ingested, sse, scraped, achieved = asyncio.run(
                 _measure(
                     f"http://127.0.0.1:{port}",
                     f"http://127.0.0.1:{mport}/metrics",
                     dsn,
-                    workflows[0],
+                    workflows,
                     samples,
+                    rate,
                 )
             )
-    poll = f"poll interval {POLL_S:g} s"
+    poll = f"poll interval {POLL_S:g} s, {achieved:,.0f} live changes/s"
     limit = POLL_S * 1000
     return [
         Figure("backfill", scale, "first import rows/s (wfa backfill, incl. rollup refresh)",
@@ -255,8 +298,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--executions", type=int, nargs="+", default=[100_000])
     p.add_argument("--samples", type=int, default=12)
+    p.add_argument("--live-rate", type=int, default=LIVE_RATE)
     args = p.parse_args()
-    figures = [f for n in args.executions for f in run(n, samples=args.samples)]
+    figures = [
+        f for n in args.executions for f in run(n, samples=args.samples, rate=args.live_rate)
+    ]
     print(markdown(figures))
 
 
