@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executions", type=int, nargs="+", help="scales to run instead")
     p.add_argument("--only", nargs="+", metavar="NAME", help="benchmarks to run (e.g. ingest)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per benchmark run")
-    p.add_argument("--out", type=Path, default=None, help="report file (default bench/results)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="report file or directory (default bench/results)"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -175,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown benchmarks: {', '.join(unknown)} (have {', '.join(names)})")
         names = [n for n in names if n in args.only]
 
-    out = args.out
-    if out is None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
+    out = args.out or RESULTS
+    if out.is_dir() or args.out is None:
+        out.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS / f"bench-{'quick-' if args.quick else ''}{stamp}.md"
+        out = out / f"bench-{'quick-' if args.quick else ''}{stamp}.md"
     started = time.monotonic()
     load = os.getloadavg()[0]
     figures: list[Figure] = []
