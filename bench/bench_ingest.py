@@ -112,14 +112,16 @@ def run(executions: int, batch: int = 5000) -> list[Figure]:
         step_rows = out["rows"].get("step_runs", 0)
         polls = asyncio.run(_empty_polls(src, store, 50))
         copy = asyncio.run(_copy_rate(src, store))
+    rate = executions / took
     return [
         Figure("ingest", scale, "execution changes/s (first ingest, incl. rollup refresh)",
-               executions / took, "rows/s", "PostgreSQL COPY of the same rows", copy,
-               "≥ 20,000 rows/s"),
+               rate, "rows/s", "PostgreSQL COPY of the same rows", copy),
+        Figure("ingest", scale, "first ingest as a share of the COPY rate", 100 * rate / copy,
+               "%", target="≥ 25 %"),
         Figure("ingest", scale, "step entries/s", step_rows / took, "rows/s"),
         Figure("ingest", scale, "peak RSS of the exporter", rss, "MiB", target="< 300 MiB"),
         Figure("ingest", scale, "empty poll p50", percentile(polls, 50), "ms"),
-        Figure("ingest", scale, "empty poll p95", percentile(polls, 95), "ms", target="< 10 ms"),
+        Figure("ingest", scale, "empty poll p95", percentile(polls, 95), "ms", target="< 2 ms"),
     ]
 
 
