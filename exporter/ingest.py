@@ -204,8 +204,13 @@ class Ingestor:
         res = PollResult()
         if not self.workflows:
             await self.load_workflows(store)
-        await self._workflow_pass(source, store, fence, res)
-        await self._execution_pass(source, store, lookup, fence, res)
+        # Both cursors and the source clock in one round trip's time. One clock reading
+        # serves both passes: an earlier `now` only widens the next re-read.
+        states, now = await asyncio.gather(
+            self._load_states(store, ("workflows", "executions")), source_clock(source)
+        )
+        await self._workflow_pass(source, store, fence, res, states["workflows"], now)
+        await self._execution_pass(source, store, lookup, fence, res, states["executions"], now)
         res.seconds = time.perf_counter() - started
         return res
 
@@ -234,17 +239,20 @@ class Ingestor:
 
     # cursor ----------------------------------------------------------------------------------
 
-    async def _load_state(self, store: asyncpg.Connection, name: str) -> CursorState:
-        r = await store.fetchrow(Q["load_cursor"], name)
-        if r is None:
-            return CursorState()
-        head = Key(r["updated_at"], r["id"])
-        if r["read_at"] is None:
-            return CursorState.legacy(head, self.s.overlap)
-        checked = None
-        if r["checked_updated_at"] is not None:
-            checked = Key(r["checked_updated_at"], r["checked_id"])
-        return CursorState(head, checked, r["read_at"], r["rest_from"])
+    async def _load_states(
+        self, store: asyncpg.Connection, names: tuple[str, ...]
+    ) -> dict[str, CursorState]:
+        states = dict.fromkeys(names, CursorState())
+        for r in await store.fetch(Q["load_cursors"], list(names)):
+            head = Key(r["updated_at"], r["id"])
+            if r["read_at"] is None:
+                states[r["name"]] = CursorState.legacy(head, self.s.overlap)
+                continue
+            checked = None
+            if r["checked_updated_at"] is not None:
+                checked = Key(r["checked_updated_at"], r["checked_id"])
+            states[r["name"]] = CursorState(head, checked, r["read_at"], r["rest_from"])
+        return states
 
     async def _save_state(self, ctx: _Ctx, name: str, state: CursorState) -> None:
         if state.head is None:
@@ -265,9 +273,9 @@ class Ingestor:
 
     # workflows -------------------------------------------------------------------------------
 
-    async def _workflow_pass(self, source, store, fence: Fence | None, res: PollResult) -> None:
-        state = await self._load_state(store, "workflows")
-        now = await source_clock(source)
+    async def _workflow_pass(
+        self, source, store, fence: Fence | None, res: PollResult, state: CursorState, now: datetime
+    ) -> None:
         ctx = _Ctx(store, fence, self.s.plausible(now), res)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
         reread = False
@@ -341,9 +349,9 @@ class Ingestor:
 
     # executions ------------------------------------------------------------------------------
 
-    async def _execution_pass(self, source, store, lookup, fence, res: PollResult) -> None:
-        state = await self._load_state(store, "executions")
-        now = await source_clock(source)
+    async def _execution_pass(
+        self, source, store, lookup, fence, res: PollResult, state: CursorState, now: datetime
+    ) -> None:
         ctx = _Ctx(store, fence, self.s.plausible(now), res)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
         pending: asyncio.Task | None = None

@@ -52,9 +52,9 @@ ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at, id = excluded
        checked_updated_at = excluded.checked_updated_at, checked_id = excluded.checked_id,
        read_at = excluded.read_at, rest_from = excluded.rest_from;
 
--- name: load_cursor
-SELECT updated_at, id, checked_updated_at, checked_id, read_at, rest_from
-  FROM wfa.cursors WHERE name = $1;
+-- name: load_cursors
+SELECT name, updated_at, id, checked_updated_at, checked_id, read_at, rest_from
+  FROM wfa.cursors WHERE name = ANY($1::text[]);
 
 -- name: get_cursor
 SELECT updated_at, id FROM wfa.cursors WHERE name = $1;
