@@ -86,6 +86,20 @@ class Pass:
         out.append(Bounds(Part.FORWARD, None, s.head, None))
         return out
 
+    def probe(self) -> Bounds | None:
+        """In the steady state (`checked == head`), one read whose rows are exactly those of
+        the re-read and the forward read together, so that a single empty answer proves the
+        pass has nothing to do; None otherwise."""
+        s = self.start
+        if s.head is None or s.checked != s.head or s.read_at is None:
+            return None
+        since = s.read_at - self.overlap
+        if s.head.updated_at >= since:
+            # Every row after the head was updated at or after the head's time.
+            return Bounds(Part.RECHECK, since, None, None)
+        # Nothing up to the head was updated since `since`: only the forward read can find rows.
+        return Bounds(Part.FORWARD, None, s.head, None)
+
     def after(self, part: Part, key: Key) -> CursorState:
         """The state once every row of `part` up to `key` has been read and written."""
         s = self.start

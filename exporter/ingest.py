@@ -262,6 +262,16 @@ class Ingestor:
             await ctx.store.execute("SET LOCAL synchronous_commit = off")
             await save_cursor(ctx.store, name, state)
 
+    async def _idle(self, ctx: _Ctx, source, q: KeysetQuery, p: Pass, name: str) -> bool:
+        """Whether pass `p` has no row to read, proven by one probe instead of its reads; an
+        idle pass still moves its re-read window on when that is due."""
+        probe = p.probe()
+        if probe is None or await q.page(source, probe, None, 1):
+            return False
+        if p.window_due(False):
+            await self._save_state(ctx, name, p.window_done())
+        return True
+
     @contextlib.asynccontextmanager
     async def _writing(self, ctx: _Ctx) -> AsyncIterator[None]:
         if ctx.fence is not None:
@@ -278,6 +288,8 @@ class Ingestor:
     ) -> None:
         ctx = _Ctx(store, fence, self.s.plausible(now), res)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        if await self._idle(ctx, source, self.workflow_q, p, "workflows"):
+            return
         reread = False
         for bounds in p.reads():
             if bounds.part is Part.FORWARD and p.window_due(reread):
@@ -354,6 +366,8 @@ class Ingestor:
     ) -> None:
         ctx = _Ctx(store, fence, self.s.plausible(now), res)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        if await self._idle(ctx, source, self.executions, p, "executions"):
+            return
         pending: asyncio.Task | None = None
         pending_ids: set[str] = set()
         try:

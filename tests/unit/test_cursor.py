@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from exporter.cursor import Bounds, CursorState, Key, Part, Pass
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -52,9 +54,15 @@ class ModelSource:
         return out
 
 
-def run_pass(src: ModelSource, state: CursorState, seen: set, kill_after: int | None):
-    """One pass; returns (persisted state, pages read, finished)."""
+def run_pass(
+    src: ModelSource, state: CursorState, seen: set, kill_after: int | None, probe: bool = False
+):
+    """One pass (with `probe`, first the steady-state probe, as the ingest runs it); returns
+    (persisted state, pages read, finished)."""
     p = Pass(state, src.now, OVERLAP)
+    one = p.probe() if probe else None
+    if one is not None and not src.page(one, None):
+        return (p.window_done() if p.window_due(False) else state), 0, True
     pages = 0
     reread = False
     for b in p.reads():
@@ -96,7 +104,8 @@ def test_steady_state_reads_nothing_once_idle_longer_than_the_overlap():
     assert all(n in (0, 200) for n in reread)
 
 
-def test_every_version_is_read_despite_kills_and_late_commits():
+@pytest.mark.parametrize("probe", [False, True], ids=["reads", "probe-first"])
+def test_every_version_is_read_despite_kills_and_late_commits(probe: bool):
     for seed in range(120):
         rng = random.Random(seed)
         src = ModelSource()
@@ -114,11 +123,11 @@ def test_every_version_is_read_despite_kills_and_late_commits():
                     src.rows[rid] = v
                     written.append(v)
             kill = rng.choice([None, 1, 1, 2, 5]) if step < 50 else None
-            state, _, _ = run_pass(src, state, seen, kill)
+            state, _, _ = run_pass(src, state, seen, kill, probe)
             src.now += timedelta(seconds=rng.uniform(0, 12))
         src.now += 2 * OVERLAP
         for _ in range(3):
-            state, _, done = run_pass(src, state, seen, None)
+            state, _, done = run_pass(src, state, seen, None, probe)
             assert done
         current = {(v.id, v.updated_at) for v in src.rows.values()}
         assert current <= seen, (seed, sorted(current - seen)[:3])
@@ -151,3 +160,39 @@ def test_legacy_head_rereads_the_overlap_once():
     assert [b.part for b in reads] == [Part.REST, Part.FORWARD]
     assert reads[0].since == T0 - OVERLAP and reads[0].upto == head and reads[0].after is None
     assert p.window_done() == CursorState(head, head, T0 + timedelta(minutes=5))
+
+
+def _all_rows(src: ModelSource, b: Bounds) -> set[str]:
+    out: set[str] = set()
+    after = None
+    while rows := src.page(b, after):
+        out |= {v.id for v in rows}
+        after = Key(rows[-1].updated_at, rows[-1].id)
+    return out
+
+
+def test_probe_reads_exactly_what_the_steady_state_reads_read():
+    """The probe's rows are the re-read's and the forward read's together, whatever the head,
+    the last read and the rows; outside the steady state there is no probe."""
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(400):
+        src = ModelSource()
+        for i in range(rng.randrange(0, 40)):
+            t = T0 + timedelta(seconds=rng.uniform(0, 120))
+            src.rows[f"r{i:02d}"] = Version(f"r{i:02d}", t, T0)
+        src.now = T0 + timedelta(seconds=200)
+        head = Key(T0 + timedelta(seconds=rng.uniform(0, 120)), f"r{rng.randrange(40):02d}")
+        read_at = head.updated_at + timedelta(seconds=rng.uniform(-5, 90))
+        p = Pass(CursorState(head, head, read_at), src.now, OVERLAP)
+        probe = p.probe()
+        assert probe is not None
+        reads = p.reads()
+        assert [b.part for b in reads] == [Part.RECHECK, Part.FORWARD]
+        expected = set().union(*(_all_rows(src, b) for b in reads))
+        assert _all_rows(src, probe) == expected
+        checked += bool(expected)
+        behind = CursorState(head, Key(head.updated_at - OVERLAP, head.id), read_at, read_at)
+        assert Pass(behind, src.now, OVERLAP).probe() is None
+        assert Pass(CursorState(), src.now, OVERLAP).probe() is None
+    assert checked > 100
