@@ -197,11 +197,21 @@ class _Sql:
     def sums(self) -> str:
         return ", ".join(f"sum({m.name})::bigint AS {m.name}" for m in self.r.measures)
 
-    def mat(self, table: str, lo: str, hi: str, timed: bool = True) -> str:
-        """Materialized rows of buckets [lo, hi) (one range, so the covering index serves it)."""
+    def mat(self, table: str, lo: str, hi: str, timed: bool = True, tenant: bool = False) -> str:
+        """Materialized rows of buckets [lo, hi), one (workflow_id, bucket) range per workflow.
+
+        Each workflow is its own range of the covering index: with `workflow_id = ANY(...)`
+        a generic plan costs the bucket-only index of the hourly tables the same and may
+        take it, filtering every workflow's rows of those hours through the heap.
+        """
         cols = f"bucket, {self.rolled}" if timed else self.rolled
+        if tenant:
+            cols = f"tenant_id, {cols}"
         return (
-            f"SELECT {cols} FROM {table}\n     WHERE {_SCOPE} AND bucket >= {lo} AND bucket < {hi}"
+            f"SELECT {cols} FROM {_WORKFLOWS} CROSS JOIN LATERAL (\n"
+            f"        SELECT {cols} FROM {table}\n"
+            f"         WHERE {_TENANT} AND workflow_id = w.id AND bucket >= {lo} AND bucket < {hi}"
+            " OFFSET 0) m"
         )
 
     def raw_rows(self, *ranges: tuple[str, str], timed: bool = True) -> str:
@@ -228,8 +238,8 @@ class _Sql:
         live_days = f"""
     SELECT b, {self.rolled} FROM (
         SELECT date_bin('1 day', bucket, {ORIGIN}) AS b, tenant_id, {self.names}, {self.sums}
-          FROM (SELECT bucket, tenant_id, {self.rolled} FROM {self.hourly}
-                 WHERE {_SCOPE} AND bucket >= v_dm AND bucket < v_dh
+          FROM (SELECT bucket, tenant_id, {self.rolled}
+                  FROM ({self.mat(self.hourly, "v_dm", "v_dh", tenant=True)}) hm
                 UNION ALL
                 SELECT {t}, tenant_id, {self.raw} FROM {self.r.raw}
                  WHERE {_SCOPE} AND {t} >= v_dh AND {t} < p_d2) live
@@ -262,7 +272,10 @@ class _Sql:
         )
 
 
-_SCOPE = "(p_tenant IS NULL OR tenant_id = p_tenant) AND workflow_id = ANY(p_workflows)"
+_TENANT = "(p_tenant IS NULL OR tenant_id = p_tenant)"
+_SCOPE = f"{_TENANT} AND workflow_id = ANY(p_workflows)"
+# The workflows read, each once (a repeated id must not count its rows twice).
+_WORKFLOWS = "(SELECT DISTINCT unnest(p_workflows)) AS w(id)"
 _ARGS = """p_tenant text, p_workflows text[], p_from timestamptz, p_h1 timestamptz,
     p_d1 timestamptz, p_d2 timestamptz, p_h2 timestamptz, p_to timestamptz"""
 # Bounds of what is materialized, from the watermarks (see `_function`).
