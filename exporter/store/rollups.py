@@ -204,9 +204,7 @@ class _Sql:
         a generic plan costs the bucket-only index of the hourly tables the same and may
         take it, filtering every workflow's rows of those hours through the heap.
         """
-        cols = f"bucket, {self.rolled}" if timed else self.rolled
-        if tenant:
-            cols = f"tenant_id, {cols}"
+        cols = ("bucket, " if timed else "") + ("tenant_id, " if tenant else "") + self.rolled
         return (
             f"SELECT {cols} FROM {_WORKFLOWS} CROSS JOIN LATERAL (\n"
             f"        SELECT {cols} FROM {table}\n"
@@ -238,8 +236,7 @@ class _Sql:
         live_days = f"""
     SELECT b, {self.rolled} FROM (
         SELECT date_bin('1 day', bucket, {ORIGIN}) AS b, tenant_id, {self.names}, {self.sums}
-          FROM (SELECT bucket, tenant_id, {self.rolled}
-                  FROM ({self.mat(self.hourly, "v_dm", "v_dh", tenant=True)}) hm
+          FROM ({self.mat(self.hourly, "v_dm", "v_dh", tenant=True)}
                 UNION ALL
                 SELECT {t}, tenant_id, {self.raw} FROM {self.r.raw}
                  WHERE {_SCOPE} AND {t} >= v_dh AND {t} < p_d2) live
