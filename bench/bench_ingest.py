@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -22,14 +21,25 @@ from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
 
+SLICE = 1_000_000
+"""Executions generated and written at a time: 10M at once would hold ~10 GB in memory."""
+
 
 async def _fill_source(dsn: str, executions: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    data = generate(executions=executions, days=90, workflows=10, tenants=3, seed=1, now=now)
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        await write(conn, data)
+        workflows: tuple = ()
+        for k, start in enumerate(range(0, executions, SLICE)):
+            data = generate(
+                executions=min(SLICE, executions - start), days=90, workflows=10, tenants=3,
+                seed=1 + k, now=now, id_prefix="ex-" if k == 0 else f"ex-{k}-",
+                given=workflows,
+            )
+            workflows = tuple(data.workflows)
+            await write(conn, data)
+            del data
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
@@ -75,25 +85,26 @@ async def _empty_polls(src: str, store: str, n: int) -> list[float]:
 
 
 async def _copy_rate(src: str, store: str) -> float:
-    """Rows per second of a binary COPY of the source executions into an empty clone."""
+    """Rows per second of a binary COPY of the source executions into an empty clone (the rows
+    pass through a file, not memory: at 10M they take several GB)."""
     a, b = await asyncpg.connect(src), await asyncpg.connect(store)
     try:
-        buf = io.BytesIO()
-        await a.copy_from_table("workflow_executions", output=buf, format="binary")
-        cols = await a.fetch(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = 'workflow_executions' ORDER BY ordinal_position"
-        )
-        ddl = ", ".join(f'"{c["column_name"]}" {c["data_type"]}' for c in cols)
-        await b.execute(f"DROP TABLE IF EXISTS copy_limit; CREATE TABLE copy_limit ({ddl}, "
-                        "PRIMARY KEY (id))")
-        await b.execute("CREATE INDEX ON copy_limit (updated_at, id)")
-        rows = await a.fetchval("SELECT count(*) FROM workflow_executions")
-        buf.seek(0)
-        t = time.perf_counter()
-        await b.copy_to_table("copy_limit", source=buf, format="binary")
-        took = time.perf_counter() - t
-        await b.execute("DROP TABLE copy_limit")
+        with tempfile.TemporaryDirectory(prefix="wfa-copy-") as tmp:
+            path = Path(tmp) / "executions.copy"
+            await a.copy_from_table("workflow_executions", output=path, format="binary")
+            cols = await a.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'workflow_executions' ORDER BY ordinal_position"
+            )
+            ddl = ", ".join(f'"{c["column_name"]}" {c["data_type"]}' for c in cols)
+            await b.execute(f"DROP TABLE IF EXISTS copy_limit; CREATE TABLE copy_limit ({ddl}, "
+                            "PRIMARY KEY (id))")
+            await b.execute("CREATE INDEX ON copy_limit (updated_at, id)")
+            rows = await a.fetchval("SELECT count(*) FROM workflow_executions")
+            t = time.perf_counter()
+            await b.copy_to_table("copy_limit", source=path, format="binary")
+            took = time.perf_counter() - t
+            await b.execute("DROP TABLE copy_limit")
         return rows / took
     finally:
         await a.close()

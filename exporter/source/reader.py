@@ -118,7 +118,9 @@ class KeysetQuery:
             )
         return self._cast
 
-    def _page_sql(self, cast: str, since: bool, after: bool, upto: bool) -> str:
+    def page_sql(self, cast: str, since: bool, after: bool, upto: bool) -> str:
+        """The page query with a lower bound on updated_at, an after-key and an up-to-key as
+        asked, then the row limit (parameters in that order)."""
         sql = self._sql.get((since, after, upto))
         if sql is None:
             conds, n = [], 0
@@ -145,7 +147,7 @@ class KeysetQuery:
     ) -> list[asyncpg.Record]:
         """Up to `limit` rows of `bounds`, after `after` (default: the bounds' own start)."""
         after = after or bounds.after
-        sql = self._page_sql(
+        sql = self.page_sql(
             await self.key_cast(conn),
             bounds.since is not None,
             after is not None,

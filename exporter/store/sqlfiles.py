@@ -32,9 +32,14 @@ def statements(text: str) -> list[str]:
 @cache
 def named(path: str) -> dict[str, str]:
     """Statements of a file split on `-- name: <name>` headers."""
+    return split_named(sql(path))
+
+
+def split_named(text: str) -> dict[str, str]:
+    """Statements of an SQL text split on `-- name: <name>` headers."""
     out: dict[str, list[str]] = {}
     current: list[str] | None = None
-    for line in sql(path).splitlines():
+    for line in text.splitlines():
         if line.startswith("-- name:"):
             current = out.setdefault(line.split(":", 1)[1].strip(), [])
         elif current is not None:

@@ -50,6 +50,9 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     ingest = {f["metric"]: f for f in figures if f["benchmark"] == "ingest"}
     copy = ingest["execution changes/s (first ingest, incl. rollup refresh)"]
     assert copy["ours"] > 0 and copy["peer_value"] > 0
+    setbased = {f["metric"]: f for f in figures if f["benchmark"] == "ingest set-based"}
+    same = setbased["store rows differing from the exporter's"]
+    assert same["ours"] == 0 and same["peer_value"] > 2000, same
     backfill = [f for f in figures if f["benchmark"] == "backfill"]
     assert len(backfill) == 1 and backfill[0]["ours"] > 0
     fresh = [f for f in figures if f["benchmark"] == "freshness"]
