@@ -268,9 +268,13 @@ class Ingestor:
         probe = p.probe()
         if probe is None or await q.page(source, probe, None, 1):
             return False
-        if p.window_due(False):
-            await self._save_state(ctx, name, p.window_done())
+        await self._close_window(ctx, name, p, False)
         return True
+
+    async def _close_window(self, ctx: _Ctx, name: str, p: Pass, reread: bool) -> None:
+        """Save that nothing behind the head is pending, when that is due (see Pass)."""
+        if p.window_due(reread):
+            await self._save_state(ctx, name, p.window_done())
 
     @contextlib.asynccontextmanager
     async def _writing(self, ctx: _Ctx) -> AsyncIterator[None]:
@@ -292,8 +296,8 @@ class Ingestor:
             return
         reread = False
         for bounds in p.reads():
-            if bounds.part is Part.FORWARD and p.window_due(reread):
-                await self._save_state(ctx, "workflows", p.window_done())
+            if bounds.part is Part.FORWARD:
+                await self._close_window(ctx, "workflows", p, reread)
             rows = await self.workflow_q.page(source, bounds, None, limit)
             while rows:
                 reread = reread or bounds.part is not Part.FORWARD
@@ -374,10 +378,10 @@ class Ingestor:
             reread = False
             for bounds in p.reads():
                 if bounds.part is Part.FORWARD and p.window_due(reread):
-                    if pending:
+                    if pending:  # the re-read's last chunk commits before the window closes
                         await pending
                         pending = None
-                    await self._save_state(ctx, "executions", p.window_done())
+                    await self._close_window(ctx, "executions", p, reread)
                 rows = await self.executions.page(source, bounds, None, limit)
                 while rows:
                     reread = reread or bounds.part is not Part.FORWARD
