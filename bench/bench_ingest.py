@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -111,16 +113,35 @@ async def _copy_rate(src: str, store: str) -> float:
         await b.close()
 
 
-def run(executions: int, batch: int = 5000) -> list[Figure]:
-    """Measure ingest at `executions` source rows."""
-    scale = f"{executions:,} executions"
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """A private cluster whose source was filled and ingested by the exporter once."""
+
+    source: str
+    store: str
+    seconds: float
+    peak_rss_mb: float
+    output: dict
+
+
+@contextlib.contextmanager
+def ingested(executions: int, batch: int) -> Iterator[Ingested]:
+    """Fill a new source with `executions` and run the exporter's first ingest into a store."""
     with cluster() as c:
         c.create_database("source")
         c.create_database("store")
         src, store = c.dsn("source"), c.dsn("store")
         asyncio.run(_fill_source(src, executions))
         took, rss, out = _ingest_subprocess(src, store, batch)
-        step_rows = out["rows"].get("step_runs", 0)
+        yield Ingested(src, store, took, rss, out)
+
+
+def run(executions: int, batch: int = 5000) -> list[Figure]:
+    """Measure ingest at `executions` source rows."""
+    scale = f"{executions:,} executions"
+    with ingested(executions, batch) as i:
+        src, store, took, rss = i.source, i.store, i.seconds, i.peak_rss_mb
+        step_rows = i.output["rows"].get("step_runs", 0)
         polls = asyncio.run(_empty_polls(src, store, 50))
         copy = asyncio.run(_copy_rate(src, store))
     rate = executions / took

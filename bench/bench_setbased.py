@@ -25,8 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from bench.bench_ingest import _copy_rate, _fill_source, _ingest_subprocess
-from bench.common import Figure, cluster, markdown
+from bench.bench_ingest import _copy_rate, ingested
+from bench.common import Figure, markdown
 from exporter.cursor import Key
 from exporter.histogram import BOUNDS
 from exporter.ingest import Ingestor, IngestSettings
@@ -208,12 +208,8 @@ def run(executions: int, page: int = 5000, quick: bool = False) -> list[Figure]:
     if executions > MAX_EXECUTIONS:
         raise SystemExit(f"runs up to {MAX_EXECUTIONS:,} executions (it imports them 3 times)")
     scale = f"{executions:,} executions"
-    with cluster() as c:
-        c.create_database("source")
-        c.create_database("store")
-        src, store = c.dsn("source"), c.dsn("store")
-        asyncio.run(_fill_source(src, executions))
-        exporter_s, _rss, _out = _ingest_subprocess(src, store, page)
+    with ingested(executions, page) as i:
+        src, store, exporter_s = i.source, i.store, i.seconds
         asyncio.run(keep_reference(store))
         runs = {}
         for sessions in (1, 2):

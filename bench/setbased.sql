@@ -32,6 +32,21 @@ CREATE TEMP TABLE IF NOT EXISTS wfa_bulk_e (
     seq bigint, event text, occurred_at timestamptz, reason text, duration_ms bigint,
     le_index int);
 
+-- A timestamp `t` as timestamptz when it has the shape Python's fromisoformat and PostgreSQL
+-- read alike (`shape`: `t` with its digits as 0): YYYY-MM-DD, T or space, hh:mm:ss with hours
+-- < 24 and minutes and seconds < 60, then one of `tails`; otherwise NULL. Plain SQL, so the
+-- planner inlines it.
+CREATE OR REPLACE FUNCTION pg_temp.wfa_iso_time(t text, shape text, tails text[])
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN left(shape, 19) IN ('0000-00-00T00:00:00', '0000-00-00 00:00:00')
+                 AND substr(shape, 20) = ANY(tails)
+                 AND substr(t, 12, 2) < '24' AND substr(t, 15, 2) < '60'
+                 AND substr(t, 18, 2) < '60'
+                 AND (substr(shape, length(shape) - 5, 1) NOT IN ('+', '-')
+                      OR (substr(t, length(t) - 4, 2) < '24' AND right(t, 2) < '60'))
+                THEN t::timestamptz END
+$$;
+
 -- name: clear
 TRUNCATE wfa_stage, wfa_bulk_a, wfa_bulk_x, wfa_bulk_e;
 
@@ -70,23 +85,9 @@ t AS MATERIALIZED (
       FROM j),
 c AS MATERIALIZED (
     SELECT t.seq, t.workflow_id, t.ord, t.step_id, t.status, t.error, t.typed,
-           CASE WHEN left(t.es, 19) IN ('0000-00-00T00:00:00', '0000-00-00 00:00:00')
-                 AND substr(t.es, 20) = ANY($1::text[])
-                 AND substr(t.entered, 12, 2) < '24' AND substr(t.entered, 15, 2) < '60'
-                 AND substr(t.entered, 18, 2) < '60'
-                 AND (substr(t.es, length(t.es) - 5, 1) NOT IN ('+', '-')
-                      OR (substr(t.entered, length(t.entered) - 4, 2) < '24'
-                          AND right(t.entered, 2) < '60'))
-                THEN t.entered::timestamptz END AS entered_at,
+           pg_temp.wfa_iso_time(t.entered, t.es, $1) AS entered_at,
            t.finished IS NULL AS unfinished,
-           CASE WHEN left(t.fs, 19) IN ('0000-00-00T00:00:00', '0000-00-00 00:00:00')
-                 AND substr(t.fs, 20) = ANY($1::text[])
-                 AND substr(t.finished, 12, 2) < '24' AND substr(t.finished, 15, 2) < '60'
-                 AND substr(t.finished, 18, 2) < '60'
-                 AND (substr(t.fs, length(t.fs) - 5, 1) NOT IN ('+', '-')
-                      OR (substr(t.finished, length(t.finished) - 4, 2) < '24'
-                          AND right(t.finished, 2) < '60'))
-                THEN t.finished::timestamptz END AS finished_at
+           pg_temp.wfa_iso_time(t.finished, t.fs, $1) AS finished_at
       FROM t),
 u AS MATERIALIZED (
     SELECT c.*, c.typed AND c.entered_at IS NOT NULL
