@@ -311,9 +311,9 @@ async def summary(
     """Activity counts, cohort rates, time-to stats and a zero-filled series for one workflow."""
     totals = _activity()
     cohort = _cohort_totals()
-    buckets = {
-        b: dict.fromkeys(SERIES_FIELDS, 0) for b in series_buckets(start, end, granularity, tz)
-    }
+    buckets: dict[datetime, asyncpg.Record | None] = dict.fromkeys(
+        series_buckets(start, end, granularity, tz)
+    )
     rows = await conn.fetch(
         Q["summary"],
         *_args(tenant, [wf], start, end, granularity=granularity, tz=tz),
@@ -327,7 +327,7 @@ async def summary(
                 totals, r["key"], r["reason"], r["duration_le"], r["n"], r["duration_ms_sum"]
             )
         elif r["part"] == "s":
-            buckets[r["bucket"]] = {f: r[f] or 0 for f in SERIES_FIELDS}
+            buckets[r["bucket"]] = r
         else:
             _add_cohort(cohort, r["key"], r["n"], r["duration_ms_sum"], None)
     enrolled = cohort["enrolled"]
@@ -338,8 +338,15 @@ async def summary(
         "conversion_rate": _ratio(cohort["converted"], enrolled),
         "time_to_complete_seconds": hist_stats(totals["time_to_complete"], (0.5, 0.95)),
         "time_to_convert_seconds": hist_stats(totals["time_to_convert"], (0.5, 0.95)),
-        "series": [{"bucket": b, **v} for b, v in sorted(buckets.items())],
+        "series": [_series_point(b, r) for b, r in sorted(buckets.items())],
     }
+
+
+def _series_point(bucket: datetime, r: asyncpg.Record | None) -> dict:
+    """One series bucket: its event counts, zeros when no row came for it."""
+    if r is None:
+        return {"bucket": bucket, **dict.fromkeys(SERIES_FIELDS, 0)}
+    return {"bucket": bucket, **{f: r[f] or 0 for f in SERIES_FIELDS}}
 
 
 # actions ---------------------------------------------------------------------------------
@@ -373,24 +380,41 @@ def _perf_out(p: dict) -> dict:
     }
 
 
+def _merge_perf(into: dict, p: dict) -> None:
+    """Add the counts, histogram and errors of `p` to `into`."""
+    for k in ("executions", "succeeded", "failed", "skipped", "running"):
+        into[k] += p[k]
+    h, ph = into["hist"], p["hist"]
+    h["count"] += ph["count"]
+    h["sum_ms"] += ph["sum_ms"]
+    for le, n in ph["buckets"].items():
+        h["buckets"][le] = h["buckets"].get(le, 0) + n
+    for e, n in p["errors"].items():
+        into["errors"][e] += n
+
+
 async def actions(
     conn: asyncpg.Connection, tenant: str | None, wf: Workflow, start: datetime, end: datetime
 ) -> dict:
     """Action performance per step and per action type over attempts entered in [start, end)."""
-    per_step: dict[str, dict] = defaultdict(_perf)
+    # Rows are summed once per (step, action type), then each sum into its step and its type.
+    pairs: dict[tuple[str, str], dict] = defaultdict(_perf)
     step_action: dict[str, str] = {}
-    per_type: dict[str, dict] = defaultdict(_perf)
     for r in await conn.fetch(Q["step_runs"], *_args(tenant, [wf], start, end)):
         step_action.setdefault(r["step_id"], r["action_type"])
-        for p in (per_step[r["step_id"]], per_type[r["action_type"]]):
-            n = r["runs"]
-            p["executions"] += n
-            if r["status"] in ("succeeded", "failed", "skipped", "running"):
-                p[r["status"]] += n
-            if r["duration_le"] is not None:
-                _hist_add(p["hist"], r["duration_le"], n, r["duration_ms_sum"])
-            if r["error"] is not None and r["status"] == "failed":
-                p["errors"][r["error"]] += n
+        p, n, status = pairs[r["step_id"], r["action_type"]], r["runs"], r["status"]
+        p["executions"] += n
+        if status in ("succeeded", "failed", "skipped", "running"):
+            p[status] += n
+        if r["duration_le"] is not None:
+            _hist_add(p["hist"], r["duration_le"], n, r["duration_ms_sum"])
+        if r["error"] is not None and status == "failed":
+            p["errors"][r["error"]] += n
+    per_step: dict[str, dict] = defaultdict(_perf)
+    per_type: dict[str, dict] = defaultdict(_perf)
+    for (step_id, action_type), p in pairs.items():
+        _merge_perf(per_step[step_id], p)
+        _merge_perf(per_type[action_type], p)
     ordered = [*wf.steps, *wf.removed_steps]
     known = {s.step_id for s in ordered}
     ordered += [

@@ -68,9 +68,23 @@ def _local_hour(t: datetime, zone: ZoneInfo) -> datetime:
     return t.astimezone(zone).replace(minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
+_FIXED_UNITS = {"hour": _HOUR, "day": _DAY, "week": 7 * _DAY}
+
+
 def series_buckets(start: datetime, end: datetime, granularity: str, tz: str) -> list[datetime]:
     """Every bucket start (UTC) overlapping [start, end) in `tz`, like date_trunc(unit, t, tz)."""
-    zone = ZoneInfo(tz)
+    unit = _FIXED_UNITS.get(granularity)
+    if unit is not None and tz in _UTC_NAMES:
+        # UTC buckets are equal steps from a Monday midnight (the origin is one).
+        first = _floor(start, unit)
+        return [first + k * unit for k in range(max(0, -((first - end) // unit)))]
+    return zoned_buckets(start, end, granularity, ZoneInfo(tz))
+
+
+def zoned_buckets(
+    start: datetime, end: datetime, granularity: str, zone: ZoneInfo
+) -> list[datetime]:
+    """`series_buckets` walked through local calendar time, for any zone."""
     local = start.astimezone(zone)
     if granularity == "hour":
         out = []
