@@ -11,7 +11,8 @@ Stages, all on loopback against a private PostgreSQL cluster:
 3. wrk with 16 connections on summary, cohort funnel and actions over a 90-day range,
    twice: `range=90d` (what a dashboard sends; answers are cached until ingestion touches
    the workflow) and a distinct absolute range per request (every request computes its
-   answer); requests/s and p95 of the computed answers beside the cached ones;
+   answer); requests/s and p95 of the computed answers beside the cached ones, and the CPU
+   each computed answer costs the API process and the PostgreSQL cluster;
 4. the peer: the same three questions as GROUP BY queries over the source tables
    (with a (workflow_id, enrolled_at) index), one client, beside our API one client,
    uncached;
@@ -41,7 +42,15 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.common import Figure, cluster, machine, markdown, percentile
+from bench.common import (
+    Figure,
+    cluster,
+    cpu_seconds,
+    machine,
+    markdown,
+    percentile,
+    pg_cpu_seconds,
+)
 from exporter.api.auth import token_digest
 from exporter.config import config_from_dict
 from exporter.service import ExporterService
@@ -580,7 +589,17 @@ def _load_figures(name: str, scale: str, hot: dict, cold: dict) -> list[Figure]:
     ]
 
 
+def _cpu_figures(name: str, scale: str, answers: int, api_s: float, pg_s: float) -> list[Figure]:
+    """CPU per computed answer of the API process and of the whole PostgreSQL cluster."""
+    label = "distinct range per request (computed): CPU per answer"
+    return [
+        Figure(f"api {name}", scale, f"{label}, API process", api_s * 1000 / answers, "ms"),
+        Figure(f"api {name}", scale, f"{label}, store", pg_s * 1000 / answers, "ms"),
+    ]
+
+
 def serve_and_load(
+    datadir: Path,
     source: str,
     store: str,
     backend: str,
@@ -591,7 +610,8 @@ def serve_and_load(
     single: int,
     sse_clients: int,
 ) -> list[Figure]:
-    """`wfa run` on one store: wrk per endpoint, one-client timings, SSE fan-out."""
+    """`wfa run` on one store: wrk per endpoint (with the CPU each computed answer costs the
+    API process and the cluster `datadir`), one-client timings, SSE fan-out."""
     figures: list[Figure] = []
     wid = wids[0]
     port, mport = free_port(), free_port()
@@ -611,11 +631,14 @@ def serve_and_load(
                 hot = run_wrk(
                     f"{base}{path}", [f"{path}{sep}range=90d", "hot"], duration, connections
                 )
+                api0, pg0 = cpu_seconds(proc.pid), pg_cpu_seconds(datadir)
                 cold = run_wrk(
                     f"{base}{path}", [path, "cold", str(from_ms), str(to_ms)], duration, connections
                 )
-                log(f"{backend} {name}: hot {hot}, cold {cold}")
+                cpu = (cpu_seconds(proc.pid) - api0, pg_cpu_seconds(datadir) - pg0)
+                log(f"{backend} {name}: hot {hot}, cold {cold}, cpu {cpu}")
                 figures += _load_figures(name, scale, hot, cold)
+                figures += _cpu_figures(name, scale, cold["requests"], *cpu)
             ours = asyncio.run(api_latencies(base, wid, end, single))
             start = end - timedelta(days=RANGE_DAYS)
             peer = asyncio.run(peer_latencies(source, wid, start, end, single))
@@ -684,7 +707,7 @@ def run(
             asyncio.run(fill(source, store, backend, executions))
             scale = f"{executions:,} executions, {RANGE_DAYS}-day range, {backend}"
             figures += serve_and_load(
-                source, store, backend, scale, wids, duration, connections, single, sse
+                c.datadir, source, store, backend, scale, wids, duration, connections, single, sse
             )
             sse = 0
     return figures

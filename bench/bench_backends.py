@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 
-from bench.common import Figure, cluster, machine, markdown, percentile
+from bench.common import Figure, cluster, cpu_seconds, machine, markdown, percentile
 from exporter import queries
 from exporter.config import config_from_dict
 from exporter.db import connect
@@ -48,11 +46,9 @@ async def _fill_source(dsn: str, executions: int, now: datetime) -> None:
 def _cpu_seconds(pids: list[int]) -> dict[int, float]:
     """User + system CPU seconds of each live process."""
     out = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+            out[pid] = cpu_seconds(pid)
     return out
 
 

@@ -22,14 +22,8 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import Figure, cluster, machine, markdown, percentile
-from bench.scrape_peers import (
-    PostgresExporter,
-    QueryExporter,
-    Scraper,
-    pg_cpu_seconds,
-    wait_http,
-)
+from bench.common import Figure, cluster, machine, markdown, percentile, pg_cpu_seconds
+from bench.scrape_peers import PostgresExporter, QueryExporter, Scraper, wait_http
 from exporter.config.schema import MetricsConfig
 from exporter.metrics import build_snapshot, render_snapshot
 from exporter.simulate.generate import generate

@@ -66,24 +66,6 @@ QUERY_EXPORTER_VENV = Path(
 )
 
 
-def pg_cpu_seconds(datadir: Path) -> float:
-    """CPU seconds used so far by a PostgreSQL cluster: postmaster, reaped and live backends."""
-    tick = os.sysconf("SC_CLK_TCK")
-    pid = int((datadir / "postmaster.pid").read_text().split()[0])
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            g = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(g[1]) == pid:
-            total += int(g[11]) + int(g[12])
-    return total / tick
-
-
 @dataclass
 class Scrape:
     """One scrape: wall seconds, body bytes as received, series in the exposition."""

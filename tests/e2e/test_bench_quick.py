@@ -58,3 +58,7 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     fresh = [f for f in figures if f["benchmark"] == "freshness"]
     assert len(fresh) == 5
     assert all(0 < f["ours"] < 30_000 for f in fresh)
+    api_cpu = [f for f in figures if "CPU per answer" in f["metric"]]
+    if any(f["benchmark"].startswith("api ") for f in figures):
+        # every computed endpoint, both sides: the API process and the store cluster
+        assert len(api_cpu) >= 6 and all(f["ours"] > 0 for f in api_cpu), api_cpu
