@@ -590,8 +590,10 @@ def _load_figures(name: str, scale: str, hot: dict, cold: dict) -> list[Figure]:
 
 
 def _cpu_figures(name: str, scale: str, answers: int, api_s: float, pg_s: float) -> list[Figure]:
-    """CPU per computed answer of the API process and of the whole PostgreSQL cluster."""
+    """CPU per computed answer of the `wfa run` process and of the whole PostgreSQL cluster
+    (their idle polls, snapshots and refreshes in the timed window included)."""
     label = "distinct range per request (computed): CPU per answer"
+    answers = max(answers, 1)
     return [
         Figure(f"api {name}", scale, f"{label}, API process", api_s * 1000 / answers, "ms"),
         Figure(f"api {name}", scale, f"{label}, store", pg_s * 1000 / answers, "ms"),
