@@ -101,25 +101,29 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _stat(path: Path) -> list[str]:
+    """The fields of a /proc/<pid>/stat file after the command name."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU seconds used so far by one running process."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    f = _stat(Path(f"/proc/{pid}/stat"))
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pg_cpu_seconds(datadir: Path) -> float:
     """CPU seconds used so far by a PostgreSQL cluster: postmaster, reaped and live backends."""
-    tick = os.sysconf("SC_CLK_TCK")
     pid = int((datadir / "postmaster.pid").read_text().split()[0])
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    f = _stat(Path(f"/proc/{pid}/stat"))
     total = sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            g = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            g = _stat(d / "stat")
         except OSError:
             continue
         if int(g[1]) == pid:
             total += int(g[11]) + int(g[12])
-    return total / tick
+    return total / os.sysconf("SC_CLK_TCK")

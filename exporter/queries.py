@@ -352,6 +352,9 @@ def _series_point(bucket: datetime, r: asyncpg.Record | None) -> dict:
 # actions ---------------------------------------------------------------------------------
 
 
+_STATUSES = ("succeeded", "failed", "skipped", "running")
+
+
 def _perf() -> dict:
     return {
         "executions": 0,
@@ -382,13 +385,11 @@ def _perf_out(p: dict) -> dict:
 
 def _merge_perf(into: dict, p: dict) -> None:
     """Add the counts, histogram and errors of `p` to `into`."""
-    for k in ("executions", "succeeded", "failed", "skipped", "running"):
+    for k in ("executions", *_STATUSES):
         into[k] += p[k]
-    h, ph = into["hist"], p["hist"]
-    h["count"] += ph["count"]
-    h["sum_ms"] += ph["sum_ms"]
-    for le, n in ph["buckets"].items():
-        h["buckets"][le] = h["buckets"].get(le, 0) + n
+    for le, n in p["hist"]["buckets"].items():
+        _hist_add(into["hist"], le, n, None)
+    into["hist"]["sum_ms"] += p["hist"]["sum_ms"]
     for e, n in p["errors"].items():
         into["errors"][e] += n
 
@@ -404,7 +405,7 @@ async def actions(
         step_action.setdefault(r["step_id"], r["action_type"])
         p, n, status = pairs[r["step_id"], r["action_type"]], r["runs"], r["status"]
         p["executions"] += n
-        if status in ("succeeded", "failed", "skipped", "running"):
+        if status in _STATUSES:
             p[status] += n
         if r["duration_le"] is not None:
             _hist_add(p["hist"], r["duration_le"], n, r["duration_ms_sum"])
