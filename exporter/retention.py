@@ -359,23 +359,17 @@ async def _delete_rows(
     for wid, period in jobs:
         before = min(now - period, safe)
         rows = 0
+        if wid is None:
+            where, args = f"workflow_id <> ALL($2::text[]){scope[0]}", (list(own), *scope[1])
+        else:
+            where, args = f"workflow_id = $2{scope[0]}", (wid, *scope[1])
         for table, col in tables:
-            if wid is None:
-                status = await conn.execute(
-                    f"DELETE FROM {table} WHERE {col} < $1 "
-                    f"AND workflow_id <> ALL($2::text[]){scope[0]}",
-                    before,
-                    list(own),
-                    *scope[1],
-                )
-            else:
-                status = await conn.execute(
-                    f"DELETE FROM {table} WHERE {col} < $1 AND workflow_id = $2{scope[0]}",
-                    before,
-                    wid,
-                    *scope[1],
-                )
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE {col} < $1 AND {where}", before, *args
+            )
             rows += int(status.split()[-1])
+        if dataset == "rollups_1d":
+            await backend.resum_weeks(conn, before, where, *args)
         out.append(
             {
                 "workflow_id": wid,

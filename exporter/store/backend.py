@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from exporter.store import weekly
 from exporter.store.rollups import ROLLUPS, ReadSource, Rollup, range_function, totals_function
 from exporter.store.sqlfiles import named, sql, statements
 
@@ -147,6 +148,15 @@ class Backend(ABC):
         if not values or any(v is None for v in values):
             return None
         return min(v for v in values if v is not None)
+
+    async def resum_weeks(
+        self, conn: asyncpg.Connection, before: datetime, scope: str, *args: object
+    ) -> None:
+        """After daily rollup rows before `before` were removed from the rows matching `scope`
+        (its parameters from $2), sum the weeks reaching below `before` again from the days."""
+        for r in ROLLUPS:
+            daily = self.read_source.daily.format(name=r.name)
+            await weekly.resum_below(conn, r, daily, before, scope, *args)
 
     async def row_tables(self, conn: asyncpg.Connection, dataset: str) -> list[tuple[str, str]]:
         """(table, time column) of every table holding rows of a retention dataset."""

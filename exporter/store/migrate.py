@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncpg
 
-from exporter.store import locks
+from exporter.store import locks, weekly
 from exporter.store.backend import Backend, recorded_backend
 from exporter.store.rollups import ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 """Every version re-creates the read functions; 8 changes nothing else (per-workflow ranges of
-the covering indexes in the materialized arms)."""
+the covering indexes in the materialized arms); 9 adds the weekly tables."""
 _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
@@ -20,6 +20,8 @@ _COMMON = {
     5: ["common/005_ingest_status.sql"],
     6: ["common/006_metric_labels.sql"],
 }
+# Common statements generated from the rollup definitions, by version.
+_GENERATED = {9: weekly.migration}
 
 
 class SchemaError(RuntimeError):
@@ -58,6 +60,8 @@ async def migrate(conn: asyncpg.Connection, backend: Backend) -> int:
                 for path in _COMMON.get(version, []):
                     for stmt in statements(sql(path)):
                         await conn.execute(stmt)
+                for stmt in _GENERATED.get(version, list)():
+                    await conn.execute(stmt)
                 for stmt in backend.migration(version):
                     await conn.execute(stmt)
                 for r in ROLLUPS:

@@ -1,10 +1,12 @@
-"""Time-range partition arithmetic for the plain PostgreSQL backend."""
+"""Time-range arithmetic of partitions, buckets and refresh windows."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+MAX_WINDOWS = 8
 
 
 def partition_start(t: datetime, interval: timedelta) -> datetime:
@@ -39,3 +41,20 @@ def day_floor(t: datetime) -> datetime:
     """The UTC day bucket holding `t`."""
     t = t.astimezone(UTC)
     return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def merge_windows(
+    windows: Iterable[tuple[datetime, datetime]], limit: int = MAX_WINDOWS
+) -> list[tuple[datetime, datetime]]:
+    """Union of [start, end) windows, then the closest neighbours joined until at most `limit`."""
+    merged: list[list[datetime]] = []
+    for lo, hi in sorted(w for w in windows if w[0] < w[1]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    while len(merged) > max(limit, 1):
+        i = min(range(len(merged) - 1), key=lambda k: merged[k + 1][0] - merged[k][1])
+        merged[i][1] = merged[i + 1][1]
+        del merged[i + 1]
+    return [(lo, hi) for lo, hi in merged]

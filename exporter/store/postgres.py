@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from exporter.store import locks
+from exporter.store import locks, weekly
 from exporter.store.backend import (
     RAW_TABLES,
     RETENTION_RAW,
@@ -227,6 +227,8 @@ class PostgresBackend(Backend):
                     )
                     if n != "DELETE 0":
                         dropped.append(f"wfa.{r.name}_{level}_mat")
+                if level == "1d":
+                    await self.resum_weeks(conn, cutoff, "true")
             await record_cutoff(conn, dataset, cutoff)
         return dropped
 
@@ -325,5 +327,8 @@ class PostgresBackend(Backend):
             await conn.execute(
                 "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1d", new_d
             )
+        await weekly.advance(
+            conn, r, f"wfa.{r.name}_1d_mat", new_d, [(d, d + timedelta(days=1)) for d in days]
+        )
         result.watermarks[r.name] = new_h
         return len(hours) + len(days), new_h >= target

@@ -147,8 +147,8 @@ def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str
 class ReadSource:
     """Where a backend's range functions find materialized buckets and their watermarks.
 
-    `hourly` and `daily` are relation name templates (`{name}` is the rollup's name);
-    `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
+    `hourly`, `daily` and `weekly` are relation name templates (`{name}` is the rollup's
+    name); `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
     which those relations hold every bucket, or None when they answer for any time
     themselves (real-time continuous aggregates): then no bucket is read from raw rows.
     """
@@ -156,6 +156,7 @@ class ReadSource:
     hourly: str
     daily: str
     watermarks: str | None
+    weekly: str = "wfa.{name}_1w_mat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class _Sql:
     r: Rollup
     hourly: str
     daily: str
+    weekly: str
     live: bool
 
     def bound(self, name: str) -> str:
@@ -252,13 +254,15 @@ class _Sql:
         """Statements of the totals read: settled buckets and raw edges, live buckets."""
         b = self.bound
         arms = [
-            self.mat(self.daily, "p_d1", b("v_dm"), timed=False),
+            self.mat(self.daily, "p_d1", "v_w1", timed=False),
+            self.mat(self.weekly, "v_w1", "v_w2", timed=False),
+            self.mat(self.daily, "v_w2", b("v_dm"), timed=False),
             self.mat(self.hourly, "p_h1", b("v_h1"), timed=False),
             self.mat(self.hourly, "p_d2", b("v_h2"), timed=False),
             self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to"), timed=False),
         ]
         if self.live:
-            arms.insert(3, self.mat(self.hourly, "v_dm", "v_dh", timed=False))
+            arms.insert(-1, self.mat(self.hourly, "v_dm", "v_dh", timed=False))
         settled = "\n        UNION ALL\n        ".join(arms)
         live = self.raw_rows(("v_h1", "p_d1"), ("v_dh", "p_d2"), ("v_h2", "p_h2"), timed=False)
         return (
@@ -288,15 +292,32 @@ _BOUNDS = """
 _LIVE = "v_dm < p_d2 OR v_h1 < p_d1 OR v_h2 < p_h2"
 
 
-def _function(name: str, returns: str, src: ReadSource, rollup: str, body: str) -> str:
+def _weeks(end: str) -> str:
+    """Bounds of the whole weeks read from the weekly table: [v_w1, v_w2) within [p_d1, end)."""
+    return f"""
+    -- Days [p_d1, v_w1) and [v_w2, {end}) are read daily, whole weeks [v_w1, v_w2) weekly.
+    SELECT watermark INTO wm_w FROM wfa.weekly_marks WHERE rollup = '{{name}}';
+    v_w1 := least(date_bin('7 days', p_d1 - interval '1 microsecond', {ORIGIN})
+                  + interval '7 days', {end});
+    v_w2 := greatest(v_w1, least(date_bin('7 days', {end}, {ORIGIN}),
+                                 coalesce(wm_w, '-infinity')));"""
+
+
+def _function(
+    name: str, returns: str, src: ReadSource, rollup: str, body: str, weekly: bool = False
+) -> str:
     # Generic plans estimate a handful of rows per range, so the planner would group by
     # sorting text keys (several times slower than hashing them) and might start parallel
     # workers for a query of a few milliseconds: both are switched off for these reads.
-    declare, bounds = "", ""
+    names: list[str] = []
+    bounds = ""
     if src.watermarks is not None:
-        names = ("wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2")
-        declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names)
+        names += ["wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2"]
         bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
+    if weekly:
+        names += ["wm_w", "v_w1", "v_w2"]
+        bounds += _weeks("v_dm" if src.watermarks is not None else "p_d2").format(name=rollup)
+    declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names) if names else ""
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{name}(
     {_ARGS})
@@ -313,7 +334,7 @@ $fn$;"""
 
 def _sql(r: Rollup, src: ReadSource) -> _Sql:
     hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
-    return _Sql(r, hourly, daily, src.watermarks is not None)
+    return _Sql(r, hourly, daily, src.weekly.format(name=r.name), src.watermarks is not None)
 
 
 def _columns(r: Rollup) -> list[str]:
@@ -351,7 +372,8 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
 
     Same segments and sources as `range_function`, summed in the store (one row per
     dimension combination and statement; callers sum again), so a long range does not
-    ship one row per bucket.
+    ship one row per bucket; its whole weeks below the weekly watermark are read from the
+    weekly tables (`exporter.store.weekly`).
     """
     settled, live = _sql(r, src).totals()
     body = f"""    RETURN QUERY{settled};"""
@@ -360,4 +382,4 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
     IF {_LIVE} THEN
         RETURN QUERY{live};
     END IF;"""
-    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body)
+    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body, weekly=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from exporter.store import locks
+from exporter.store import locks, weekly
 from exporter.store.backend import (
     RAW_TABLES,
     RETENTION_RAW,
@@ -22,7 +22,7 @@ from exporter.store.backend import (
     record_cutoff,
     retention_cutoffs,
 )
-from exporter.store.partitions import day_floor, hour_floor
+from exporter.store.partitions import MAX_WINDOWS, day_floor, hour_floor, merge_windows
 from exporter.store.rollups import (
     ROLLUPS,
     ReadSource,
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-MAX_WINDOWS = 8
 _LOW = datetime(1, 1, 1, tzinfo=UTC)
 _WATERMARKS = """
 SELECT view, CASE WHEN wm < '1900-01-01 00:00:00+00' THEN NULL ELSE wm END AS wm
@@ -122,23 +121,6 @@ def _cagg_ddl(r: Rollup, chunk_interval: timedelta) -> list[str]:
     # touch few rows, so it goes without one.
     out.append(_DROP_BUCKET_INDEX.format(view=f"{r.name}_1d"))
     return out
-
-
-def merge_windows(
-    windows: Iterable[tuple[datetime, datetime]], limit: int = MAX_WINDOWS
-) -> list[tuple[datetime, datetime]]:
-    """Union of [start, end) windows, then the closest neighbours joined until at most `limit`."""
-    merged: list[list[datetime]] = []
-    for lo, hi in sorted(w for w in windows if w[0] < w[1]):
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    while len(merged) > max(limit, 1):
-        i = min(range(len(merged) - 1), key=lambda k: merged[k + 1][0] - merged[k][1])
-        merged[i][1] = merged[i + 1][1]
-        del merged[i + 1]
-    return [(lo, hi) for lo, hi in merged]
 
 
 def _day_ceil(t: datetime) -> datetime:
@@ -262,6 +244,7 @@ class TimescaleBackend(Backend):
         try:
             cutoffs = await retention_cutoffs(conn)
             marks = await self.watermarks(conn)
+            days: dict[str, list[tuple[datetime, datetime]]] = {}
             for r in ROLLUPS:
                 # Read, refresh, then forget: a crash in between only repeats the refresh.
                 hours = [
@@ -270,11 +253,16 @@ class TimescaleBackend(Backend):
                         "SELECT bucket FROM wfa.invalidations WHERE rollup = $1", r.name
                     )
                 ]
-                result.buckets[r.name] = (
-                    0
-                    if self.use_policies
-                    else await self._refresh_one(conn, r, hours, hour_floor(now), marks, cutoffs)
-                )
+                if self.use_policies:
+                    # The policies refresh on their own: the weeks within their reach are
+                    # summed again each time.
+                    wm_d = marks.get(r.relation("1d")) or _LOW
+                    result.buckets[r.name] = 0
+                    days[r.name] = [(max(wm_d - self.policy_lookback, _LOW), wm_d)]
+                else:
+                    result.buckets[r.name], days[r.name] = await self._refresh_one(
+                        conn, r, hours, hour_floor(now), marks, cutoffs
+                    )
                 await conn.execute(
                     "DELETE FROM wfa.invalidations WHERE rollup = $1 "
                     "AND bucket = ANY($2::timestamptz[])",
@@ -282,6 +270,10 @@ class TimescaleBackend(Backend):
                     hours,
                 )
             marks = await self.watermarks(conn)
+            for r in ROLLUPS:
+                async with conn.transaction():
+                    settled = marks.get(r.relation("1d")) or _LOW
+                    await weekly.advance(conn, r, r.relation("1d"), settled, days[r.name])
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", locks.REFRESH)
         for r in ROLLUPS:
@@ -298,7 +290,8 @@ class TimescaleBackend(Backend):
         new_h: datetime,
         marks: dict[str, datetime | None],
         cutoffs: dict[str, datetime],
-    ) -> int:
+    ) -> tuple[int, list[tuple[datetime, datetime]]]:
+        """Refresh one rollup's aggregates; the buckets recomputed and the daily windows."""
         raw_floor = cutoffs.get(dataset_of(r.raw), _LOW)
         wm_h = marks.get(r.relation("1h")) or _LOW
         stale = sorted(h for h in set(hours) if h < wm_h)
@@ -319,9 +312,10 @@ class TimescaleBackend(Backend):
         if wm_d < new_d:
             first = wm_d if wm_d > _LOW else day_floor(windows_h[0][0]) if windows_h else new_d
             daily.append((first, new_d))
-        for lo, hi in merge_windows(_clip(daily, hour_floor_1d, new_d), self.max_windows):
+        windows_d = merge_windows(_clip(daily, hour_floor_1d, new_d), self.max_windows)
+        for lo, hi in windows_d:
             await self._refresh_window(conn, r.relation("1d"), lo, hi)
-        return len(stale) + len({day_floor(h) for h in stale if h < wm_d})
+        return len(stale) + len({day_floor(h) for h in stale if h < wm_d}), windows_d
 
     async def _initial_windows(
         self, conn: asyncpg.Connection, r: Rollup, new_h: datetime
@@ -467,6 +461,8 @@ class TimescaleBackend(Backend):
                     older_than,
                 )
                 dropped += [row[0] for row in rows]
+            if dataset == "rollups_1d":
+                await self.resum_weeks(conn, older_than, "true")
             await record_cutoff(conn, dataset, older_than)
         return dropped
 
