@@ -256,9 +256,9 @@ class TimescaleBackend(Backend):
                 if self.use_policies:
                     # The policies refresh on their own: the weeks within their reach are
                     # summed again each time.
-                    wm_d = marks.get(r.relation("1d")) or _LOW
+                    wm_d = marks.get(r.relation("1d"))
                     result.buckets[r.name] = 0
-                    days[r.name] = [(max(wm_d - self.policy_lookback, _LOW), wm_d)]
+                    days[r.name] = [(wm_d - self.policy_lookback, wm_d)] if wm_d else []
                 else:
                     result.buckets[r.name], days[r.name] = await self._refresh_one(
                         conn, r, hours, hour_floor(now), marks, cutoffs
