@@ -50,10 +50,7 @@ READ_SOURCE = ReadSource(
 
 
 def _mat_ddl(r: Rollup) -> list[str]:
-    cols = ", ".join(
-        ["bucket timestamptz NOT NULL", *(f"{d.name} {d.type}" for d in r.dims)]
-        + [f"{m.name} bigint" for m in r.measures]
-    )
+    cols = r.table_columns
     out = []
     for level in ("1h", "1d"):
         out += [
@@ -88,8 +85,7 @@ def _read_index_ddl(r: Rollup) -> list[str]:
     every workflow's rows, and a refresh touches few daily rows. The hourly tables keep
     theirs for the refresh.
     """
-    dims = [d.name for d in r.dims if d.name != "workflow_id"]
-    cols = ", ".join([*dims, *(m.name for m in r.measures)])
+    cols = r.covered
     out = []
     for level in ("1h", "1d"):
         table = f"wfa.{r.name}_{level}_mat"

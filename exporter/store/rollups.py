@@ -39,6 +39,20 @@ class Rollup:
         """Name of the readable relation at `level` ('1h' or '1d')."""
         return f"wfa.{self.name}_{level}"
 
+    @property
+    def table_columns(self) -> str:
+        """Column definitions of a materialized table: bucket, dimensions, measures."""
+        return ", ".join(
+            ["bucket timestamptz NOT NULL", *(f"{d.name} {d.type}" for d in self.dims)]
+            + [f"{m.name} bigint" for m in self.measures]
+        )
+
+    @property
+    def covered(self) -> str:
+        """Columns a covering (workflow_id, bucket) read index includes."""
+        dims = [d.name for d in self.dims if d.name != "workflow_id"]
+        return ", ".join([*dims, *(m.name for m in self.measures)])
+
 
 _TEXT = "text"
 _COMMON = (Dim("tenant_id", "tenant_id", _TEXT), Dim("workflow_id", "workflow_id", _TEXT))

@@ -137,8 +137,7 @@ def _clip(
 def _read_index_ddl(r: Rollup) -> list[str]:
     """Covering (workflow_id, bucket) indexes on both aggregates, replacing the plain ones, so
     reads of a few workflows scan only the index."""
-    dims = [d.name for d in r.dims if d.name != "workflow_id"]
-    cols = ", ".join([*dims, *(m.name for m in r.measures)])
+    cols = r.covered
     out = []
     for level in ("1h", "1d"):
         out += [

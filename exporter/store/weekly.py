@@ -45,17 +45,10 @@ def migration() -> list[str]:
         "(rollup text PRIMARY KEY, watermark timestamptz NOT NULL)"
     ]
     for r in ROLLUPS:
-        cols = ", ".join(
-            ["bucket timestamptz NOT NULL", *(f"{d.name} {d.type}" for d in r.dims)]
-            + [f"{m.name} bigint" for m in r.measures]
-        )
-        covered = ", ".join(
-            [*(d.name for d in r.dims if d.name != "workflow_id"), *(m.name for m in r.measures)]
-        )
         out += [
-            f"CREATE TABLE IF NOT EXISTS {table(r)} ({cols})",
+            f"CREATE TABLE IF NOT EXISTS {table(r)} ({r.table_columns})",
             f"CREATE INDEX IF NOT EXISTS {r.name}_1w_mat_read_idx ON {table(r)} "
-            f"(workflow_id, bucket) INCLUDE ({covered})",
+            f"(workflow_id, bucket) INCLUDE ({r.covered})",
             f"INSERT INTO wfa.weekly_marks VALUES ('{r.name}', '{LOW.isoformat()}') "
             "ON CONFLICT DO NOTHING",
         ]
