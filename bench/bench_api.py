@@ -50,12 +50,12 @@ from bench.common import (
     markdown,
     percentile,
     pg_cpu_seconds,
+    write_history,
 )
 from exporter.api.auth import token_digest
 from exporter.config import config_from_dict
 from exporter.service import ExporterService
-from exporter.simulate.generate import generate
-from exporter.simulate.writer import create_source_schema, write
+from exporter.simulate.writer import create_source_schema
 from tests.kit.devdb import DevCluster, free_port
 
 DB = "wfa_bench_api"
@@ -195,13 +195,10 @@ async def fill_source(dsn: str, executions: int) -> None:
         if written != executions:
             await conn.execute("TRUNCATE workflow_executions, workflows")
             now = datetime.now(UTC).replace(microsecond=0)
-            log(f"simulating {executions:,} executions over {DAYS} days")
-            data = generate(
-                executions=executions, days=DAYS, workflows=20, tenants=4, seed=1, now=now
+            log(f"simulating and writing {executions:,} executions over {DAYS} days")
+            await write_history(
+                conn, executions=executions, days=DAYS, workflows=20, tenants=4, seed=1, now=now
             )
-            log("writing the source tables")
-            await write(conn, data)
-            del data
         await conn.execute(
             "CREATE INDEX IF NOT EXISTS bench_peer_idx "
             "ON workflow_executions (workflow_id, enrolled_at)"

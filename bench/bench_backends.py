@@ -12,13 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from bench.common import Figure, cluster, cpu_seconds, machine, markdown, percentile
+from bench.common import Figure, cluster, cpu_seconds, machine, markdown, percentile, write_history
 from exporter import queries
 from exporter.config import config_from_dict
 from exporter.db import connect
 from exporter.service import ExporterService
-from exporter.simulate.generate import generate
-from exporter.simulate.writer import create_source_schema, write
+from exporter.simulate.writer import create_source_schema
 from exporter.store.timescale import TimescaleBackend
 from exporter.timerange import Segments
 
@@ -33,11 +32,12 @@ QUERIES: dict[str, QueryFn] = {
 
 
 async def _fill_source(dsn: str, executions: int, now: datetime) -> None:
-    data = generate(executions=executions, days=DAYS, workflows=10, tenants=3, seed=1, now=now)
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        await write(conn, data)
+        await write_history(
+            conn, executions=executions, days=DAYS, workflows=10, tenants=3, seed=1, now=now
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -29,12 +29,12 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.common import Figure, cluster, markdown, percentile
+from bench.common import Figure, cluster, markdown, percentile, write_history
 from exporter.api.auth import token_digest
 from exporter.ingest import NOTIFY_CHANNEL
-from exporter.simulate.generate import generate, simulate_execution
+from exporter.simulate.generate import simulate_execution
 from exporter.simulate.model import SimWorkflow
-from exporter.simulate.writer import create_source_schema, upsert_executions, write
+from exporter.simulate.writer import create_source_schema, upsert_executions
 from tests.kit.devdb import free_port
 
 POLL_S = 1.0
@@ -50,15 +50,16 @@ LIVE_TICK_S = 0.1
 async def _fill(dsn: str, executions: int) -> list[SimWorkflow]:
     """The source history; its workflows, the measured tenant's first."""
     now = datetime.now(UTC).replace(microsecond=0)
-    data = generate(executions=executions, days=30, workflows=5, tenants=2, seed=3, now=now)
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        await write(conn, data)
+        workflows = await write_history(
+            conn, executions=executions, days=30, workflows=5, tenants=2, seed=3, now=now
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    return sorted(data.workflows, key=lambda w: w.tenant_id != TENANT)
+    return sorted(workflows, key=lambda w: w.tenant_id != TENANT)
 
 
 def _config(dsn: str, port: int, metrics_port: int, path: Path) -> None:

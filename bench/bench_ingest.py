@@ -17,14 +17,10 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import Figure, cluster, markdown, peak_rss_mb, percentile
+from bench.common import Figure, cluster, markdown, peak_rss_mb, percentile, write_history
 from exporter.config import config_from_dict
 from exporter.service import ExporterService
-from exporter.simulate.generate import generate
-from exporter.simulate.writer import create_source_schema, write
-
-SLICE = 1_000_000
-"""Executions generated and written at a time: 10M at once would hold ~10 GB in memory."""
+from exporter.simulate.writer import create_source_schema
 
 
 async def _fill_source(dsn: str, executions: int) -> None:
@@ -32,16 +28,9 @@ async def _fill_source(dsn: str, executions: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        workflows: tuple = ()
-        for k, start in enumerate(range(0, executions, SLICE)):
-            data = generate(
-                executions=min(SLICE, executions - start), days=90, workflows=10, tenants=3,
-                seed=1 + k, now=now, id_prefix="ex-" if k == 0 else f"ex-{k}-",
-                given=workflows,
-            )
-            workflows = tuple(data.workflows)
-            await write(conn, data)
-            del data
+        await write_history(
+            conn, executions=executions, days=90, workflows=10, tenants=3, seed=1, now=now
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import Figure, cluster, markdown, peak_rss_mb
+from bench.common import Figure, cluster, markdown, peak_rss_mb, write_history
 from exporter.config import config_from_dict
 from exporter.service import ExporterService
-from exporter.simulate.generate import generate
-from exporter.simulate.writer import create_source_schema, write
+from exporter.simulate.writer import create_source_schema
 
 _MIRROR = """
 INSERT INTO wfa.executions (execution_id, enrolled_at, tenant_id, workflow_id, contact_id,
@@ -44,7 +43,6 @@ SELECT id, enrolled_at, tenant_id, workflow_id, contact_id, status, completed_at
 
 async def _prepare(dsn: str, executions: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    data = generate(executions=executions, days=80, workflows=10, tenants=3, seed=1, now=now)
     cfg = config_from_dict({"source": {"dsn": dsn}, "store": {"backend": "postgres"}})
     svc = ExporterService(cfg)
     await svc.open()  # the wfa schema and this week's partitions
@@ -52,8 +50,10 @@ async def _prepare(dsn: str, executions: int) -> None:
         assert svc.store and svc.backend
         async with svc.store.acquire() as st:
             await create_source_schema(st)
-            await write(st, data)
-            lo = min(e.enrolled_at for e in data.executions)
+            await write_history(
+                st, executions=executions, days=80, workflows=10, tenants=3, seed=1, now=now
+            )
+            lo = now - timedelta(days=80)  # every enrollment is within the last 80 days
             await svc.backend.prepare_write(st, {"executions": (lo, now)})
             await st.execute(
                 "INSERT INTO wfa.workflows (workflow_id, tenant_id, name, source_updated_at) "

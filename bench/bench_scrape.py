@@ -22,12 +22,19 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.common import Figure, cluster, machine, markdown, percentile, pg_cpu_seconds
+from bench.common import (
+    Figure,
+    cluster,
+    machine,
+    markdown,
+    percentile,
+    pg_cpu_seconds,
+    write_history,
+)
 from bench.scrape_peers import PostgresExporter, QueryExporter, Scraper, wait_http
 from exporter.config.schema import MetricsConfig
 from exporter.metrics import build_snapshot, render_snapshot
-from exporter.simulate.generate import generate
-from exporter.simulate.writer import create_source_schema, write
+from exporter.simulate.writer import create_source_schema
 from tests.kit.devdb import free_port
 
 MAX_SERIES = 10_000
@@ -35,11 +42,12 @@ MAX_SERIES = 10_000
 
 async def _fill_source(dsn: str, executions: int, workflows: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    data = generate(executions=executions, days=30, workflows=workflows, tenants=4, seed=1, now=now)
     conn = await asyncpg.connect(dsn)
     try:
         await create_source_schema(conn)
-        await write(conn, data)
+        await write_history(
+            conn, executions=executions, days=30, workflows=workflows, tenants=4, seed=1, now=now
+        )
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: figures, the Markdown table, a private cluster, RSS, CPU."""
+"""Shared pieces of the benchmarks: figures, the Markdown table, a private cluster, RSS, CPU,
+a simulated source history."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+from exporter.simulate.generate import generate
+from exporter.simulate.model import SimWorkflow
+from exporter.simulate.writer import write
 from tests.kit.devdb import DevCluster
 
 RESULTS = Path(__file__).parent / "results"
@@ -127,3 +133,32 @@ def pg_cpu_seconds(datadir: Path) -> float:
         if int(g[1]) == pid:
             total += int(g[11]) + int(g[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+SLICE = 1_000_000
+"""Executions generated and written at a time: 10M at once would hold ~10 GB in memory."""
+
+
+async def write_history(
+    conn: Any,
+    *,
+    executions: int,
+    days: float,
+    workflows: int,
+    tenants: int,
+    seed: int,
+    now: datetime,
+) -> list[SimWorkflow]:
+    """Simulate `executions` enrolled over `days` and write them into the source a slice at a
+    time (the first slice is what one `generate` call makes); the workflows."""
+    given: tuple[SimWorkflow, ...] = ()
+    for k, start in enumerate(range(0, executions, SLICE)):
+        data = generate(
+            executions=min(SLICE, executions - start), days=days, workflows=workflows,
+            tenants=tenants, seed=seed + k, now=now, id_prefix="ex-" if k == 0 else f"ex-{k}-",
+            given=given,
+        )
+        given = tuple(data.workflows)
+        await write(conn, data)
+        del data
+    return list(given)
