@@ -149,14 +149,17 @@ class Backend(ABC):
             return None
         return min(v for v in values if v is not None)
 
+    def daily(self, r: Rollup) -> str:
+        """The relation the reads take rollup `r`'s days from, and its weeks are summed from."""
+        return self.read_source.daily.format(name=r.name)
+
     async def resum_weeks(
         self, conn: asyncpg.Connection, before: datetime, scope: str, *args: object
     ) -> None:
         """After daily rollup rows before `before` were removed from the rows matching `scope`
         (its parameters from $2), sum the weeks reaching below `before` again from the days."""
         for r in ROLLUPS:
-            daily = self.read_source.daily.format(name=r.name)
-            await weekly.resum_below(conn, r, daily, before, scope, *args)
+            await weekly.resum_below(conn, r, self.daily(r), before, scope, *args)
 
     async def row_tables(self, conn: asyncpg.Connection, dataset: str) -> list[tuple[str, str]]:
         """(table, time column) of every table holding rows of a retention dataset."""

@@ -324,7 +324,7 @@ class PostgresBackend(Backend):
                 "UPDATE wfa.watermarks SET watermark = $2 WHERE rollup = $1", f"{r.name}_1d", new_d
             )
         await weekly.advance(
-            conn, r, f"wfa.{r.name}_1d_mat", new_d, [(d, d + timedelta(days=1)) for d in days]
+            conn, r, self.daily(r), new_d, [(d, d + timedelta(days=1)) for d in days]
         )
         result.watermarks[r.name] = new_h
         return len(hours) + len(days), new_h >= target

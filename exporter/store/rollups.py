@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ORIGIN = "'2000-01-03 00:00:00+00'::timestamptz"
+WEEKLY = "wfa.{name}_1w_mat"
+"""The weekly table of each rollup (`{name}`), a plain table on both backends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +143,17 @@ def hourly_select(r: Rollup, bucket_fn: str, where: str = "") -> str:
     )
 
 
-def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str:
-    """SELECT summing an hourly relation into day buckets."""
+def daily_select(
+    r: Rollup, source: str, bucket_fn: str, where: str = "", width: str = "1 day"
+) -> str:
+    """SELECT summing an hourly relation into day buckets (or a daily one into `width`)."""
     dims = ", ".join(d.name for d in r.dims)
     measures = ", ".join(f"sum({m.name})::bigint AS {m.name}" for m in r.measures)
     groups = ", ".join(str(i) for i in range(1, len(r.dims) + 2))
     bucket = (
-        f"date_bin('1 day', bucket, {ORIGIN})"
+        f"date_bin('{width}', bucket, {ORIGIN})"
         if bucket_fn == "date_bin"
-        else "time_bucket('1 day', bucket)"
+        else f"time_bucket('{width}', bucket)"
     )
     return (
         f"SELECT {bucket} AS bucket, {dims}, {measures} FROM {source}"
@@ -161,16 +165,16 @@ def daily_select(r: Rollup, source: str, bucket_fn: str, where: str = "") -> str
 class ReadSource:
     """Where a backend's range functions find materialized buckets and their watermarks.
 
-    `hourly`, `daily` and `weekly` are relation name templates (`{name}` is the rollup's
-    name); `watermarks` is a PL/pgSQL statement that sets `wm_h` and `wm_d`, the times below
-    which those relations hold every bucket, or None when they answer for any time
-    themselves (real-time continuous aggregates): then no bucket is read from raw rows.
+    `hourly` and `daily` are relation name templates (`{name}` is the rollup's name); the
+    weekly tables are the same on every backend (`WEEKLY`); `watermarks` is a PL/pgSQL
+    statement that sets `wm_h` and `wm_d`, the times below which those relations hold every
+    bucket, or None when they answer for any time themselves (real-time continuous
+    aggregates): then no bucket is read from raw rows.
     """
 
     hourly: str
     daily: str
     watermarks: str | None
-    weekly: str = "wfa.{name}_1w_mat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +310,11 @@ _BOUNDS = """
 _LIVE = "v_dm < p_d2 OR v_h1 < p_d1 OR v_h2 < p_h2"
 
 
-def _weeks(end: str) -> str:
+def _weeks(rollup: str, end: str) -> str:
     """Bounds of the whole weeks read from the weekly table: [v_w1, v_w2) within [p_d1, end)."""
     return f"""
     -- Days [p_d1, v_w1) and [v_w2, {end}) are read daily, whole weeks [v_w1, v_w2) weekly.
-    SELECT watermark INTO wm_w FROM wfa.weekly_marks WHERE rollup = '{{name}}';
+    SELECT watermark INTO wm_w FROM wfa.weekly_marks WHERE rollup = '{rollup}';
     v_w1 := least(date_bin('7 days', p_d1 - interval '1 microsecond', {ORIGIN})
                   + interval '7 days', {end});
     v_w2 := greatest(v_w1, least(date_bin('7 days', {end}, {ORIGIN}),
@@ -330,7 +334,7 @@ def _function(
         bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
     if weekly:
         names += ["wm_w", "v_w1", "v_w2"]
-        bounds += _weeks("v_dm" if src.watermarks is not None else "p_d2").format(name=rollup)
+        bounds += _weeks(rollup, "v_dm" if src.watermarks is not None else "p_d2")
     declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names) if names else ""
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{name}(
@@ -348,7 +352,7 @@ $fn$;"""
 
 def _sql(r: Rollup, src: ReadSource) -> _Sql:
     hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
-    return _Sql(r, hourly, daily, src.weekly.format(name=r.name), src.watermarks is not None)
+    return _Sql(r, hourly, daily, WEEKLY.format(name=r.name), src.watermarks is not None)
 
 
 def _columns(r: Rollup) -> list[str]:

@@ -272,7 +272,7 @@ class TimescaleBackend(Backend):
             for r in ROLLUPS:
                 async with conn.transaction():
                     settled = marks.get(r.relation("1d")) or _LOW
-                    await weekly.advance(conn, r, r.relation("1d"), settled, days[r.name])
+                    await weekly.advance(conn, r, self.daily(r), settled, days[r.name])
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", locks.REFRESH)
         for r in ROLLUPS:

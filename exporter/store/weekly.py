@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from exporter.store.partitions import merge_windows, partition_start
-from exporter.store.rollups import ORIGIN, ROLLUPS, Rollup
+from exporter.store.rollups import ROLLUPS, WEEKLY, Rollup, daily_select
 
 WEEK = timedelta(days=7)
 LOW = datetime(1900, 1, 1, tzinfo=UTC)
@@ -24,7 +24,7 @@ LOW = datetime(1900, 1, 1, tzinfo=UTC)
 
 def table(r: Rollup) -> str:
     """The weekly table of rollup `r`."""
-    return f"wfa.{r.name}_1w_mat"
+    return WEEKLY.format(name=r.name)
 
 
 def week_floor(t: datetime) -> datetime:
@@ -56,13 +56,7 @@ def migration() -> list[str]:
 
 
 def _sum_into(r: Rollup, daily: str, where: str) -> str:
-    dims = ", ".join(d.name for d in r.dims)
-    sums = ", ".join(f"sum({m.name})::bigint" for m in r.measures)
-    groups = ", ".join(str(i) for i in range(1, len(r.dims) + 2))
-    return (
-        f"INSERT INTO {table(r)} SELECT date_bin('7 days', bucket, {ORIGIN}), {dims}, {sums} "
-        f"FROM {daily} WHERE {where} GROUP BY {groups}"
-    )
+    return f"INSERT INTO {table(r)} " + daily_select(r, daily, "date_bin", where, "7 days")
 
 
 async def _mark(conn: asyncpg.Connection, r: Rollup) -> datetime:
@@ -78,23 +72,20 @@ async def advance(
     daily: str,
     settled: datetime,
     changed: Iterable[tuple[datetime, datetime]],
-) -> int:
+) -> None:
     """Sum the weeks whose days all lie below `settled` (materialized in `daily`) and sum again
-    the weeks already summed that overlap a `changed` window of days; the weeks written."""
+    the weeks already summed that overlap a `changed` window of days."""
     old = await _mark(conn, r)
     new = max(old, week_floor(settled))
     windows = [(week_floor(lo), min(week_ceil(hi), old)) for lo, hi in changed]
     windows.append((old, new))
-    weeks = 0
     for lo, hi in merge_windows(windows):
         await conn.execute(f"DELETE FROM {table(r)} WHERE bucket >= $1 AND bucket < $2", lo, hi)
         await conn.execute(_sum_into(r, daily, "bucket >= $1 AND bucket < $2"), lo, hi)
-        weeks += (hi - lo) // WEEK
     if new > old:
         await conn.execute(
             "UPDATE wfa.weekly_marks SET watermark = $2 WHERE rollup = $1", r.name, new
         )
-    return weeks
 
 
 async def resum_below(

@@ -14,7 +14,7 @@ from exporter.config import config_from_dict
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
-from exporter.store.rollups import ORIGIN, ROLLUPS
+from exporter.store.rollups import ROLLUPS, daily_select
 from exporter.store.weekly import LOW, table, week_floor
 from tests.integration.test_reads import ARGS, NOW, _reference, _rows, _segments, _summed
 
@@ -35,12 +35,8 @@ async def _weeks_equal_days(conn: asyncpg.Connection, daily: str) -> int:
             "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", r.name
         )
         dims = ", ".join(d.name for d in r.dims)
-        sums = ", ".join(f"sum({m.name})::bigint" for m in r.measures)
-        groups = ", ".join(str(i) for i in range(1, len(r.dims) + 2))
         expected = await conn.fetch(
-            f"SELECT date_bin('7 days', bucket, {ORIGIN}), {dims}, {sums} "
-            f"FROM {daily.format(name=r.name)} WHERE bucket < $1 GROUP BY {groups}",
-            mark,
+            daily_select(r, daily.format(name=r.name), "date_bin", "bucket < $1", "7 days"), mark
         )
         got = await conn.fetch(
             f"SELECT bucket, {dims}, {', '.join(m.name for m in r.measures)} FROM {table(r)}"
