@@ -15,6 +15,12 @@ def partition_start(t: datetime, interval: timedelta) -> datetime:
     return ORIGIN + steps * interval
 
 
+def partition_ceil(t: datetime, interval: timedelta) -> datetime:
+    """The first partition start at or after `t`."""
+    f = partition_start(t, interval)
+    return f if f == t else f + interval
+
+
 def partition_starts(lo: datetime, hi: datetime, interval: timedelta) -> list[datetime]:
     """Starts of every partition needed for rows in [lo, hi]."""
     start = partition_start(lo, interval)

@@ -22,7 +22,13 @@ from exporter.store.backend import (
     record_cutoff,
     retention_cutoffs,
 )
-from exporter.store.partitions import MAX_WINDOWS, day_floor, hour_floor, merge_windows
+from exporter.store.partitions import (
+    MAX_WINDOWS,
+    day_floor,
+    hour_floor,
+    merge_windows,
+    partition_ceil,
+)
 from exporter.store.rollups import (
     ROLLUPS,
     ReadSource,
@@ -121,11 +127,6 @@ def _cagg_ddl(r: Rollup, chunk_interval: timedelta) -> list[str]:
     # touch few rows, so it goes without one.
     out.append(_DROP_BUCKET_INDEX.format(view=f"{r.name}_1d"))
     return out
-
-
-def _day_ceil(t: datetime) -> datetime:
-    f = day_floor(t)
-    return f if f == t else f + DAY
 
 
 def _clip(
@@ -305,9 +306,10 @@ class TimescaleBackend(Backend):
             await self._refresh_window(conn, r.relation("1h"), lo, hi)
 
         new_d = day_floor(new_h)
-        hour_floor_1d = _day_ceil(cutoffs["rollups_1h"]) if "rollups_1h" in cutoffs else _LOW
+        cut_h = cutoffs.get("rollups_1h")
+        hour_floor_1d = partition_ceil(cut_h, DAY) if cut_h is not None else _LOW
         wm_d = marks.get(r.relation("1d")) or _LOW
-        daily = [(day_floor(lo), _day_ceil(hi)) for lo, hi in windows_h]
+        daily = [(day_floor(lo), partition_ceil(hi, DAY)) for lo, hi in windows_h]
         if wm_d < new_d:
             first = wm_d if wm_d > _LOW else day_floor(windows_h[0][0]) if windows_h else new_d
             daily.append((first, new_d))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from exporter.store.partitions import merge_windows, partition_start
+from exporter.store.partitions import merge_windows, partition_ceil, partition_start
 from exporter.store.rollups import ROLLUPS, WEEKLY, Rollup, daily_select
 
 WEEK = timedelta(days=7)
@@ -34,8 +34,7 @@ def week_floor(t: datetime) -> datetime:
 
 def week_ceil(t: datetime) -> datetime:
     """The first week start at or after `t`."""
-    f = week_floor(t)
-    return f if f == t else f + WEEK
+    return partition_ceil(t, WEEK)
 
 
 def migration() -> list[str]:

@@ -44,9 +44,11 @@ SELECT workflow_id, event, reason, duration_le, sum(events)::bigint AS events,
 -- Summary of one workflow. Part 'e': events over the range by kind, reason and duration
 -- bucket; part 's': event counts per series bucket ($9 granularity, $10 zone), both from
 -- segments planned for the series (exact for the totals too); part 'c': the cohort enrolled
--- in the range by status ($11..$16 the segments for totals).
-SELECT CASE grouping(date_trunc($9, t, $10)) WHEN 1 THEN 'e' ELSE 's' END AS part,
-       date_trunc($9, t, $10) AS bucket, event AS key, reason, duration_le,
+-- in the range by status ($11..$16 the segments for totals). Rows are first summed per
+-- segment bucket `t` (a day, an hour or a raw time), so the zone's calendar is applied once
+-- per distinct `t` rather than once per row.
+WITH g AS (
+SELECT grouping(t) AS totals, t, event, reason, duration_le,
        sum(events)::bigint AS n, sum(duration_ms_sum)::bigint AS duration_ms_sum,
        sum(events) FILTER (WHERE event = 'enrolled')::bigint AS enrollments,
        sum(events) FILTER (WHERE event = 'completed')::bigint AS completions,
@@ -54,7 +56,17 @@ SELECT CASE grouping(date_trunc($9, t, $10)) WHEN 1 THEN 'e' ELSE 's' END AS par
        sum(events) FILTER (WHERE event = 'exited')::bigint AS exits,
        sum(events) FILTER (WHERE event = 'failed')::bigint AS failures
   FROM wfa.events_range($1, $2, $3, $4, $5, $6, $7, $8)
- GROUP BY GROUPING SETS ((event, reason, duration_le), (date_trunc($9, t, $10)))
+ GROUP BY GROUPING SETS ((event, reason, duration_le), (t)))
+SELECT 'e' AS part, NULL::timestamptz AS bucket, event AS key, reason, duration_le, n,
+       duration_ms_sum, NULL::bigint AS enrollments, NULL::bigint AS completions,
+       NULL::bigint AS conversions, NULL::bigint AS exits, NULL::bigint AS failures
+  FROM g WHERE totals = 1
+UNION ALL
+SELECT 's', date_trunc($9, t, $10), NULL, NULL, NULL, NULL, NULL,
+       sum(enrollments)::bigint, sum(completions)::bigint, sum(conversions)::bigint,
+       sum(exits)::bigint, sum(failures)::bigint
+  FROM g WHERE totals = 0
+ GROUP BY date_trunc($9, t, $10)
 UNION ALL
 SELECT 'c', NULL, status, NULL, NULL, sum(executions)::bigint, sum(converted_in_window)::bigint,
        NULL, NULL, NULL, NULL, NULL
