@@ -6,12 +6,13 @@ import asyncpg
 
 from exporter.store import locks, weekly
 from exporter.store.backend import Backend, recorded_backend
-from exporter.store.rollups import ROLLUPS
+from exporter.store.rollups import COARSE, ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """Every version re-creates the read functions; 8 changes nothing else (per-workflow ranges of
-the covering indexes in the materialized arms); 9 adds the weekly tables."""
+the covering indexes in the materialized arms); 9 adds the weekly tables, 10 the four-week
+blocks (summed from the weeks at the next refresh)."""
 _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
@@ -21,7 +22,7 @@ _COMMON = {
     6: ["common/006_metric_labels.sql"],
 }
 # Common statements generated from the rollup definitions, by version.
-_GENERATED = {9: weekly.migration}
+_GENERATED = {9: lambda: weekly.migration(COARSE[:1]), 10: lambda: weekly.migration(COARSE[1:])}
 
 
 class SchemaError(RuntimeError):

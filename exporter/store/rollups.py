@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ORIGIN = "'2000-01-03 00:00:00+00'::timestamptz"
-WEEKLY = "wfa.{name}_1w_mat"
-"""The weekly table of each rollup (`{name}`), a plain table on both backends."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +53,33 @@ class Rollup:
         dims = [d.name for d in self.dims if d.name != "workflow_id"]
         return ", ".join([*dims, *(m.name for m in self.measures)])
 
+
+@dataclass(frozen=True, slots=True)
+class Coarse:
+    """A level above the daily one: whole periods of `days` days aligned with ORIGIN (a
+    Monday), summed from the level below, in a plain table `wfa.<rollup>_<suffix>_mat` on
+    both backends; `mark` names its watermark's row in `wfa.weekly_marks`."""
+
+    suffix: str
+    days: int
+    mark: str
+
+    def table(self, r: Rollup) -> str:
+        """The table of rollup `r` at this level."""
+        return f"wfa.{r.name}_{self.suffix}_mat"
+
+    def key(self, r: Rollup) -> str:
+        """The watermark row of rollup `r` at this level."""
+        return self.mark.format(name=r.name)
+
+    @property
+    def width(self) -> str:
+        """The period as an SQL interval literal."""
+        return f"{self.days} days"
+
+
+COARSE: tuple[Coarse, ...] = (Coarse("1w", 7, "{name}"), Coarse("4w", 28, "{name}_4w"))
+"""Weeks, then blocks of four weeks: each period nests whole in the next level's."""
 
 _TEXT = "text"
 _COMMON = (Dim("tenant_id", "tenant_id", _TEXT), Dim("workflow_id", "workflow_id", _TEXT))
@@ -166,7 +191,7 @@ class ReadSource:
     """Where a backend's range functions find materialized buckets and their watermarks.
 
     `hourly` and `daily` are relation name templates (`{name}` is the rollup's name); the
-    weekly tables are the same on every backend (`WEEKLY`); `watermarks` is a PL/pgSQL
+    coarser levels are the same on every backend (`COARSE`); `watermarks` is a PL/pgSQL
     statement that sets `wm_h` and `wm_d`, the times below which those relations hold every
     bucket, or None when they answer for any time themselves (real-time continuous
     aggregates): then no bucket is read from raw rows.
@@ -184,7 +209,6 @@ class _Sql:
     r: Rollup
     hourly: str
     daily: str
-    weekly: str
     live: bool
 
     def bound(self, name: str) -> str:
@@ -271,10 +295,19 @@ class _Sql:
     def totals(self) -> tuple[str, str]:
         """Statements of the totals read: settled buckets and raw edges, live buckets."""
         b = self.bound
+        # Each level reads the whole periods [lo, hi) of its own within the range of the
+        # level below; what is left on either side comes from the level below.
+        below, lo, hi = self.daily, "p_d1", b("v_dm")
+        leading: list[str] = []
+        trailing: list[str] = []
+        for c in COARSE:
+            leading.append(self.mat(below, lo, f"v_{c.suffix}_lo", timed=False))
+            trailing.insert(0, self.mat(below, f"v_{c.suffix}_hi", hi, timed=False))
+            below, lo, hi = c.table(self.r), f"v_{c.suffix}_lo", f"v_{c.suffix}_hi"
         arms = [
-            self.mat(self.daily, "p_d1", "v_w1", timed=False),
-            self.mat(self.weekly, "v_w1", "v_w2", timed=False),
-            self.mat(self.daily, "v_w2", b("v_dm"), timed=False),
+            *leading,
+            self.mat(below, lo, hi, timed=False),
+            *trailing,
             self.mat(self.hourly, "p_h1", b("v_h1"), timed=False),
             self.mat(self.hourly, "p_d2", b("v_h2"), timed=False),
             self.raw_rows(("p_from", "p_h1"), ("p_h2", "p_to"), timed=False),
@@ -310,19 +343,29 @@ _BOUNDS = """
 _LIVE = "v_dm < p_d2 OR v_h1 < p_d1 OR v_h2 < p_h2"
 
 
-def _weeks(rollup: str, end: str) -> str:
-    """Bounds of the whole weeks read from the weekly table: [v_w1, v_w2) within [p_d1, end)."""
-    return f"""
-    -- Days [p_d1, v_w1) and [v_w2, {end}) are read daily, whole weeks [v_w1, v_w2) weekly.
-    SELECT watermark INTO wm_w FROM wfa.weekly_marks WHERE rollup = '{rollup}';
-    v_w1 := least(date_bin('7 days', p_d1 - interval '1 microsecond', {ORIGIN})
-                  + interval '7 days', {end});
-    v_w2 := greatest(v_w1, least(date_bin('7 days', {end}, {ORIGIN}),
-                                 coalesce(wm_w, '-infinity')));"""
+def _coarse_bounds(r: Rollup, end: str) -> str:
+    """Bounds of each coarser level's whole periods: [v_1w_lo, v_1w_hi) within [p_d1, end),
+    [v_4w_lo, v_4w_hi) within the weeks, each below its level's watermark."""
+    marks = ", ".join(f"max(watermark) FILTER (WHERE rollup = '{c.key(r)}')" for c in COARSE)
+    keys = ", ".join(f"'{c.key(r)}'" for c in COARSE)
+    into = ", ".join(f"wm_{c.suffix}" for c in COARSE)
+    out = f"""
+    SELECT {marks}
+      INTO {into} FROM wfa.weekly_marks WHERE rollup IN ({keys});"""
+    lo, hi = "p_d1", end
+    for c in COARSE:
+        v_lo, v_hi = f"v_{c.suffix}_lo", f"v_{c.suffix}_hi"
+        out += f"""
+    {v_lo} := least(date_bin('{c.width}', {lo} - interval '1 microsecond', {ORIGIN})
+                  + interval '{c.width}', {hi});
+    {v_hi} := greatest({v_lo}, least(date_bin('{c.width}', {hi}, {ORIGIN}),
+                                   coalesce(wm_{c.suffix}, '-infinity')));"""
+        lo, hi = v_lo, v_hi
+    return out
 
 
 def _function(
-    name: str, returns: str, src: ReadSource, rollup: str, body: str, weekly: bool = False
+    name: str, returns: str, src: ReadSource, rollup: str, body: str, coarse: bool = False
 ) -> str:
     # Generic plans estimate a handful of rows per range, so the planner would group by
     # sorting text keys (several times slower than hashing them) and might start parallel
@@ -332,9 +375,10 @@ def _function(
     if src.watermarks is not None:
         names += ["wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2"]
         bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
-    if weekly:
-        names += ["wm_w", "v_w1", "v_w2"]
-        bounds += _weeks(rollup, "v_dm" if src.watermarks is not None else "p_d2")
+    if coarse:
+        for c in COARSE:
+            names += [f"wm_{c.suffix}", f"v_{c.suffix}_lo", f"v_{c.suffix}_hi"]
+        bounds += _coarse_bounds(BY_NAME[rollup], "v_dm" if src.watermarks is not None else "p_d2")
     declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names) if names else ""
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{name}(
@@ -352,7 +396,7 @@ $fn$;"""
 
 def _sql(r: Rollup, src: ReadSource) -> _Sql:
     hourly, daily = src.hourly.format(name=r.name), src.daily.format(name=r.name)
-    return _Sql(r, hourly, daily, WEEKLY.format(name=r.name), src.watermarks is not None)
+    return _Sql(r, hourly, daily, src.watermarks is not None)
 
 
 def _columns(r: Rollup) -> list[str]:
@@ -390,8 +434,8 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
 
     Same segments and sources as `range_function`, summed in the store (one row per
     dimension combination and statement; callers sum again), so a long range does not
-    ship one row per bucket; its whole weeks below the weekly watermark are read from the
-    weekly tables (`exporter.store.weekly`).
+    ship one row per bucket; its whole weeks and four-week blocks below their watermarks are
+    read from the coarser levels (`COARSE`, maintained by `exporter.store.weekly`).
     """
     settled, live = _sql(r, src).totals()
     body = f"""    RETURN QUERY{settled};"""
@@ -400,4 +444,4 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
     IF {_LIVE} THEN
         RETURN QUERY{live};
     END IF;"""
-    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body, weekly=True)
+    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body, coarse=True)

@@ -1,6 +1,7 @@
-"""The weekly level: every summed week equals its days after refreshes, late rows in summed
-weeks and retention cutting through a week (store-wide and per workflow), and the totals
-reads that use it equal the real-time relations; on both backends."""
+"""The coarser levels (weeks, four-week blocks): every summed period equals its days after
+refreshes, late rows in summed periods and retention cutting through them (store-wide and
+per workflow), and the totals reads that use them equal the real-time relations; on both
+backends."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from exporter.config import config_from_dict
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
-from exporter.store.rollups import ROLLUPS, daily_select
-from exporter.store.weekly import LOW, table, week_floor
+from exporter.store.partitions import partition_start
+from exporter.store.rollups import COARSE, ROLLUPS, daily_select
+from exporter.store.weekly import LOW, span, week_floor
 from tests.integration.test_reads import ARGS, NOW, _reference, _rows, _segments, _summed
 
 DAY = timedelta(days=1)
@@ -27,30 +29,36 @@ def _config(dsn: str, backend: str, **retention_cfg: Any) -> Any:
     )
 
 
-async def _weeks_equal_days(conn: asyncpg.Connection, daily: str) -> int:
-    """Assert every summed week equals the sum of its days; the weekly rows compared."""
+async def _periods_equal_days(conn: asyncpg.Connection, daily: str) -> int:
+    """Assert every summed period of every level equals the sum of its days; rows compared."""
     compared = 0
-    for r in ROLLUPS:
-        mark = await conn.fetchval(
-            "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", r.name
-        )
-        dims = ", ".join(d.name for d in r.dims)
-        expected = await conn.fetch(
-            daily_select(r, daily.format(name=r.name), "date_bin", "bucket < $1", "7 days"), mark
-        )
-        got = await conn.fetch(
-            f"SELECT bucket, {dims}, {', '.join(m.name for m in r.measures)} FROM {table(r)}"
-        )
-        assert _rows(got) == _rows(expected), r.name
-        assert all(row["bucket"] < mark for row in got), r.name
-        compared += len(got)
+    for c in COARSE:
+        for r in ROLLUPS:
+            mark = await conn.fetchval(
+                "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", c.key(r)
+            )
+            dims = ", ".join(d.name for d in r.dims)
+            expected = await conn.fetch(
+                daily_select(r, daily.format(name=r.name), "date_bin", "bucket < $1", c.width),
+                mark,
+            )
+            got = await conn.fetch(
+                f"SELECT bucket, {dims}, {', '.join(m.name for m in r.measures)} "
+                f"FROM {c.table(r)}"
+            )
+            assert _rows(got) == _rows(expected), (c.suffix, r.name)
+            assert all(row["bucket"] < mark for row in got), (c.suffix, r.name)
+            compared += len(got)
     return compared
 
 
 def _ranges() -> list[tuple[datetime, datetime]]:
     monday = week_floor(NOW)
+    block = partition_start(monday, span(COARSE[1]))
     return [
-        (NOW - 40 * DAY, NOW + timedelta(hours=2)),
+        (NOW - 62 * DAY, NOW + timedelta(hours=2)),
+        (block - 28 * DAY - timedelta(hours=5), NOW - timedelta(hours=2)),
+        (block - 28 * DAY, block),
         (monday - 21 * DAY, monday),
         (monday - 14 * DAY + timedelta(hours=3, minutes=17), NOW - DAY),
         (monday - 15 * DAY, monday - 6 * DAY),
@@ -80,12 +88,13 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
     backend, dsn = store_dsn
     monday = week_floor(NOW)
     # Retention cuts through a week already summed: store-wide on a Thursday noon three
-    # weeks back, and one workflow on the Wednesday 06:00 of the week before this one.
+    # weeks back, and one workflow on the Wednesday 06:00 of the week before this one; 63
+    # days of history hold at least one whole four-week block before this week.
     store_cut = monday - 18 * DAY + timedelta(hours=12)
     own_cut = monday - 5 * DAY + timedelta(hours=6)
     run_at = NOW.replace(minute=0)
     hours = lambda cut: f"{int((run_at - cut) / timedelta(hours=1))}h"  # noqa: E731
-    data = generate(executions=1500, days=35, workflows=4, tenants=2, seed=11, now=NOW)
+    data = generate(executions=1500, days=63, workflows=4, tenants=2, seed=11, now=NOW)
     wfs = sorted(w.id for w in data.workflows)
     cfg = _config(
         dsn,
@@ -104,16 +113,28 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
         assert await svc.poll_once(refresh=False)
         async with svc.store.acquire() as store:
             await svc.backend.refresh(store, now=NOW)
-        for r in ROLLUPS:
-            mark = await conn.fetchval(
-                "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", r.name
-            )
-            assert mark == monday, r.name
-        assert await _weeks_equal_days(conn, daily) > 100
+        for c in COARSE:
+            for r in ROLLUPS:
+                mark = await conn.fetchval(
+                    "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", c.key(r)
+                )
+                assert mark == partition_start(monday, span(c)), (c.suffix, r.name)
+                assert await conn.fetchval(f"SELECT count(*) FROM {c.table(r)}") > 0
+        assert await _periods_equal_days(conn, daily) > 100
         before = await _totals_equal_reference(conn, wfs)
 
+        # a store just upgraded to the block level: empty blocks at the lowest watermark,
+        # which keeps the reads on the weeks until a refresh has summed the blocks
+        blocks = COARSE[1]
+        for r in ROLLUPS:
+            await conn.execute(f"TRUNCATE {blocks.table(r)}")
+            await conn.execute(
+                "UPDATE wfa.weekly_marks SET watermark = $2 WHERE rollup = $1", blocks.key(r), LOW
+            )
+        assert await _totals_equal_reference(conn, wfs) == before
+
         # late rows in days of weeks already summed, then a refresh
-        late = generate(executions=200, days=12, workflows=4, tenants=2, seed=12, now=monday)
+        late = generate(executions=200, days=40, workflows=4, tenants=2, seed=12, now=monday)
         for i, ex in enumerate(late.executions):
             ex.id = f"late-{i}"
             ex.updated_at = NOW + timedelta(hours=1)
@@ -121,7 +142,7 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
         assert (await svc.poll_once(refresh=False)).written == len(late.executions)
         async with svc.store.acquire() as store:
             await svc.backend.refresh(store, now=NOW)
-        await _weeks_equal_days(conn, daily)
+        await _periods_equal_days(conn, daily)
         after = await _totals_equal_reference(conn, wfs)
         assert after["cohort"] == before["cohort"] + len(late.executions)
         assert after["step_runs"] > before["step_runs"]
@@ -135,25 +156,27 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
         rolled = {d.dataset: d for d in done.datasets}["rollups_1d"]
         assert rolled.error is None
         assert [e["workflow_id"] for e in rolled.deleted if e["rows"]] == [wfs[0]]
-        await _weeks_equal_days(conn, daily)
+        await _periods_equal_days(conn, daily)
         cut = await _totals_equal_reference(conn, wfs)
         assert cut["cohort"] < after["cohort"]
         assert await conn.fetchval("SELECT count(*) FROM wfa.weekly_marks") == marks
-        # nothing is left before the cutoffs in any weekly table (TimescaleDB drops whole
-        # chunks of the daily level, which end after these cutoffs: its weeks stay whole)
-        for r in ROLLUPS:
-            old = await conn.fetchval(
-                f"SELECT count(*) FROM {table(r)} WHERE bucket < $1", week_floor(store_cut)
-            )
-            mine = await conn.fetchval(
-                f"SELECT count(*) FROM {table(r)} WHERE workflow_id = $1 AND bucket < $2",
-                wfs[0],
-                week_floor(own_cut),
-            )
-            assert mine == 0 and (old == 0 or backend == "timescaledb"), r.name
-            assert await conn.fetchval(
-                "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", r.name
-            ) not in (None, LOW)
+        # nothing is left before the cutoffs at any level (TimescaleDB drops whole chunks of
+        # the daily level, which end after these cutoffs: its periods stay whole)
+        for c in COARSE:
+            for r in ROLLUPS:
+                old = await conn.fetchval(
+                    f"SELECT count(*) FROM {c.table(r)} WHERE bucket < $1",
+                    partition_start(store_cut, span(c)),
+                )
+                mine = await conn.fetchval(
+                    f"SELECT count(*) FROM {c.table(r)} WHERE workflow_id = $1 AND bucket < $2",
+                    wfs[0],
+                    partition_start(own_cut, span(c)),
+                )
+                assert mine == 0 and (old == 0 or backend == "timescaledb"), (c.suffix, r.name)
+                assert await conn.fetchval(
+                    "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", c.key(r)
+                ) not in (None, LOW)
     finally:
         await svc.close()
         await src.close()
