@@ -46,6 +46,7 @@ from bench.common import (
     Figure,
     cluster,
     cpu_seconds,
+    loop_ms,
     machine,
     markdown,
     percentile,
@@ -614,7 +615,7 @@ def serve_and_load(
     figures: list[Figure] = []
     wid = wids[0]
     port, mport = free_port(), free_port()
-    load = os.getloadavg()[0]
+    load, speed = os.getloadavg()[0], loop_ms()
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "wfa.yaml"
         write_config(source, store, backend, port, mport, cfg_path)
@@ -662,6 +663,15 @@ def serve_and_load(
                     load,
                     "",
                     target="< 1.5 for comparable figures",
+                ),
+                Figure(
+                    "api",
+                    scale,
+                    "machine speed: a fixed Python loop before / after the timed runs",
+                    speed,
+                    "ms",
+                    "after",
+                    loop_ms(),
                 ),
             ]
             if sse_clients:

@@ -3,10 +3,12 @@ a simulated source history."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -74,6 +76,21 @@ def machine() -> str:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def loop_ms(iterations: int = 3_000_000) -> float:
+    """Milliseconds of a fixed pure-Python loop, best of three: how fast the machine is now.
+
+    Figures taken on the same machine at different times are comparable only when this is
+    about the same (shared hosts drift by tens of percent within a day)."""
+    best = math.inf
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for i in range(iterations):
+            total += i
+        best = min(best, time.perf_counter() - began)
+    return best * 1000
 
 
 def percentile(values: list[float], p: float) -> float:

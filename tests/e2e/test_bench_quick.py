@@ -62,3 +62,6 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     if any(f["benchmark"].startswith("api ") for f in figures):
         # every computed endpoint, both sides: the API process and the store cluster
         assert len(api_cpu) >= 6 and all(f["ours"] > 0 for f in api_cpu), api_cpu
+        # how fast the machine was, before and after the timed runs, beside each API table
+        speed = [f for f in figures if f["metric"].startswith("machine speed")]
+        assert speed and all(f["ours"] > 0 and f["peer_value"] > 0 for f in speed), speed
