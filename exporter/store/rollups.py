@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 ORIGIN = "'2000-01-03 00:00:00+00'::timestamptz"
 
@@ -71,6 +72,11 @@ class Coarse:
     def key(self, r: Rollup) -> str:
         """The watermark row of rollup `r` at this level."""
         return self.mark.format(name=r.name)
+
+    @property
+    def period(self) -> timedelta:
+        """The length of one period."""
+        return timedelta(days=self.days)
 
     @property
     def width(self) -> str:
@@ -148,9 +154,6 @@ ROLLUPS: tuple[Rollup, ...] = (
         measures=(Measure("reached", "count(*)", "1::bigint"),),
     ),
 )
-
-BY_NAME = {r.name: r for r in ROLLUPS}
-
 
 def hourly_select(r: Rollup, bucket_fn: str, where: str = "") -> str:
     """SELECT aggregating the raw table into hour buckets (`bucket_fn`: date_bin or time_bucket)."""
@@ -365,7 +368,7 @@ def _coarse_bounds(r: Rollup, end: str) -> str:
 
 
 def _function(
-    name: str, returns: str, src: ReadSource, rollup: str, body: str, coarse: bool = False
+    name: str, returns: str, src: ReadSource, r: Rollup, body: str, coarse: bool = False
 ) -> str:
     # Generic plans estimate a handful of rows per range, so the planner would group by
     # sorting text keys (several times slower than hashing them) and might start parallel
@@ -374,11 +377,11 @@ def _function(
     bounds = ""
     if src.watermarks is not None:
         names += ["wm_h", "wm_d", "v_dm", "v_dh", "v_h1", "v_h2"]
-        bounds = f"\n    {src.watermarks.format(name=rollup)}{_BOUNDS}"
+        bounds = f"\n    {src.watermarks.format(name=r.name)}{_BOUNDS}"
     if coarse:
         for c in COARSE:
             names += [f"wm_{c.suffix}", f"v_{c.suffix}_lo", f"v_{c.suffix}_hi"]
-        bounds += _coarse_bounds(BY_NAME[rollup], "v_dm" if src.watermarks is not None else "p_d2")
+        bounds += _coarse_bounds(r, "v_dm" if src.watermarks is not None else "p_d2")
     declare = "\nDECLARE" + "".join(f"\n    {v} timestamptz;" for v in names) if names else ""
     return f"""
 CREATE OR REPLACE FUNCTION wfa.{name}(
@@ -426,7 +429,7 @@ def range_function(r: Rollup, src: ReadSource) -> str:
         RETURN QUERY{live_hours};
     END IF;"""
     returns = ", ".join(["t timestamptz", *_columns(r)])
-    return _function(f"{r.name}_range", returns, src, r.name, body)
+    return _function(f"{r.name}_range", returns, src, r, body)
 
 
 def totals_function(r: Rollup, src: ReadSource) -> str:
@@ -444,4 +447,4 @@ def totals_function(r: Rollup, src: ReadSource) -> str:
     IF {_LIVE} THEN
         RETURN QUERY{live};
     END IF;"""
-    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r.name, body, coarse=True)
+    return _function(f"{r.name}_totals", ", ".join(_columns(r)), src, r, body, coarse=True)

@@ -11,7 +11,7 @@ allows it, so every level always equals the sum of the daily rows it covers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -20,17 +20,6 @@ from exporter.store.rollups import COARSE, ROLLUPS, Coarse, Rollup, daily_select
 
 LOW = datetime(1900, 1, 1, tzinfo=UTC)
 """The watermark of a level nothing was summed into yet (a Monday, like ORIGIN)."""
-WEEK = COARSE[0]
-
-
-def span(c: Coarse) -> timedelta:
-    """The length of one period of level `c`."""
-    return timedelta(days=c.days)
-
-
-def week_floor(t: datetime) -> datetime:
-    """Start of the week holding `t` (Monday 00:00 UTC, aligned with the other buckets)."""
-    return partition_start(t, span(WEEK))
 
 
 def migration(levels: Sequence[Coarse] = COARSE) -> list[str]:
@@ -75,9 +64,9 @@ async def advance(
     below = daily
     for c in COARSE:
         old = await _mark(conn, r, c)
-        new = max(old, partition_start(settled, span(c)))
+        new = max(old, partition_start(settled, c.period))
         windows = [
-            (partition_start(lo, span(c)), min(partition_ceil(hi, span(c)), old))
+            (partition_start(lo, c.period), min(partition_ceil(hi, c.period), old))
             for lo, hi in changed
         ]
         windows.append((old, new))
@@ -100,7 +89,7 @@ async def resum_below(
     parameters start at $2), sum every summed period reaching below `before` again."""
     below = daily
     for c in COARSE:
-        hi = min(partition_ceil(before, span(c)), await _mark(conn, r, c))
+        hi = min(partition_ceil(before, c.period), await _mark(conn, r, c))
         where = f"bucket < $1 AND {scope}"
         await conn.execute(f"DELETE FROM {c.table(r)} WHERE {where}", hi, *args)
         await conn.execute(_sum_into(r, c, below, where), hi, *args)

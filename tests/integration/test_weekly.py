@@ -17,10 +17,15 @@ from exporter.simulate.generate import generate
 from exporter.simulate.writer import create_source_schema, write
 from exporter.store.partitions import partition_start
 from exporter.store.rollups import COARSE, ROLLUPS, daily_select
-from exporter.store.weekly import LOW, span, week_floor
+from exporter.store.weekly import LOW
 from tests.integration.test_reads import ARGS, NOW, _reference, _rows, _segments, _summed
 
 DAY = timedelta(days=1)
+
+
+def week_floor(t: datetime) -> datetime:
+    """Start of the week holding `t` (Monday 00:00 UTC)."""
+    return partition_start(t, COARSE[0].period)
 
 
 def _config(dsn: str, backend: str, **retention_cfg: Any) -> Any:
@@ -54,7 +59,7 @@ async def _periods_equal_days(conn: asyncpg.Connection, daily: str) -> int:
 
 def _ranges() -> list[tuple[datetime, datetime]]:
     monday = week_floor(NOW)
-    block = partition_start(monday, span(COARSE[1]))
+    block = partition_start(monday, COARSE[1].period)
     return [
         (NOW - 62 * DAY, NOW + timedelta(hours=2)),
         (block - 28 * DAY - timedelta(hours=5), NOW - timedelta(hours=2)),
@@ -118,7 +123,7 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
                 mark = await conn.fetchval(
                     "SELECT watermark FROM wfa.weekly_marks WHERE rollup = $1", c.key(r)
                 )
-                assert mark == partition_start(monday, span(c)), (c.suffix, r.name)
+                assert mark == partition_start(monday, c.period), (c.suffix, r.name)
                 assert await conn.fetchval(f"SELECT count(*) FROM {c.table(r)}") > 0
         assert await _periods_equal_days(conn, daily) > 100
         before = await _totals_equal_reference(conn, wfs)
@@ -166,12 +171,12 @@ async def test_weeks_equal_their_days_through_late_rows_and_retention(store_dsn,
             for r in ROLLUPS:
                 old = await conn.fetchval(
                     f"SELECT count(*) FROM {c.table(r)} WHERE bucket < $1",
-                    partition_start(store_cut, span(c)),
+                    partition_start(store_cut, c.period),
                 )
                 mine = await conn.fetchval(
                     f"SELECT count(*) FROM {c.table(r)} WHERE workflow_id = $1 AND bucket < $2",
                     wfs[0],
-                    partition_start(own_cut, span(c)),
+                    partition_start(own_cut, c.period),
                 )
                 assert mine == 0 and (old == 0 or backend == "timescaledb"), (c.suffix, r.name)
                 assert await conn.fetchval(
