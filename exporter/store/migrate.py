@@ -9,10 +9,10 @@ from exporter.store.backend import Backend, recorded_backend
 from exporter.store.rollups import COARSE, ROLLUPS
 from exporter.store.sqlfiles import sql, statements
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 """Every version re-creates the read functions; 8 changes nothing else (per-workflow ranges of
 the covering indexes in the materialized arms); 9 adds the weekly tables, 10 the four-week
-blocks (summed from the weeks at the next refresh)."""
+blocks (summed from the weeks at the next refresh), 11 a cheaper CSV formula guard."""
 _COMMON = {
     1: ["common/001_base.sql"],
     2: ["common/002_exports_retention.sql"],
@@ -20,6 +20,7 @@ _COMMON = {
     4: ["common/004_ingest_safety.sql"],
     5: ["common/005_ingest_status.sql"],
     6: ["common/006_metric_labels.sql"],
+    11: ["common/011_csv_safe.sql"],
 }
 # Common statements generated from the rollup definitions, by version.
 _GENERATED = {9: lambda: weekly.migration(COARSE[:1]), 10: lambda: weekly.migration(COARSE[1:])}

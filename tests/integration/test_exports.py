@@ -32,6 +32,7 @@ from exporter.api.exports import JOBS
 from exporter.config import Config, config_from_dict
 from exporter.exports import ExportJobs, JobSettings
 from exporter.exports.datasets import ACTIONS_COLUMNS, COLUMNS, EXECUTIONS_COLUMNS
+from exporter.exports.formats import neutralise
 from exporter.exports.render import CsvLines
 from exporter.store.locks import EXPORT_OWNERS
 from tests.conftest import PgServer
@@ -488,6 +489,23 @@ async def test_formula_injection_is_neutralised(client: TestClient, store: Store
         for v in r.values()
         if isinstance(v, str)
     )
+
+
+async def test_store_formula_guard_equals_the_python_one(store: Store) -> None:
+    # The executions CSV is guarded by wfa.csv_safe in the store, every other export by
+    # neutralise in Python: both must guard exactly the same cells.
+    cells = [*INJECTED, TRICKY, "", "'quoted", "=", "\r\nx", " =x", "x=", "é=", "€", "ab",
+             *(chr(c) + "rest" for c in range(1, 128)), "\u00a0-x", "\U0001f600+"]
+    conn = await asyncpg.connect(store.dsn)
+    try:
+        got = await conn.fetch(
+            "SELECT c, wfa.csv_safe(c) AS safe FROM unnest($1::text[]) c", cells
+        )
+        assert await conn.fetchval("SELECT wfa.csv_safe(NULL)") is None
+    finally:
+        await conn.close()
+    assert [r["safe"] for r in got] == [neutralise(c) for c in cells]
+    assert sum(r["safe"] != r["c"] for r in got) == 6 + len(INJECTED) + 2  # "=" and "\r\nx"
 
 
 async def test_concurrent_jobs_are_limited_per_tenant(

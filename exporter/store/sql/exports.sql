@@ -3,7 +3,8 @@
 -- name: executions_csv
 -- For COPY ... (FORMAT csv) in a transaction with TimeZone UTC and DateStyle ISO: times
 -- become RFC 3339 (2024-05-01T10:00:00.25+00:00), text cells formula-safe. $5 is the
--- workflow id already made safe; status is one of four known words.
+-- workflow id already made safe; status is one of four known words. The rows are sorted
+-- as stored and formatted after the sort, so the sort carries no formatted text.
 SELECT wfa.csv_safe(execution_id), $5::text, wfa.csv_safe(contact_id), status,
        replace(enrolled_at::text, ' ', 'T') || ':00',
        replace(completed_at::text, ' ', 'T') || ':00',
@@ -11,9 +12,11 @@ SELECT wfa.csv_safe(execution_id), $5::text, wfa.csv_safe(contact_id), status,
        CASE WHEN converted_in_window THEN 'true' ELSE 'false' END,
        replace(exited_at::text, ' ', 'T') || ':00', wfa.csv_safe(exit_reason),
        replace(failed_at::text, ' ', 'T') || ':00', wfa.csv_safe(current_step_id)
-  FROM wfa.executions
- WHERE tenant_id = $1 AND workflow_id = $2 AND enrolled_at >= $3 AND enrolled_at < $4
- ORDER BY enrolled_at, execution_id;
+  FROM (SELECT execution_id, contact_id, status, enrolled_at, completed_at, converted_at,
+               converted_in_window, exited_at, exit_reason, failed_at, current_step_id
+          FROM wfa.executions
+         WHERE tenant_id = $1 AND workflow_id = $2 AND enrolled_at >= $3 AND enrolled_at < $4
+         ORDER BY enrolled_at, execution_id) e;
 
 -- name: executions_json
 -- One JSON object per row (times RFC 3339 with TimeZone UTC).
