@@ -20,6 +20,9 @@ from exporter.store.sqlfiles import named
 Q = named("exports.sql")
 COPY_QUEUE = 8
 """COPY chunks buffered between the database and the writer: memory stays flat."""
+COPY_CHUNK = 1 << 16
+"""Bytes gathered into one chunk: the server sends about 8 KiB at a time, and every chunk
+costs a queue hand-over, a conversion and a socket write."""
 STATEMENT_TIMEOUT = "15min"
 """Bound on the export transaction's statements (the pool's default is shorter)."""
 
@@ -144,15 +147,22 @@ class CsvLines:
 async def copy_chunks(
     conn: asyncpg.Connection, query: str, *args: Any, **options: Any
 ) -> AsyncIterator[bytes]:
-    """The output of `COPY (query) TO STDOUT` in chunks, with backpressure (bounded queue)."""
+    """The output of `COPY (query) TO STDOUT` in chunks of about `COPY_CHUNK` bytes, with
+    backpressure (bounded queue)."""
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=COPY_QUEUE)
+    gathered = bytearray()
 
     async def sink(data: bytes) -> None:
-        await queue.put(bytes(data))
+        gathered.extend(data)
+        if len(gathered) >= COPY_CHUNK:
+            await queue.put(bytes(gathered))
+            gathered.clear()
 
     async def produce() -> None:
         try:
             await conn.copy_from_query(query, *args, output=sink, **options)
+            if gathered:
+                await queue.put(bytes(gathered))
         finally:
             await queue.put(None)
 
