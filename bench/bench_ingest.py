@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ import asyncpg
 
 from bench.common import Figure, cluster, markdown, peak_rss_mb, percentile, write_history
 from exporter.config import config_from_dict
+from exporter.ingest import Ingestor
 from exporter.service import ExporterService
 from exporter.simulate.generate import simulate_execution
 from exporter.simulate.model import SimExecution, SimWorkflow
@@ -60,25 +61,37 @@ def _in_flight(
     ]
 
 
-async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) -> tuple[float, int]:
-    """Execution changes per second of the exporter's polls on a full store: `n` executions
-    are ingested in flight, then the same `n` are committed again ten minutes on (steps run,
-    some end) and polled in `STEADY_BATCH` batches; (rows per second, rows whose content
-    moved on)."""
-    cfg = config_from_dict({
-        "source": {"dsn": src}, "store": {"dsn": store, "backend": "postgres"},
-        "exporter": {"batch_size": STEADY_BATCH},
-    })
-    enrolled = datetime.now(UTC).replace(microsecond=0) - STEADY_AGE
-    before = _in_flight(workflows, n, enrolled, timedelta(seconds=1))
-    after = _in_flight(workflows, n, enrolled, STEADY_AGE)
-    changed = sum(a != b for a, b in zip(before, after, strict=True))
-    conn = await asyncpg.connect(src)
+@contextlib.asynccontextmanager
+async def _exporter(
+    src: str, store: str, batch: int | None = None
+) -> AsyncIterator[tuple[Ingestor, asyncpg.Connection, asyncpg.Connection]]:
+    """An opened exporter on `src` and `store`: its ingestor, a source and a store connection."""
+    exporter = {} if batch is None else {"exporter": {"batch_size": batch}}
+    cfg = config_from_dict(
+        {"source": {"dsn": src}, "store": {"dsn": store, "backend": "postgres"}, **exporter}
+    )
     svc = ExporterService(cfg)
     await svc.open()
     try:
         assert svc.store and svc.source and svc.ingestor
         async with svc.store.acquire() as st, svc.source.acquire() as s:
+            yield svc.ingestor, s, st
+    finally:
+        await svc.close()
+
+
+async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) -> tuple[float, int]:
+    """Execution changes per second of the exporter's polls on a full store: `n` executions
+    are ingested in flight, then the same `n` are committed again ten minutes on (steps run,
+    some end) and polled in `STEADY_BATCH` batches; (rows per second, rows whose content
+    moved on)."""
+    enrolled = datetime.now(UTC).replace(microsecond=0) - STEADY_AGE
+    before = _in_flight(workflows, n, enrolled, timedelta(seconds=1))
+    after = _in_flight(workflows, n, enrolled, STEADY_AGE)
+    changed = sum(a != b for a, b in zip(before, after, strict=True))
+    conn = await asyncpg.connect(src)
+    try:
+        async with _exporter(src, store, STEADY_BATCH) as (ingestor, s, st):
 
             async def commit_and_poll(rows: list[SimExecution]) -> float:
                 stamp = datetime.now(UTC).replace(microsecond=0)
@@ -86,7 +99,7 @@ async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) ->
                     ex.updated_at = stamp
                 await upsert_executions(conn, rows)
                 t = time.perf_counter()
-                while (res := await svc.ingestor.poll(s, st)).written:
+                while (res := await ingestor.poll(s, st)).written:
                     if res.rejected:
                         raise RuntimeError(f"steady-state rows rejected: {res.rejected}")
                 return time.perf_counter() - t
@@ -94,7 +107,6 @@ async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) ->
             await commit_and_poll(before)
             took = await commit_and_poll(after)
     finally:
-        await svc.close()
         await conn.close()
     return n / took, changed
 
@@ -121,20 +133,13 @@ def _ingest_subprocess(src: str, store: str, batch: int) -> tuple[float, float, 
 
 
 async def _empty_polls(src: str, store: str, n: int) -> list[float]:
-    cfg = config_from_dict({"source": {"dsn": src}, "store": {"dsn": store, "backend": "postgres"}})
-    svc = ExporterService(cfg)
-    await svc.open()
     out = []
-    try:
-        assert svc.store and svc.source and svc.ingestor
-        async with svc.store.acquire() as st, svc.source.acquire() as s:
-            for _ in range(n):
-                t = time.perf_counter()
-                res = await svc.ingestor.poll(s, st)
-                out.append((time.perf_counter() - t) * 1000)
-                assert res.written == 0
-    finally:
-        await svc.close()
+    async with _exporter(src, store) as (ingestor, s, st):
+        for _ in range(n):
+            t = time.perf_counter()
+            res = await ingestor.poll(s, st)
+            out.append((time.perf_counter() - t) * 1000)
+            assert res.written == 0
     return out
 
 
@@ -192,14 +197,13 @@ def ingested(executions: int, batch: int) -> Iterator[Ingested]:
 def run(executions: int, batch: int = 5000) -> list[Figure]:
     """Measure ingest at `executions` source rows."""
     scale = f"{executions:,} executions"
+    recommitted = min(STEADY_EXECUTIONS, executions)
     with ingested(executions, batch) as i:
         src, store, took, rss = i.source, i.store, i.seconds, i.peak_rss_mb
         step_rows = i.output["rows"].get("step_runs", 0)
         polls = asyncio.run(_empty_polls(src, store, 50))
-        steady, changed = asyncio.run(
-            _steady(src, store, i.workflows, min(STEADY_EXECUTIONS, executions))
-        )
-        copy = asyncio.run(_copy_rate(src, store))
+        copy = asyncio.run(_copy_rate(src, store))  # before the steady rows join the source
+        steady, changed = asyncio.run(_steady(src, store, i.workflows, recommitted))
     rate = executions / took
     return [
         Figure("ingest", scale, "execution changes/s (first ingest, incl. rollup refresh)",
@@ -209,7 +213,7 @@ def run(executions: int, batch: int = 5000) -> list[Figure]:
         Figure("ingest", scale, "step entries/s", step_rows / took, "rows/s"),
         Figure("ingest", scale, "peak RSS of the exporter", rss, "MiB", target="< 300 MiB"),
         Figure("ingest", scale,
-               f"steady state: execution changes/s ({min(STEADY_EXECUTIONS, executions):,} "
+               f"steady state: execution changes/s ({recommitted:,} "
                f"executions committed again, {changed:,} of them moved on; batches of "
                f"{STEADY_BATCH:,}, rollup refresh not included)",
                steady, "rows/s", target="≥ 10,000 rows/s"),
