@@ -86,6 +86,11 @@ class Pass:
         out.append(Bounds(Part.FORWARD, None, s.head, None))
         return out
 
+    def reread_from(self) -> datetime | None:
+        """The oldest `updated_at` this pass re-reads behind the head (None: it re-reads none)."""
+        since = [b.since for b in self.reads() if b.part is not Part.FORWARD and b.since]
+        return min(since) if since else None
+
     def probe(self) -> Bounds | None:
         """In the steady state (`checked == head`), one read whose rows are exactly those of
         the re-read and the forward read together, so that a single empty answer proves the

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -129,12 +129,14 @@ class PollResult:
 
 @dataclass(slots=True)
 class _Ctx:
-    """One cycle's store connection, fence, plausible window and result."""
+    """One cycle's store connection, fence, plausible window and result; `keep_from`: the
+    oldest `updated_at` a later pass may re-read (None: remember nothing, as reconcile)."""
 
     store: asyncpg.Connection
     fence: Fence | None
     window: Plausible
     res: PollResult
+    keep_from: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -143,6 +145,7 @@ class _Chunk:
 
     rows: list[asyncpg.Record]
     olds: dict[str, OldExecution]
+    stored: list[Key] = field(default_factory=list)  # rows the store holds once committed
     position: Callable[[Key], CursorState] | None = None  # None: the cursor stays
     late: bool = False  # rows behind the head: first-seen ones are late commits
     heal: bool = False  # reconcile: count rewritten rows by reason
@@ -169,11 +172,13 @@ class Ingestor:
         )
         self.workflows: dict[str, WorkflowInfo] = {}
         self._versions: dict[str, datetime] = {}
+        self._stored = _Stored()
 
     def reset(self) -> None:
         """Forget what was learnt of the store (after a takeover another writer may have run)."""
         self.workflows = {}
         self._versions = {}
+        self._stored = _Stored()
 
     async def load_workflows(self, store: asyncpg.Connection) -> None:
         """Read the mirrored workflow definitions into memory."""
@@ -232,8 +237,8 @@ class Ingestor:
                 continue
             res.read += len(rows)
             olds = await old_states(store, rows)
-            batch, rejected = self._transform(rows, olds, window)
-            await self._commit(ctx, _Chunk(rows, olds, heal=True), batch, rejected)
+            batch, rejected, stored = self._transform(rows, olds, window, None)
+            await self._commit(ctx, _Chunk(rows, olds, stored, heal=True), batch, rejected)
         res.seconds = time.perf_counter() - started
         return res
 
@@ -368,8 +373,9 @@ class Ingestor:
     async def _execution_pass(
         self, source, store, lookup, fence, res: PollResult, state: CursorState, now: datetime
     ) -> None:
-        ctx = _Ctx(store, fence, self.s.plausible(now), res)
+        ctx = _Ctx(store, fence, self.s.plausible(now), res, now - self.s.overlap)
         p, limit = Pass(state, now, self.s.overlap), self.s.batch_size
+        self._stored.forget_before(p.reread_from())
         if await self._idle(ctx, source, self.executions, p, "executions"):
             return
         pending: asyncio.Task | None = None
@@ -389,13 +395,16 @@ class Ingestor:
                     if pending and (lookup is None or not ids.isdisjoint(pending_ids)):
                         await pending
                         pending = None
-                    olds = await old_states(lookup or store, rows)
-                    batch, rejected = self._transform(rows, olds, ctx.window)
+                    known = self._stored.known
+                    fresh = [r for r in rows if not known(r["id"], r["updated_at"])]
+                    olds = await old_states(lookup or store, fresh) if fresh else {}
+                    batch, rejected, stored = self._transform(rows, olds, ctx.window, known)
                     res.read += len(rows)
                     if pending:
                         await pending
                     behind = bounds.part is not Part.FORWARD
-                    chunk = _Chunk(rows, olds, _positioner(p, bounds.part), behind)
+                    position = _positioner(p, bounds.part)
+                    chunk = _Chunk(rows, olds, stored, position, behind)
                     pending = asyncio.create_task(self._commit(ctx, chunk, batch, rejected))
                     pending_ids = ids
                     last = _last_key(rows)
@@ -414,12 +423,22 @@ class Ingestor:
                     await pending
 
     def _transform(
-        self, rows, olds: dict[str, OldExecution], window: Plausible
-    ) -> tuple[Batch, list[RejectedRow]]:
+        self,
+        rows,
+        olds: dict[str, OldExecution],
+        window: Plausible,
+        known: Callable[[str, datetime], bool] | None,
+    ) -> tuple[Batch, list[RejectedRow], list[Key]]:
+        """The store changes of `rows`, the rows rejected, and the keys of the rows the store
+        holds once the batch commits. A row `known` to be stored as read is skipped."""
         batch = Batch()
         rejected: list[RejectedRow] = []
+        stored: list[Key] = []
         windows, default_window = self.s.conversion_windows, self.s.conversion_window
         for r in rows:
+            if known is not None and known(r["id"], r["updated_at"]):
+                batch.skipped += 1
+                continue
             try:
                 srow = SourceExecution.from_record(r)
                 if srow.enrolled_at is None or srow.updated_at is None:
@@ -432,12 +451,13 @@ class Ingestor:
                     windows.get(srow.workflow_id, default_window),
                     window,
                 )
+                stored.append(Key(srow.updated_at, srow.id))
             except Rejected as exc:
                 rejected.append(reject_record("executions", r, exc))
             except (ValueError, TypeError, OverflowError) as exc:
                 # A value no rule foresaw: the row is quarantined, the stream goes on.
                 rejected.append(reject_record("executions", r, Rejected("invalid_row", repr(exc))))
-        return batch, rejected
+        return batch, rejected, stored
 
     async def _commit(
         self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[RejectedRow]
@@ -454,8 +474,11 @@ class Ingestor:
             mid = len(chunk.rows) // 2
             log.warning("batch of %d rows refused (%s): splitting", len(chunk.rows), exc)
             for rows in (chunk.rows[:mid], chunk.rows[mid:]):
-                part = _Chunk(rows, chunk.olds, chunk.position, chunk.late, chunk.heal)
-                sub_batch, sub_rejected = self._transform(rows, chunk.olds, ctx.window)
+                known = None if ctx.keep_from is None else self._stored.known
+                sub_batch, sub_rejected, stored = self._transform(
+                    rows, chunk.olds, ctx.window, known
+                )
+                part = _Chunk(rows, chunk.olds, stored, chunk.position, chunk.late, chunk.heal)
                 await self._commit(ctx, part, sub_batch, sub_rejected)
 
     async def _write_chunk(
@@ -468,6 +491,7 @@ class Ingestor:
                 state = _position_of(chunk.rows, chunk.position, ctx.window)
                 if state is not None:
                     await self._save_state(ctx, "executions", state)
+            self._stored.remember(chunk.stored, ctx.keep_from)
             return
         if batch.spans:
             await self.backend.prepare_write(
@@ -489,7 +513,8 @@ class Ingestor:
                 batch.touched,
                 late=len(batch.executions) if chunk.late else None,
             )
-        # Counted once the transaction committed.
+        # Counted and remembered once the transaction committed.
+        self._stored.remember(chunk.stored, ctx.keep_from)
         res.skipped += batch.skipped
         res.late += late
         res.touched |= batch.touched
@@ -550,6 +575,40 @@ class Ingestor:
         if touched:
             await notify(store, sorted(touched))
         return n_late
+
+
+class _Stored:
+    """The source versions this writer committed lately, so that the re-reads of the overlap
+    window skip them without asking the store. Only versions a later pass may re-read are
+    kept (updated at or after its earliest re-read time), in commit order."""
+
+    __slots__ = ("_at", "_order")
+
+    def __init__(self) -> None:
+        self._at: dict[str, datetime] = {}
+        self._order: deque[Key] = deque()
+
+    def known(self, execution_id: str, updated_at: datetime) -> bool:
+        """Whether the store holds this version of the execution, committed by this writer."""
+        t = self._at.get(execution_id)
+        return t is not None and t == updated_at
+
+    def remember(self, keys: list[Key], keep_from: datetime | None) -> None:
+        """Record committed versions, those a later pass may re-read."""
+        if keep_from is None:
+            return
+        for k in keys:
+            if k.updated_at >= keep_from:
+                self._at[k.id] = k.updated_at
+                self._order.append(k)
+
+    def forget_before(self, t: datetime | None) -> None:
+        """Drop versions updated before `t`, or all with None (no pass re-reads them)."""
+        order, at = self._order, self._at
+        while order and (t is None or order[0].updated_at < t):
+            k = order.popleft()
+            if at.get(k.id) == k.updated_at:
+                del at[k.id]
 
 
 def _count_batch(res: PollResult, b: Batch) -> None:

@@ -137,7 +137,7 @@ class OldAttempt:
     @classmethod
     def parse(cls, sig: str) -> OldAttempt:
         """Read a signature written by `Attempt.signature`."""
-        step_id, us, status, fin, _ = sig.split(_SEP)
+        step_id, us, status, fin, _ = sig.rsplit(_SEP, 4)
         return cls(step_id, _from_us(int(us)), status, fin != "", sig)
 
 
@@ -362,8 +362,8 @@ def apply_execution(
     batch.touched.add(wf.workflow_id)
     exit_reason = bounded_text(row.exit_reason)
     _diff_events(batch, row, wf, old, times, exit_reason)
-    signatures, old_keys = _diff_attempts(batch, row, wf, old, attempts)
-    _diff_reached(batch, row, wf, attempts, old_keys)
+    signatures, old_steps = _diff_attempts(batch, row, wf, old, attempts)
+    _diff_reached(batch, row, wf, attempts, old_steps)
     in_window = row.converted_at is not None and (
         conversion_window is None or row.converted_at - row.enrolled_at <= conversion_window
     )
@@ -435,27 +435,31 @@ def _diff_attempts(
     wf: WorkflowInfo,
     old: OldExecution | None,
     attempts: list[Attempt],
-) -> tuple[list[str], set[tuple[str, datetime]]]:
+) -> tuple[list[str], set[str]]:
     """Step attempts new, changed or gone since the stored state, with their counter deltas;
-    the new signatures and the stored attempts' keys."""
+    the new signatures and the steps of the stored attempts."""
     if old is None or not old.attempts:
         return _new_attempts(batch, row.id, wf, attempts), set()
     eid, tenant, wfid = row.id, wf.tenant_id, wf.workflow_id
     entered_us = [_us(a.entered_at) for a in attempts]
     new_sigs = [a.signature(us) for a, us in zip(attempts, entered_us, strict=True)]
+    old_sigs = old.attempts
+    old_steps = {sig.rsplit(_SEP, 4)[0] for sig in old_sigs}
+    if new_sigs == old_sigs:
+        return new_sigs, old_steps
+    # An attempt whose signature is stored as is did not change: only the others are keyed.
+    same = set(old_sigs).intersection(new_sigs)
     old_by_key = {}
-    for sig in old.attempts:
-        oa = OldAttempt.parse(sig)
-        old_by_key[(oa.step_id, oa.entered_at)] = oa
-    new_keys = set()
+    for sig in old_sigs:
+        if sig not in same:
+            oa = OldAttempt.parse(sig)
+            old_by_key[(oa.step_id, oa.entered_at)] = oa
     c = batch.counters
     invalid = batch.invalid
     for a, sig, us in zip(attempts, new_sigs, entered_us, strict=True):
-        key = (a.step_id, a.entered_at)
-        new_keys.add(key)
-        oa = old_by_key.get(key)
-        if oa is not None and oa.signature == sig:
+        if sig in same:
             continue
+        oa = old_by_key.pop((a.step_id, a.entered_at), None)
         action = wf.action_types.get(a.step_id, "unknown")
         dur = a.duration_ms
         le = None if dur is None else bucket_le(dur / 1000)
@@ -475,11 +479,11 @@ def _diff_attempts(
     if attempts:
         batch.span("step_runs", min(a.entered_at for a in attempts))
         batch.span("step_runs", max(a.entered_at for a in attempts))
-    for key, oa in old_by_key.items():
-        if key not in new_keys:
-            batch.runs_del.append((eid, oa.step_id, oa.entered_at))
-            batch.invalid.add(("step_runs", hour_of(oa.entered_at)))
-    return new_sigs, set(old_by_key)
+    # What is left is stored under a key the source no longer has.
+    for oa in old_by_key.values():
+        batch.runs_del.append((eid, oa.step_id, oa.entered_at))
+        batch.invalid.add(("step_runs", hour_of(oa.entered_at)))
+    return new_sigs, old_steps
 
 
 def _new_attempts(batch: Batch, eid: str, wf: WorkflowInfo, attempts: list[Attempt]) -> list[str]:
@@ -533,12 +537,11 @@ def _diff_reached(
     row: SourceExecution,
     wf: WorkflowInfo,
     attempts: list[Attempt],
-    old_keys: set[tuple[str, datetime]],
+    old_reached: set[str],
 ) -> None:
     """Steps the execution reached (the cohort funnel), added or removed."""
     eid, enrolled = row.id, row.enrolled_at
     reached = {a.step_id for a in attempts}
-    old_reached = {k[0] for k in old_keys}
     for step_id in reached - old_reached:
         batch.steps_new.append(
             ExecutionStepRow(eid, step_id, enrolled, wf.tenant_id, wf.workflow_id)

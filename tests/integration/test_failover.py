@@ -180,17 +180,21 @@ async def test_restarts_mid_catch_up_always_progress(store_dsn, conn, tmp_path):
         before = await _cursor(conn)
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            # kill once this run has committed something, at a random point after that
-            moved = False
-            for _ in range(1200):
+            # kill once this run's cursor was seen to move a random number (1-4) of times, at
+            # a random point after that: counted in commits, not seconds, so that a faster
+            # machine or exporter still sees its catch-up cut several times
+            commits, target, last = 0, rng.randint(1, 4), before
+            for _ in range(6000):
                 if proc.poll() is not None:
                     break
-                if await _cursor(conn) != before:
-                    moved = True
-                    break
-                await asyncio.sleep(0.05)
-            if moved and kills < 12:
-                await asyncio.sleep(rng.uniform(0, 0.6))
+                now = await _cursor(conn)
+                if now != last:
+                    commits, last = commits + 1, now
+                    if commits >= target:
+                        break
+                await asyncio.sleep(0.01)
+            if commits >= target and kills < 12:
+                await asyncio.sleep(rng.uniform(0, 0.05))
                 if proc.poll() is None:
                     proc.kill()
                     kills += 1

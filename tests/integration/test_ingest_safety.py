@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+import exporter.ingest as ingest_module
 from exporter.service import ExporterService
 from exporter.simulate.generate import generate
 from exporter.simulate.model import SimData
@@ -262,3 +263,64 @@ async def test_bulk_update_then_idle_reads_nothing_and_late_commit_is_caught(sto
     active.status, active.exited_at, active.exit_reason = "exited", stamped, "late"
     active.current_step_id, active.updated_at = None, stamped
     await _check(conn, Truth(data))
+
+
+async def test_rereads_skip_what_this_writer_stored_until_a_takeover(
+    store_dsn, conn, monkeypatch
+):
+    backend, dsn = store_dsn
+    data = await _fill(conn, 400, days=0.5, seed=5)
+    asked: list[int] = []
+    real_old_states = ingest_module.old_states
+
+    async def old_states(store, rows):
+        asked.append(len(rows))
+        return await real_old_states(store, rows)
+
+    monkeypatch.setattr(ingest_module, "old_states", old_states)
+    svc = ExporterService(make_config(dsn, backend, batch_size=150))
+    await svc.open()
+    try:
+        assert (await svc.poll_once()).written == len(data.executions)
+        # Stamped now: inside the overlap window, so every later poll re-reads them.
+        await conn.execute("UPDATE workflow_executions SET updated_at = now()")
+        assert (await svc.poll_once()).written == len(data.executions)
+        asked.clear()
+        again = await svc.poll_once()
+        # The re-read skips the versions this writer committed without asking the store.
+        assert again.read == again.skipped == len(data.executions) and again.written == 0
+        assert sum(asked) == 0
+
+        # A row rejected is not remembered: its re-read tries it again, and once its
+        # workflow is known it is written.
+        orphan = next(e for e in data.executions if e.status == "active")
+        await conn.execute(
+            "UPDATE workflow_executions SET workflow_id = 'wf-later', updated_at = now() "
+            "WHERE id = $1", orphan.id,
+        )
+        refused = await svc.poll_once()
+        assert refused.rejected == {"unknown_workflow": 1} and refused.written == 0
+        owner = next(w for w in data.workflows if w.id == orphan.workflow_id)
+        await conn.execute(
+            "INSERT INTO workflows (id, tenant_id, name, steps, updated_at) "
+            "SELECT 'wf-later', tenant_id, 'later', steps, now() FROM workflows WHERE id = $1",
+            owner.id,
+        )
+        asked.clear()
+        caught = await svc.poll_once()
+        assert caught.written == 1 and sum(asked) == 1
+
+        # After a takeover another writer may have changed the store: nothing is skipped
+        # unasked, and a row missing from the store is written again.
+        gone = next(e for e in data.executions if e.id != orphan.id)
+        for table in ("executions", "execution_steps", "workflow_events", "step_runs"):
+            await conn.execute(f"DELETE FROM wfa.{table} WHERE execution_id = $1", gone.id)
+        svc.ingestor.reset()
+        asked.clear()
+        healed = await svc.poll_once()
+        assert healed.written == 1 and sum(asked) >= len(data.executions)
+    finally:
+        await svc.close()
+    assert await conn.fetchval(
+        "SELECT count(*) FROM wfa.executions WHERE execution_id = $1", gone.id
+    ) == 1

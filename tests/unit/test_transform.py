@@ -167,6 +167,41 @@ def test_progress_updates_diff_against_the_stored_state() -> None:
     assert not done.executions_new
 
 
+@pytest.mark.parametrize("step", ["s1", "s\x1f1"])
+def test_an_unchanged_attempt_is_not_rewritten_when_another_is_added(step: str) -> None:
+    wf = WorkflowInfo("wf-1", "t1", {step: "send_email", "s2": "webhook"})
+    entered = T0 + timedelta(minutes=1)
+    finished = entered + timedelta(seconds=5)
+    first = Batch()
+    s1 = (step, entered, finished, "succeeded", None)
+    apply_execution(first, row(step_progress=progress(s1), current_step_id=step), wf,
+                    None, None, WINDOW)
+    later = Batch()
+    s2 = ("s2", finished, None, "running", None)
+    apply_execution(
+        later,
+        row(step_progress=progress(s1, s2), current_step_id="s2", updated_at=finished),
+        wf, stored(first), None, WINDOW,
+    )
+    assert [r.step_id for r in later.runs_new] == ["s2"]
+    assert not later.runs_upd and not later.runs_del
+    assert [s.step_id for s in later.steps_new] == ["s2"] and not later.steps_del
+    assert later.deltas()[("step_runs", "t1", "wf-1", "s2", "webhook", "")] == 1
+    assert not any(k[3] == step for k in later.deltas())
+    # The stored signatures still read back: a later change of the first attempt is an update.
+    again = Batch()
+    s1_failed = (step, entered, finished, "failed", "bounce")
+    apply_execution(
+        again,
+        row(step_progress=progress(s1_failed, s2), current_step_id="s2",
+            updated_at=finished + timedelta(seconds=1)),
+        wf, stored(later), None, WINDOW,
+    )
+    assert [r.step_id for r in again.runs_upd] == [step]
+    assert not again.runs_new and not again.runs_del and not again.steps_new
+    assert again.deltas()[("step_outcomes", "t1", "wf-1", step, "send_email", "failed")] == 1
+
+
 def test_a_vanished_attempt_and_a_changed_exit_are_deleted_and_invalidated() -> None:
     entered = T0 + timedelta(minutes=1)
     first = Batch()
