@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,7 @@ import asyncpg
 
 from bench.common import Figure, cluster, markdown, peak_rss_mb, percentile, write_history
 from exporter.config import config_from_dict
-from exporter.ingest import Ingestor
+from exporter.ingest import Ingestor, PollResult
 from exporter.service import ExporterService
 from exporter.simulate.generate import simulate_execution
 from exporter.simulate.model import SimExecution, SimWorkflow
@@ -64,8 +64,9 @@ def _in_flight(
 @contextlib.asynccontextmanager
 async def _exporter(
     src: str, store: str, batch: int | None = None
-) -> AsyncIterator[tuple[Ingestor, asyncpg.Connection, asyncpg.Connection]]:
-    """An opened exporter on `src` and `store`: its ingestor, a source and a store connection."""
+) -> AsyncIterator[tuple[Ingestor, Callable[[], Awaitable[PollResult]]]]:
+    """An opened exporter on `src` and `store`: its ingestor, and one poll as `wfa run` polls
+    (a source connection, a store connection and a second one for the stored states)."""
     exporter = {} if batch is None else {"exporter": {"batch_size": batch}}
     cfg = config_from_dict(
         {"source": {"dsn": src}, "store": {"dsn": store, "backend": "postgres"}, **exporter}
@@ -74,41 +75,60 @@ async def _exporter(
     await svc.open()
     try:
         assert svc.store and svc.source and svc.ingestor
-        async with svc.store.acquire() as st, svc.source.acquire() as s:
-            yield svc.ingestor, s, st
+        ingestor = svc.ingestor
+        async with (
+            svc.store.acquire() as st,
+            svc.store.acquire() as lookup,
+            svc.source.acquire() as s,
+        ):
+            yield ingestor, lambda: ingestor.poll(s, st, lookup)
     finally:
         await svc.close()
 
 
-async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) -> tuple[float, int]:
+@dataclass(frozen=True, slots=True)
+class Steady:
+    """The steady-state measure: rates of the polls that wrote and of the re-read after."""
+
+    changes_per_s: float
+    reread_per_s: float
+    changed: int
+
+
+async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) -> Steady:
     """Execution changes per second of the exporter's polls on a full store: `n` executions
     are ingested in flight, then the same `n` are committed again ten minutes on (steps run,
-    some end) and polled in `STEADY_BATCH` batches; (rows per second, rows whose content
-    moved on)."""
+    some end) and polled in `STEADY_BATCH` batches until a poll writes nothing (that last
+    poll re-reads them, inside the overlap window, and is timed apart too)."""
     enrolled = datetime.now(UTC).replace(microsecond=0) - STEADY_AGE
     before = _in_flight(workflows, n, enrolled, timedelta(seconds=1))
     after = _in_flight(workflows, n, enrolled, STEADY_AGE)
     changed = sum(a != b for a, b in zip(before, after, strict=True))
     conn = await asyncpg.connect(src)
     try:
-        async with _exporter(src, store, STEADY_BATCH) as (ingestor, s, st):
+        async with _exporter(src, store, STEADY_BATCH) as (_, poll):
 
-            async def commit_and_poll(rows: list[SimExecution]) -> float:
+            async def commit_and_poll(rows: list[SimExecution]) -> tuple[float, float]:
                 stamp = datetime.now(UTC).replace(microsecond=0)
                 for ex in rows:  # committed now, whatever the simulated clock said
                     ex.updated_at = stamp
                 await upsert_executions(conn, rows)
                 t = time.perf_counter()
-                while (res := await ingestor.poll(s, st)).written:
+                while True:
+                    polled = time.perf_counter()
+                    res = await poll()
                     if res.rejected:
                         raise RuntimeError(f"steady-state rows rejected: {res.rejected}")
-                return time.perf_counter() - t
+                    if not res.written:
+                        break
+                done = time.perf_counter()
+                return done - t, res.read / (done - polled)
 
             await commit_and_poll(before)
-            took = await commit_and_poll(after)
+            took, reread = await commit_and_poll(after)
     finally:
         await conn.close()
-    return n / took, changed
+    return Steady(n / took, reread, changed)
 
 
 def _ingest_subprocess(src: str, store: str, batch: int) -> tuple[float, float, dict]:
@@ -134,10 +154,10 @@ def _ingest_subprocess(src: str, store: str, batch: int) -> tuple[float, float, 
 
 async def _empty_polls(src: str, store: str, n: int) -> list[float]:
     out = []
-    async with _exporter(src, store) as (ingestor, s, st):
+    async with _exporter(src, store) as (_, poll):
         for _ in range(n):
             t = time.perf_counter()
-            res = await ingestor.poll(s, st)
+            res = await poll()
             out.append((time.perf_counter() - t) * 1000)
             assert res.written == 0
     return out
@@ -203,7 +223,7 @@ def run(executions: int, batch: int = 5000) -> list[Figure]:
         step_rows = i.output["rows"].get("step_runs", 0)
         polls = asyncio.run(_empty_polls(src, store, 50))
         copy = asyncio.run(_copy_rate(src, store))  # before the steady rows join the source
-        steady, changed = asyncio.run(_steady(src, store, i.workflows, recommitted))
+        steady = asyncio.run(_steady(src, store, i.workflows, recommitted))
     rate = executions / took
     return [
         Figure("ingest", scale, "execution changes/s (first ingest, incl. rollup refresh)",
@@ -214,9 +234,14 @@ def run(executions: int, batch: int = 5000) -> list[Figure]:
         Figure("ingest", scale, "peak RSS of the exporter", rss, "MiB", target="< 300 MiB"),
         Figure("ingest", scale,
                f"steady state: execution changes/s ({recommitted:,} "
-               f"executions committed again, {changed:,} of them moved on; batches of "
-               f"{STEADY_BATCH:,}, rollup refresh not included)",
-               steady, "rows/s", target="≥ 10,000 rows/s"),
+               f"executions committed again, {steady.changed:,} of them moved on; batches of "
+               f"{STEADY_BATCH:,}, one re-read of the overlap window included, rollup "
+               "refresh not included)",
+               steady.changes_per_s, "rows/s", target="≥ 10,000 rows/s"),
+        Figure("ingest", scale,
+               "steady state: re-read of the overlap window, rows/s (each poll re-reads "
+               "the rows changed in the last `exporter.overlap`)",
+               steady.reread_per_s, "rows/s"),
         Figure("ingest", scale, "empty poll p50", percentile(polls, 50), "ms"),
         Figure("ingest", scale, "empty poll p95", percentile(polls, 95), "ms", target="< 2 ms"),
     ]

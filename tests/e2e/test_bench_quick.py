@@ -50,8 +50,10 @@ def test_make_bench_quick(tmp_path: Path) -> None:
     ingest = {f["metric"]: f for f in figures if f["benchmark"] == "ingest"}
     copy = ingest["execution changes/s (first ingest, incl. rollup refresh)"]
     assert copy["ours"] > 0 and copy["peer_value"] > 0
-    steady = [f for m, f in ingest.items() if m.startswith("steady state: ")]
+    steady = [f for m, f in ingest.items() if m.startswith("steady state: execution changes")]
     assert len(steady) == 1 and steady[0]["ours"] > 0, steady
+    reread = [f for m, f in ingest.items() if m.startswith("steady state: re-read")]
+    assert len(reread) == 1 and reread[0]["ours"] > 0, reread
     setbased = {f["metric"]: f for f in figures if f["benchmark"] == "ingest set-based"}
     same = setbased["store rows differing from the exporter's"]
     assert same["ours"] == 0 and same["peer_value"] > 2000, same
