@@ -145,7 +145,7 @@ class _Chunk:
 
     rows: list[asyncpg.Record]
     olds: dict[str, OldExecution]
-    stored: list[Key] = field(default_factory=list)  # rows the store holds once committed
+    stored: list[Key]  # rows the store holds once committed
     position: Callable[[Key], CursorState] | None = None  # None: the cursor stays
     late: bool = False  # rows behind the head: first-seen ones are late commits
     heal: bool = False  # reconcile: count rewritten rows by reason
