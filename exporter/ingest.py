@@ -65,6 +65,8 @@ STORE_ERROR = "store_error"
 HEAL_REASONS = ("missing", "stale", "set_back")
 """Why reconcile rewrote a row: not in the store, older there, or newer there (set back)."""
 _EXPORTER = ("", "", "", "", "")
+TRANSFORM_SLICE = 25
+"""Rows transformed between two turns of the event loop while the previous chunk writes."""
 
 
 def is_row_fault(exc: BaseException) -> bool:
@@ -398,7 +400,9 @@ class Ingestor:
                     known = self._stored.known
                     fresh = [r for r in rows if not known(r["id"], r["updated_at"])]
                     olds = await old_states(lookup or store, fresh) if fresh else {}
-                    batch, rejected, stored = self._transform(rows, olds, ctx.window, known)
+                    batch, rejected, stored = await self._transform_sliced(
+                        rows, olds, ctx.window, known
+                    )
                     res.read += len(rows)
                     if pending:
                         await pending
@@ -431,9 +435,36 @@ class Ingestor:
     ) -> tuple[Batch, list[RejectedRow], list[Key]]:
         """The store changes of `rows`, the rows rejected, and the keys of the rows the store
         holds once the batch commits. A row `known` to be stored as read is skipped."""
-        batch = Batch()
-        rejected: list[RejectedRow] = []
-        stored: list[Key] = []
+        out: tuple[Batch, list[RejectedRow], list[Key]] = (Batch(), [], [])
+        self._transform_into(out, rows, olds, window, known)
+        return out
+
+    async def _transform_sliced(
+        self,
+        rows,
+        olds: dict[str, OldExecution],
+        window: Plausible,
+        known: Callable[[str, datetime], bool] | None,
+    ) -> tuple[Batch, list[RejectedRow], list[Key]]:
+        """`_transform`, giving the event loop a turn after every slice of rows, so that the
+        previous chunk's write, which runs meanwhile, sends its next statement without waiting
+        for the whole transform."""
+        out: tuple[Batch, list[RejectedRow], list[Key]] = (Batch(), [], [])
+        for i in range(0, len(rows), TRANSFORM_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            self._transform_into(out, rows[i : i + TRANSFORM_SLICE], olds, window, known)
+        return out
+
+    def _transform_into(
+        self,
+        out: tuple[Batch, list[RejectedRow], list[Key]],
+        rows,
+        olds: dict[str, OldExecution],
+        window: Plausible,
+        known: Callable[[str, datetime], bool] | None,
+    ) -> None:
+        batch, rejected, stored = out
         windows, default_window = self.s.conversion_windows, self.s.conversion_window
         for r in rows:
             if known is not None and known(r["id"], r["updated_at"]):
@@ -457,7 +488,6 @@ class Ingestor:
             except (ValueError, TypeError, OverflowError) as exc:
                 # A value no rule foresaw: the row is quarantined, the stream goes on.
                 rejected.append(reject_record("executions", r, Rejected("invalid_row", repr(exc))))
-        return batch, rejected, stored
 
     async def _commit(
         self, ctx: _Ctx, chunk: _Chunk, batch: Batch, rejected: list[RejectedRow]

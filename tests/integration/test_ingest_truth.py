@@ -126,6 +126,26 @@ async def test_progress_after_first_ingest(store_dsn, conn):
                     assert got == n, (wf.id, step_id, outcome)
 
 
+async def test_transform_interleaved_with_the_previous_write(store_dsn, conn, monkeypatch):
+    """Each chunk is transformed one row per turn of the event loop while the previous chunk
+    is written (small batches, a second store connection): the store still equals the truth,
+    on the first ingest and on the changes after it."""
+    import exporter.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "TRANSFORM_SLICE", 1)
+    backend, dsn = store_dsn
+    data = await _fill(conn, executions=1200, days=6, seed=13)
+    first = await ingest(dsn, backend, batch_size=50)
+    assert first.written == len(data.executions) and not first.rejected
+    assert first.batches > len(data.executions) // 50, "the ingest must span many chunks"
+    changed = advance(data, NOW + timedelta(hours=2), seed=17)
+    assert changed
+    await upsert_executions(conn, changed)
+    again = await ingest(dsn, backend, batch_size=50)
+    assert again.written == len(changed) and not again.rejected
+    await _check_all(conn, data, data.now)
+
+
 async def test_late_row_in_overlap_and_idempotent_rerun(store_dsn, conn):
     backend, dsn = store_dsn
     data = await _fill(conn, executions=500, days=5)
