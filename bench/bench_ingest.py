@@ -118,7 +118,10 @@ async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) ->
                     polled = time.perf_counter()
                     res = await poll()
                     if res.rejected:
-                        raise RuntimeError(f"steady-state rows rejected: {res.rejected}")
+                        raise RuntimeError(
+                            f"steady-state rows rejected: {res.rejected}; "
+                            f"first of them: {await _rejected_sample(store)}"
+                        )
                     if not res.written:
                         break
                 done = time.perf_counter()
@@ -129,6 +132,20 @@ async def _steady(src: str, store: str, workflows: list[SimWorkflow], n: int) ->
     finally:
         await conn.close()
     return Steady(n / took, reread, changed)
+
+
+async def _rejected_sample(store: str, n: int = 3) -> list[tuple[str, str, str]]:
+    """The latest quarantined rows of the store (id, reason, detail), to say why."""
+    conn = await asyncpg.connect(store)
+    try:
+        rows = await conn.fetch(
+            "SELECT source_id, reason, left(detail, 300) AS detail FROM wfa.rejected_rows"
+            " ORDER BY rejected_at DESC LIMIT $1",
+            n,
+        )
+    finally:
+        await conn.close()
+    return [(r["source_id"], r["reason"], r["detail"]) for r in rows]
 
 
 def _ingest_subprocess(src: str, store: str, batch: int) -> tuple[float, float, dict]:
