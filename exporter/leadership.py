@@ -46,6 +46,9 @@ class Leadership:
         self.dsn = dsn
         self.lock_id = lock_id
         self.epoch: int | None = None
+        self.takes = 0
+        """Holds taken by this object: a store restored from a backup can hand out an epoch
+        this replica held before, so a new hold is told by this count, not by the epoch."""
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self._conn: asyncpg.Connection | None = None
         self._on_change = on_change or (lambda held: None)
@@ -84,6 +87,7 @@ class Leadership:
             conn.terminate()
             raise
         self._conn, self.epoch = conn, epoch
+        self.takes += 1
         conn.add_termination_listener(self._lost)
         log.info("took the poll lock %d at epoch %d", self.lock_id, epoch)
         self._on_change(True)

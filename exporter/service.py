@@ -111,7 +111,7 @@ class ExporterService:
             self._leader_changed,
             cfg.store.statement_timeout,
         )
-        self._epoch: int | None = None
+        self._takes = 0
         self._last_refresh = 0.0
         self._poll_lock = asyncio.Lock()
         self.listeners: list[Callable[[PollResult | None, BaseException | None], None]] = [
@@ -223,11 +223,13 @@ class ExporterService:
         assert self.ingestor
         if not await self.leadership.acquire(wait, take_over):
             return False
-        if self.leadership.epoch != self._epoch:
-            # Another replica may have written since this one last led: read it all again.
+        if self.leadership.takes != self._takes:
+            # Another replica may have written since this one last led, or the store was
+            # restored from a backup (which can hand out an epoch held before): read it all
+            # again.
             self.ingestor.reset()
             self.ingestor.backend.reset()
-            self._epoch = self.leadership.epoch
+            self._takes = self.leadership.takes
         return True
 
     async def poll_once(self, refresh: bool = True) -> PollResult | None:

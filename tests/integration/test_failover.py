@@ -249,6 +249,46 @@ async def test_a_stale_leader_commits_nothing(store_dsn, conn):
     await _final_check(dsn, backend, conn, data)
 
 
+_RESTORED = (
+    "counters", "cursors", "execution_steps", "executions", "invalidations", "rejected_rows",
+    "step_runs", "workflow_events", "workflow_steps", "workflows", "ingest_status",
+)
+
+
+async def test_a_store_restored_under_a_running_exporter(store_dsn, conn):
+    """The store goes back to a backup taken before the exporter's hold (no ingested rows,
+    the leadership epoch one lower): the next hold hands out the very epoch the exporter held
+    before, and it still reads everything again instead of trusting what it remembered."""
+    backend, dsn = store_dsn
+    data = await _fill(conn, 1500, seed=5)
+    cfg = config_from_dict({"source": {"dsn": dsn}, "store": {"backend": backend}})
+    svc = ExporterService(cfg)
+    await svc.open()
+    try:
+        first = await svc.poll_once()
+        assert first is not None and first.written == len(data.executions)
+        epoch = await conn.fetchval("SELECT epoch FROM wfa.leadership")
+        # the restore: the ingested rows are gone, the epoch is the backup's, the lock
+        # session was cut by the store's restart
+        await conn.execute(
+            "TRUNCATE " + ", ".join(f"wfa.{t}" for t in _RESTORED) + "; "
+            "UPDATE wfa.leadership SET epoch = epoch - 1"
+        )
+        await kill_lock_sessions(conn)
+
+        async def lock_lost() -> bool:
+            return not svc.leadership.held
+
+        await wait_for(lock_lost, 10, what="the exporter to see its lock session gone")
+        again = await svc.poll_once()
+        assert svc.leadership.epoch == epoch, "the restored store handed out the same epoch"
+        assert again is not None and again.written == len(data.executions), again
+        assert await conn.fetchval("SELECT count(*) FROM wfa.executions") == len(data.executions)
+    finally:
+        await svc.close()
+    await _final_check(dsn, backend, conn, data)
+
+
 async def test_takeover_waits_for_the_batch_in_flight(db_dsn):
     conn = await asyncpg.connect(db_dsn)
     cfg = config_from_dict({"source": {"dsn": db_dsn}, "store": {"backend": "postgres"}})
